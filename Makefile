@@ -1,0 +1,27 @@
+# Two commands do everything:  make demo  (run the assignments, build the report)  and  make test.
+# Both set up a local virtual environment in .venv first (once; again when the pins change).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench report clean
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m assignments run --default
+	$(PY) -m assignments report
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,481 @@
+"""Reverse-mode automatic differentiation on NumPy arrays.
+
+Three pieces:
+
+* ``Tensor``: an ndarray (``.data``) plus, when it needs a gradient, a link to the
+  ``Function`` node that produced it (``.grad_fn``) and a ``.grad`` slot.
+* ``Function``: one differentiable operation, with ``forward`` on raw ndarrays and
+  ``backward`` right beside it (see ``minidl/ops.py`` for the whole collection).
+* ``backward``: walks the recorded graph from the output to the leaves without
+  recursion, in dependency order, freeing each node's saved arrays as it goes.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import numpy as np
+
+DEFAULT_DTYPE = np.float32
+
+_grad_enabled = True
+_anomaly_mode = False
+_rng = np.random.default_rng()
+
+
+# --------------------------------------------------------------------------- modes
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block no operation is recorded (evaluation, optimiser updates)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, True
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def detect_anomaly():
+    """Check every forward output and every backward gradient for NaN or inf and
+    raise naming the first operation that produced one. Slow: for debugging."""
+    global _anomaly_mode
+    previous, _anomaly_mode = _anomaly_mode, True
+    try:
+        yield
+    finally:
+        _anomaly_mode = previous
+
+
+def manual_seed(seed):
+    """Seed minidl's random generator (initialisation, dropout, ``md.randn``)."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def rng():
+    """The generator behind every random draw in minidl."""
+    return _rng
+
+
+# -------------------------------------------------------------------------- tensor
+def _as_array(data, dtype=None):
+    """Python scalars and lists of floats become float32 (torch's default dtype);
+    ndarrays keep their dtype unless one is asked for."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, (np.ndarray, np.generic)):  # numpy data keeps its dtype
+        data = np.asarray(data)
+        return data if dtype is None else data.astype(dtype, copy=False)
+    array = np.asarray(data)
+    if dtype is not None:
+        return array.astype(dtype, copy=False)
+    if array.dtype == np.float64:  # a Python float or list of them
+        return array.astype(DEFAULT_DTYPE)
+    return array
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it."""
+
+    __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self.grad_fn = None
+        self._version = 0  # bumped by in-place changes, checked by backward
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    def size(self, dim=None):
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def dim(self):
+        return self.data.ndim
+
+    def numel(self):
+        return self.data.size
+
+    def __len__(self):
+        return len(self.data)
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    def requires_grad_(self, requires_grad=True):
+        if requires_grad and not np.issubdtype(self.data.dtype, np.floating):
+            raise TypeError(
+                f"only floating-point tensors can require gradients, got dtype {self.data.dtype}; "
+                "convert first, e.g. md.tensor(data, dtype=np.float32)")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    # -------------------------------------------------------------- conversions
+    def numpy(self):
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        return self.data.item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def detach(self):
+        """The same data, cut from the graph (shares memory, like torch)."""
+        return Tensor(self.data)
+
+    def clone(self):
+        return ops.clone(self)
+
+    def astype(self, dtype):
+        return ops.cast(self, dtype)
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __repr__(self):
+        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        extra = ""
+        if self.data.dtype != DEFAULT_DTYPE and np.issubdtype(self.data.dtype, np.floating):
+            extra += f", dtype={self.data.dtype}"
+        if self.grad_fn is not None:
+            extra += f", grad_fn=<{type(self.grad_fn).__name__}Backward>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # ------------------------------------------------------------------ in place
+    def _bump(self):
+        self._version += 1
+
+    def _check_inplace(self):
+        # minidl records no in-place ops: refusing them keeps every gradient honest.
+        if _grad_enabled and self.requires_grad:
+            raise RuntimeError(
+                f"in-place change of a tensor of shape {self.shape} that requires grad while "
+                "recording: write it out of place (y = y + 1), or wrap an update of "
+                "parameters in `with md.no_grad():`")
+
+    def zero_(self):
+        self._check_inplace()
+        self.data[...] = 0
+        self._bump()
+        return self
+
+    def fill_(self, value):
+        self._check_inplace()
+        self.data[...] = value
+        self._bump()
+        return self
+
+    def copy_(self, other):
+        self._check_inplace()
+        self.data[...] = _as_array(other)
+        self._bump()
+        return self
+
+    def add_(self, other, alpha=1):
+        self._check_inplace()
+        self.data += alpha * _as_array(other)
+        self._bump()
+        return self
+
+    def mul_(self, other):
+        self._check_inplace()
+        self.data *= _as_array(other)
+        self._bump()
+        return self
+
+    def __iadd__(self, other):
+        return self.add_(other)
+
+    def __isub__(self, other):
+        return self.add_(other, alpha=-1)
+
+    def __imul__(self, other):
+        return self.mul_(other)
+
+    def __setitem__(self, index, value):
+        self._check_inplace()
+        self.data[_unwrap_index(index)] = _as_array(value)
+        self._bump()
+
+    # ------------------------------------------------------------------ autograd
+    def backward(self, gradient=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that needs it."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "this tensor does not require grad and has no grad_fn: nothing to differentiate "
+                "(did you create it under no_grad, or forget requires_grad=True on the inputs?)")
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar output, got shape {self.shape}; "
+                    "pass gradient= of the same shape or reduce with .sum() or .mean() first")
+            gradient = np.ones_like(self.data)
+        else:
+            gradient = _as_array(gradient, self.data.dtype)
+            if gradient.shape != self.shape:
+                raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
+        run_backward(self, gradient, retain_graph)
+
+    # Operators and methods are defined in ops.py and attached below the imports at the
+    # end of this file, so that each op's forward and backward stay together there.
+
+
+def _unwrap_index(index):
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index
+
+
+# ------------------------------------------------------------------------ function
+class Function:
+    """One differentiable operation.
+
+    Subclasses define ``forward(self, *arrays, **options) -> ndarray`` and
+    ``backward(self, grad) -> gradient or tuple of gradients`` (one per positional
+    input, None where no gradient is needed). Whatever backward needs is saved as an
+    attribute of ``self`` in forward. Gradients of broadcast inputs are summed back
+    to the input's shape by the engine, so ops need not do it.
+    """
+
+    needs_input_grad = ()
+    inputs = ()
+    saves_inputs = True  # False for ops whose backward never reads their inputs
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        fn = cls()
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        fn.needs_input_grad = needs
+        try:
+            out = fn.forward(*arrays, **kwargs)
+        except ValueError as error:
+            shapes = " and ".join(str(np.shape(a)) for a in arrays if isinstance(a, np.ndarray))
+            raise ValueError(f"{cls.__name__}: inputs of shapes {shapes}: {error}") from None
+        if _anomaly_mode:
+            _check_finite(out, f"the forward pass of {cls.__name__}")
+        result = Tensor(out)
+        if _grad_enabled and any(needs):
+            fn.inputs = tuple(a if n else None for a, n in zip(args, needs))
+            if cls.saves_inputs:
+                # Any tensor input may be saved, also those that need no gradient.
+                fn.versions = tuple(a._version if isinstance(a, Tensor) else None for a in args)
+                fn.saved = tuple(a if isinstance(a, Tensor) else None for a in args)
+            result.requires_grad = True
+            result.grad_fn = fn
+        return result
+
+    def _check_versions(self):
+        if not self.saves_inputs:
+            return
+        for t, version in zip(self.saved, self.versions):
+            if t is not None and t._version != version:
+                raise RuntimeError(
+                    f"a tensor of shape {t.shape} used by {type(self).__name__} was modified in "
+                    f"place after it was used (version {version} -> {t._version}); its gradient "
+                    "would be wrong. Use an out-of-place operation (x = x + 1, not x += 1).")
+
+    def _release(self):
+        """Drop the saved arrays; a second backward through this node is an error."""
+        name = type(self).__name__
+        vars(self).clear()
+        self.inputs = None
+        self.released_name = name
+
+
+def _check_finite(array, where):
+    if isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating) \
+            and not np.isfinite(array).all():
+        kind = "NaN" if np.isnan(array).any() else "inf"
+        raise FloatingPointError(f"detect_anomaly: {kind} produced by {where}")
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` back to ``shape``: the one place where broadcasting is undone."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+_SECOND_BACKWARD = (
+    "trying to backward through the graph a second time (through {name}): the saved "
+    "arrays were freed after the first backward; pass retain_graph=True to the first "
+    "backward() if you need to call it twice")
+
+
+def run_backward(root, gradient, retain_graph=False):
+    """Propagate ``gradient`` from ``root`` to the leaves.
+
+    First count, for every node, how many nodes consume its output; then process a
+    node only when all its consumers have handed in their gradient. Both passes use
+    an explicit stack, so a chain of 100,000 ops does not hit the recursion limit.
+    """
+    if root.grad_fn is None:  # a leaf
+        _accumulate(root, gradient)
+        return
+    consumers = {root.grad_fn: 0}
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node.inputs is None:
+            raise RuntimeError(_SECOND_BACKWARD.format(name=node.released_name))
+        for t in node.inputs:
+            if t is not None and t.grad_fn is not None:
+                parent = t.grad_fn
+                if parent in consumers:
+                    consumers[parent] += 1
+                else:
+                    consumers[parent] = 1
+                    stack.append(parent)
+
+    pending = {root.grad_fn: gradient}
+    ready = [root.grad_fn]
+    while ready:
+        node = ready.pop()
+        grad = pending.pop(node, None)
+        grads = ()
+        if grad is not None:
+            node._check_versions()
+            grads = node.backward(grad)
+            if not isinstance(grads, tuple):
+                grads = (grads,)
+            if len(grads) != len(node.inputs):
+                raise RuntimeError(f"{type(node).__name__}.backward returned {len(grads)} "
+                                   f"gradients for {len(node.inputs)} inputs")
+        for i, t in enumerate(node.inputs):
+            if t is None:
+                continue
+            g = grads[i] if grads else None
+            if g is not None:
+                if g.shape != t.data.shape:
+                    g = unbroadcast(g, t.data.shape)
+                if g.dtype != t.data.dtype:
+                    g = g.astype(t.data.dtype)
+                if _anomaly_mode:
+                    _check_finite(g, f"the backward pass of {type(node).__name__}")
+            parent = t.grad_fn
+            if parent is None:
+                if g is not None:
+                    _accumulate(t, g)
+                continue
+            if g is not None:
+                pending[parent] = pending[parent] + g if parent in pending else g
+            consumers[parent] -= 1
+            if consumers[parent] == 0:
+                ready.append(parent)
+        if not retain_graph:
+            node._release()
+
+
+def _accumulate(leaf, grad):
+    if leaf.grad is None:
+        # A copy: the same array may be handed to several leaves (e.g. by Add).
+        leaf.grad = np.array(grad, dtype=leaf.data.dtype, copy=True)
+    else:
+        leaf.grad = leaf.grad + grad
+
+
+# ---------------------------------------------------------------- factories
+def tensor(data, requires_grad=False, dtype=None):
+    """Like ``torch.tensor``: copies ``data``; floats default to float32."""
+    array = np.array(_as_array(data, dtype), copy=True)
+    return Tensor(array, requires_grad=requires_grad)
+
+
+def _shape(size):
+    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+
+
+def zeros(*size, dtype=DEFAULT_DTYPE, requires_grad=False):
+    return Tensor(np.zeros(_shape(size), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*size, dtype=DEFAULT_DTYPE, requires_grad=False):
+    return Tensor(np.ones(_shape(size), dtype=dtype), requires_grad=requires_grad)
+
+
+def full(size, value, dtype=DEFAULT_DTYPE, requires_grad=False):
+    return Tensor(np.full(size, value, dtype=dtype), requires_grad=requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return Tensor(np.zeros_like(_as_array(t), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return Tensor(np.ones_like(_as_array(t), dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*size, dtype=DEFAULT_DTYPE, requires_grad=False):
+    return Tensor(_rng.standard_normal(_shape(size)).astype(dtype), requires_grad=requires_grad)
+
+
+def rand(*size, dtype=DEFAULT_DTYPE, requires_grad=False):
+    return Tensor(_rng.random(_shape(size)).astype(dtype), requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad=False):
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        is_int = all(isinstance(v, numbers.Integral) for v in (start, end, step))
+        dtype = np.int64 if is_int else DEFAULT_DTYPE
+    return Tensor(np.arange(start, end, step, dtype=dtype), requires_grad=requires_grad)
+
+
+from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)

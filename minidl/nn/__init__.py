@@ -1,0 +1,2 @@
+# Placeholder until the module layer lands.
+from . import functional  # noqa: F401

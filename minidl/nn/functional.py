@@ -1,0 +1,440 @@
+"""Neural-network functions (``import minidl.nn.functional as F``): activations,
+linear, dropout, normalisation and losses, each forward beside its backward.
+
+The convolution and pooling functions live in ``minidl/conv.py`` and are
+re-exported at the bottom of this file.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from .. import autograd
+from ..autograd import Function, Tensor, _as_array
+from ..ops import pad  # noqa: F401  (F.pad, as in torch)
+
+# ---------------------------------------------------------------- activations
+
+
+class ReLU(Function):
+    def forward(self, x):
+        self.out = np.maximum(x, 0)
+        return self.out
+
+    def backward(self, grad):
+        return grad * (self.out > 0)
+
+
+class LeakyReLU(Function):
+    def forward(self, x, negative_slope):
+        self.positive, self.slope = x > 0, negative_slope
+        return np.where(self.positive, x, x * negative_slope)
+
+    def backward(self, grad):
+        return np.where(self.positive, grad, grad * self.slope)
+
+
+class ELU(Function):
+    def forward(self, x, alpha):
+        self.positive, self.alpha = x > 0, alpha
+        self.out = np.where(self.positive, x, alpha * np.expm1(np.minimum(x, 0)))
+        return self.out
+
+    def backward(self, grad):
+        # For x <= 0: d/dx alpha (e^x - 1) = alpha e^x = out + alpha.
+        return np.where(self.positive, grad, grad * (self.out + self.alpha))
+
+
+class GELU(Function):
+    """x Φ(x) exactly (erf), or torch's tanh approximation."""
+
+    def forward(self, x, approximate):
+        self.x, self.approximate = x, approximate
+        if approximate == "tanh":
+            self.inner = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
+            return 0.5 * x * (1 + self.inner)
+        self.cdf = 0.5 * (1 + special.erf(x / np.sqrt(2)))
+        return x * self.cdf
+
+    def backward(self, grad):
+        x = self.x
+        if self.approximate == "tanh":
+            d_inner = (1 - self.inner ** 2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x ** 2)
+            return grad * (0.5 * (1 + self.inner) + 0.5 * x * d_inner)
+        pdf = np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+        return grad * (self.cdf + x * pdf)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        self.out = special.expit(x)  # no overflow for large |x|
+        return self.out
+
+    def backward(self, grad):
+        return grad * self.out * (1 - self.out)
+
+
+class Tanh(Function):
+    def forward(self, x):
+        self.out = np.tanh(x)
+        return self.out
+
+    def backward(self, grad):
+        return grad * (1 - self.out * self.out)
+
+
+class Softmax(Function):
+    def forward(self, x, axis):
+        shifted = np.exp(x - x.max(axis=axis, keepdims=True))  # the max trick: no overflow
+        self.out, self.axis = shifted / shifted.sum(axis=axis, keepdims=True), axis
+        return self.out
+
+    def backward(self, grad):
+        return self.out * (grad - (grad * self.out).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        self.out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        self.axis = axis
+        return self.out
+
+    def backward(self, grad):
+        return grad - np.exp(self.out) * grad.sum(axis=self.axis, keepdims=True)
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return LeakyReLU.apply(x, negative_slope=negative_slope)
+
+
+def elu(x, alpha=1.0):
+    return ELU.apply(x, alpha=alpha)
+
+
+def gelu(x, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GELU.apply(x, approximate=approximate)
+
+
+def sigmoid(x):
+    return Sigmoid.apply(x)
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def softmax(x, dim=-1):
+    return Softmax.apply(x, axis=dim)
+
+
+def log_softmax(x, dim=-1):
+    return LogSoftmax.apply(x, axis=dim)
+
+
+# ------------------------------------------------------------ linear, dropout
+
+
+class Linear(Function):
+    """x @ weight.T + bias in one node: two GEMMs backward, none wasted."""
+
+    def forward(self, x, weight, bias=None):
+        if x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[-1]} features, weight {weight.shape} "
+                             f"expects {weight.shape[1]}")
+        self.x, self.weight = x, weight
+        out = x @ weight.T
+        if bias is not None:
+            out += bias
+        return out
+
+    def backward(self, grad):
+        need_x, need_w, need_b = (self.needs_input_grad + (False,))[:3]
+        x2 = self.x.reshape(-1, self.x.shape[-1])
+        g2 = grad.reshape(-1, grad.shape[-1])
+        grad_x = (grad @ self.weight) if need_x else None
+        grad_w = (g2.T @ x2) if need_w else None
+        grad_b = g2.sum(axis=0) if need_b else None
+        return (grad_x, grad_w, grad_b)[:len(self.needs_input_grad)]
+
+
+def linear(x, weight, bias=None):
+    if bias is None:
+        return Linear.apply(x, weight)
+    return Linear.apply(x, weight, bias)
+
+
+class Dropout(Function):
+    def forward(self, x, p):
+        keep = autograd.rng().random(x.shape, dtype=np.float32) >= p
+        # Inverted dropout: scale at training time so evaluation needs no change.
+        self.scale = keep.astype(x.dtype) / (1 - p)
+        return x * self.scale
+
+    def backward(self, grad):
+        return grad * self.scale
+
+
+def dropout(x, p=0.5, training=True):
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0
+    return Dropout.apply(x, p=p)
+
+
+# -------------------------------------------------------------- batch norm
+
+
+class BatchNorm(Function):
+    """Normalise over every axis but the channel axis 1: (N, C) or (N, C, H, W)."""
+
+    def forward(self, x, weight, bias, mean, var, eps, training):
+        self.axes = (0,) + tuple(range(2, x.ndim))
+        self.channel_shape = (1, -1) + (1,) * (x.ndim - 2)
+        self.inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype).reshape(self.channel_shape)
+        self.xhat = (x - mean.astype(x.dtype).reshape(self.channel_shape)) * self.inv_std
+        self.weight, self.training = weight, training
+        out = self.xhat if weight is None else self.xhat * weight.reshape(self.channel_shape)
+        if bias is not None:
+            out = out + bias.reshape(self.channel_shape)
+        return out
+
+    def backward(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad[:3]
+        grad_w = (grad * self.xhat).sum(axis=self.axes) if need_w else None
+        grad_b = grad.sum(axis=self.axes) if need_b else None
+        grad_x = None
+        if need_x:
+            g = grad if self.weight is None else grad * self.weight.reshape(self.channel_shape)
+            if self.training:  # the batch statistics depend on x too
+                count = grad.size // grad.shape[1]
+                g_mean = g.sum(axis=self.axes, keepdims=True) / count
+                gx_mean = (g * self.xhat).sum(axis=self.axes, keepdims=True) / count
+                g = g - g_mean - self.xhat * gx_mean
+            grad_x = g * self.inv_std
+        return grad_x, grad_w, grad_b, None, None
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """torch's F.batch_norm. In training the batch statistics normalise and the
+    running statistics (ndarrays, updated in place) move towards them, the variance
+    unbiased as in torch; in evaluation the running statistics normalise."""
+    data = _as_array(x)
+    if data.ndim < 2:
+        raise ValueError(f"batch_norm expects (N, C) or (N, C, ...) input, got shape {data.shape}")
+    channels = data.shape[1]
+    if running_mean is not None and _as_array(running_mean).shape != (channels,):
+        raise ValueError(f"batch_norm: input has {channels} channels but running_mean has shape "
+                         f"{_as_array(running_mean).shape}")
+    if training:
+        axes = (0,) + tuple(range(2, data.ndim))
+        count = data.size // channels
+        if count < 2:
+            raise ValueError(f"batch_norm in training needs more than one value per channel, "
+                             f"got input of shape {data.shape}")
+        mean, var = data.mean(axis=axes), data.var(axis=axes)
+        if running_mean is not None:
+            rm, rv = _as_array(running_mean), _as_array(running_var)
+            rm *= 1 - momentum
+            rm += momentum * mean
+            rv *= 1 - momentum
+            rv += momentum * var * count / (count - 1)
+    else:
+        mean, var = _as_array(running_mean), _as_array(running_var)
+    return BatchNorm.apply(x, weight, bias, mean, var, eps=eps, training=training)
+
+
+# -------------------------------------------------------------------- losses
+
+
+def _reduce(loss, reduction):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class CrossEntropy(Function):
+    """log-softmax and negative log-likelihood fused: the gradient is simply
+    (softmax - one_hot), and nothing overflows."""
+
+    def forward(self, logits, target, weight, reduction, label_smoothing, ignore_index):
+        n, classes = logits.shape
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        keep = target != ignore_index
+        safe_target = np.where(keep, target, 0)
+        w = np.ones(classes, dtype=logits.dtype) if weight is None else weight.astype(logits.dtype)
+        w_target = w[safe_target] * keep  # per-row weight, 0 for ignored rows
+        rows = np.arange(n)
+        eps = label_smoothing
+        loss = -(1 - eps) * w_target * log_p[rows, safe_target]
+        if eps:
+            loss = loss - eps / classes * (log_p * w).sum(axis=1) * keep
+        self.log_p, self.target, self.w, self.w_target, self.keep = log_p, safe_target, w, w_target, keep
+        self.eps, self.reduction = eps, reduction
+        self.denominator = w_target.sum() if reduction == "mean" else 1
+        if reduction == "none":
+            return loss
+        return np.asarray(loss.sum() / self.denominator, dtype=logits.dtype)
+
+    def backward(self, grad):
+        p = np.exp(self.log_p)
+        classes = p.shape[1]
+        rows = np.arange(len(p))
+        g = (1 - self.eps) * self.w_target[:, None] * p
+        g[rows, self.target] -= (1 - self.eps) * self.w_target
+        if self.eps:
+            g += self.eps / classes * (p * self.w.sum() - self.w) * self.keep[:, None]
+        scale = grad[:, None] if self.reduction == "none" else grad / self.denominator
+        return g * scale, None, None
+
+
+def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing=0.0,
+                  ignore_index=-100):
+    """torch's F.cross_entropy for logits (N, C) or (N, C, d1, ...) and integer targets."""
+    _check_reduction(reduction)
+    logits = logits if isinstance(logits, Tensor) else Tensor(logits)
+    target = _as_array(target)
+    if not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(f"cross_entropy expects integer class targets, got dtype {target.dtype}")
+    if logits.ndim < 2 or target.shape != (logits.shape[0],) + logits.shape[2:]:
+        raise ValueError(f"cross_entropy: logits of shape {logits.shape} need targets of shape "
+                         f"{(logits.shape[0],) + logits.shape[2:]}, got {target.shape}")
+    classes = logits.shape[1]
+    valid = target[target != ignore_index]
+    if valid.size and (valid.min() < 0 or valid.max() >= classes):
+        raise ValueError(f"cross_entropy: targets must lie in [0, {classes}), got values "
+                         f"from {valid.min()} to {valid.max()}")
+    out_shape = target.shape
+    if logits.ndim > 2:  # (N, C, d...) -> (N * d..., C)
+        logits = logits.permute(0, *range(2, logits.ndim), 1).reshape(-1, classes)
+        target = target.reshape(-1)
+    w = None if weight is None else _as_array(weight)
+    loss = CrossEntropy.apply(logits, target, w, reduction=reduction,
+                              label_smoothing=float(label_smoothing), ignore_index=ignore_index)
+    return loss.reshape(out_shape) if reduction == "none" else loss
+
+
+class NLLLoss(Function):
+    def forward(self, log_p, target, weight, reduction, ignore_index):
+        keep = target != ignore_index
+        self.target = np.where(keep, target, 0)
+        w = np.ones(log_p.shape[1], dtype=log_p.dtype) if weight is None else weight.astype(log_p.dtype)
+        self.w_target = w[self.target] * keep
+        self.shape, self.reduction = log_p.shape, reduction
+        loss = -self.w_target * log_p[np.arange(len(log_p)), self.target]
+        self.denominator = self.w_target.sum() if reduction == "mean" else 1
+        return loss if reduction == "none" else np.asarray(loss.sum() / self.denominator, log_p.dtype)
+
+    def backward(self, grad):
+        g = np.zeros(self.shape, dtype=grad.dtype)
+        scale = grad if self.reduction == "none" else grad / self.denominator
+        g[np.arange(self.shape[0]), self.target] = -self.w_target * scale
+        return g, None, None
+
+
+def nll_loss(log_probs, target, weight=None, reduction="mean", ignore_index=-100):
+    _check_reduction(reduction)
+    target = _as_array(target)
+    shape = _as_array(log_probs).shape
+    if len(shape) != 2 or target.shape != (shape[0],):
+        raise ValueError(f"nll_loss expects log-probabilities (N, C) and targets (N,), got "
+                         f"{shape} and {target.shape}")
+    w = None if weight is None else _as_array(weight)
+    return NLLLoss.apply(log_probs, target, w, reduction=reduction, ignore_index=ignore_index)
+
+
+def _same_shape(name, a, b):
+    if _as_array(a).shape != _as_array(b).shape:
+        raise ValueError(f"{name}: input shape {_as_array(a).shape} != target shape "
+                         f"{_as_array(b).shape}; reshape one of them (broadcasting here is "
+                         "almost always a bug)")
+
+
+def mse_loss(input, target, reduction="mean"):  # noqa: A002  (torch's names)
+    _same_shape("mse_loss", input, target)
+    diff = input - target
+    return _reduce(diff * diff, reduction)
+
+
+def l1_loss(input, target, reduction="mean"):  # noqa: A002
+    _same_shape("l1_loss", input, target)
+    return _reduce((input - target).abs(), reduction)
+
+
+class BinaryCrossEntropy(Function):
+    def forward(self, p, target):
+        self.p, self.target = p, target
+        # torch clamps the logarithms at -100 so that p = 0 or 1 gives a finite loss.
+        return -(target * np.maximum(np.log(p), -100) + (1 - target) * np.maximum(np.log1p(-p), -100))
+
+    def backward(self, grad):
+        p = np.clip(self.p, 1e-12, 1 - 1e-12)
+        return grad * (p - self.target) / (p * (1 - p)), None
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa: A002
+    _same_shape("binary_cross_entropy", input, target)
+    data = _as_array(input)
+    if data.size and (data.min() < 0 or data.max() > 1):
+        raise ValueError("binary_cross_entropy expects probabilities in [0, 1]; for logits use "
+                         "binary_cross_entropy_with_logits")
+    loss = BinaryCrossEntropy.apply(input, target)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+class BCEWithLogits(Function):
+    def forward(self, z, target, pos_weight):
+        self.z, self.target, self.pos_weight = z, target, pos_weight
+        softplus_neg = np.logaddexp(0, -z)  # log(1 + e^-z) without overflow
+        weight = 1 if pos_weight is None else 1 + (pos_weight - 1) * target
+        return (1 - target) * z + weight * softplus_neg
+
+    def backward(self, grad):
+        weight = 1 if self.pos_weight is None else 1 + (self.pos_weight - 1) * self.target
+        sig_neg = special.expit(-self.z)
+        return grad * ((1 - self.target) - weight * sig_neg), None, None
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",  # noqa: A002
+                                     pos_weight=None):
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    loss = BCEWithLogits.apply(input, _as_array(target), None if pos_weight is None
+                               else _as_array(pos_weight))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def one_hot(target, num_classes):
+    target = _as_array(target)
+    return Tensor(np.eye(num_classes, dtype=np.int64)[target])
+
+
+# Convolution and pooling (minidl/conv.py) belong to F as in torch.
+try:
+    from ..conv import (adaptive_avg_pool2d, avg_pool2d, conv2d,  # noqa: F401,E402
+                        conv_transpose2d, max_pool2d)
+except ImportError:  # pragma: no cover - only while conv.py is being written
+    pass
