@@ -204,7 +204,7 @@ def test_broadcasting_gradients_match_torch(data):
     op = data.draw(st.sampled_from(["add", "sub", "mul", "div", "maximum", "where"]))
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0.5, 2, shape_a), rng.uniform(0.5, 2, shape_b)
-    cond = rng.random(np.broadcast_shapes(shape_a, shape_b)) > 0.5
+    cond = np.asarray(rng.random(np.broadcast_shapes(shape_a, shape_b)) > 0.5)
     fns = {
         "add": (lambda x, y: x + y, lambda x, y: x + y),
         "sub": (lambda x, y: x - y, lambda x, y: x - y),

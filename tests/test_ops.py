@@ -16,6 +16,7 @@ import minidl as md
 import minidl.nn.functional as F
 import torch.nn.functional as TF
 from minidl.autograd import Function
+from minidl.gradcheck import gradcheck
 
 
 
@@ -38,10 +39,10 @@ def probabilities(shape, rng):
 
 
 class Row:
-    def __init__(self, name, md_fn, torch_fn, shapes, init=normal, extra=None):
+    def __init__(self, name, md_fn, torch_fn, shapes, init=normal, numeric=True):
         self.name, self.md_fn, self.torch_fn = name, md_fn, torch_fn
         self.shapes, self.init = shapes, init
-        self.extra = extra  # fixed non-differentiable arguments (targets, indices)
+        self.numeric = numeric  # False where float64 finite differences cannot apply
 
     def __repr__(self):
         return self.name
@@ -86,7 +87,8 @@ ROWS = [
     Row("minimum", md.minimum, torch.minimum, [(3, 1), (3, 4)]),
     Row("where", lambda a, b: md.where(COND, a, b),
         lambda a, b: torch.where(torch.from_numpy(COND), a, b), [(3, 4), (1, 4)]),
-    Row("cast", lambda a: (a.float() * 2).double(), lambda a: (a.float() * 2).double(), [(3,)]),
+    Row("cast", lambda a: (a.float() * 2).double(), lambda a: (a.float() * 2).double(), [(3,)],
+        numeric=False),  # a float32 round trip is too coarse for float64 differences
     Row("clone", lambda a: a.clone() * a, lambda a: a.clone() * a, [(2, 3)]),
     # reductions
     Row("sum_all", lambda a: a.sum(), lambda a: a.sum(), [(3, 4)]),
@@ -205,9 +207,11 @@ def test_forward_and_gradients_match_torch(row, contiguous):
 
 @pytest.mark.parametrize("row", ROWS, ids=repr)
 def test_gradcheck(row):
+    if not row.numeric:
+        pytest.skip("not differentiable numerically in float64")
     arrays = _inputs(row, seed=3)
     inputs = [md.Tensor(a, requires_grad=True) for a in arrays]
-    assert minidl.gradcheck.gradcheck(row.md_fn, inputs)
+    assert gradcheck(row.md_fn, inputs)
 
 
 def _graph_nodes(tensor):
