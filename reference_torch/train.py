@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import random
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from .distributed import all_reduce_sum, distribute_loader, init_distributed
+from .distributed import all_gather_object, all_reduce_sum, distribute_loader, init_distributed
 
 StepFn = Callable[..., "tuple[Tensor, dict[str, Any]]"]
 
@@ -43,12 +44,22 @@ StepFn = Callable[..., "tuple[Tensor, dict[str, Any]]"]
 def select_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else CUDA (this process's GPU under torchrun), then MPS, then CPU."""
     if device is not None:
-        return torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # under torchrun: this process's GPU
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model init, dropout, augmentation)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -91,7 +102,7 @@ def _seed_loader(loader: DataLoader, seed: int, epoch: int) -> None:
     """
     if loader.generator is None:
         loader.generator = torch.Generator()
-    if isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is None:
+    if getattr(loader.sampler, "generator", False) is None:  # Random-, SubsetRandom-, WeightedRandomSampler
         loader.sampler.generator = loader.generator
     loader.generator.manual_seed(_mix(seed, epoch))
     if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler shuffles by seed + epoch
@@ -239,6 +250,12 @@ class Trainer:
     GradScaler. ``ema`` is a decay (e.g. 0.999) or a ModelEMA; with ``ema_eval`` the EMA
     weights are the ones evaluated. Checkpoints go to ``checkpoint_dir/last.pt`` after each
     epoch and, with ``checkpoint_every_steps``, every that many steps.
+
+    Data order: before every epoch the trainer re-seeds each loader's generator from
+    (``seed``, epoch), so the order does not depend on what ran before. Under torchrun
+    a loader's ``batch_size`` is per process (the global batch is world_size times it),
+    and every rank evaluates the whole validation set, so all ranks see the same metrics
+    and callbacks take the same decisions.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -253,6 +270,8 @@ class Trainer:
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
         self.device = select_device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL and autocast use the current device
         self.dist = init_distributed(self.device)
         self.is_main = self.dist.is_main
         self.model = model.to(self.device)  # the plain module: saved, evaluated, EMA'd
@@ -307,9 +326,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, metrics = self.training_step(self.train_model, batch, *extra_batches)
-        if not torch.isfinite(loss.detach()).all() and not self.scaler.is_enabled():
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); "
-                                     "lower the learning rate or enable grad_clip")
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -320,7 +336,8 @@ class Trainer:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        return {"loss": loss.detach(), **{k: torch.as_tensor(v).detach() for k, v in metrics.items()}}
+        return {"loss": loss.detach(),
+                **{k: torch.as_tensor(v, device=self.device).detach() for k, v in metrics.items()}}
 
     # ---------------------------------------------------------------- epochs
     def _cycle(self, loader: DataLoader, index: int) -> Iterator[Any]:
@@ -363,8 +380,12 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step_end(self, metrics)
                 bar.update(1)
-                if bar.n % 20 == 1:  # .item() waits for the GPU; do it rarely
-                    bar.set_postfix(loss=f"{metrics['loss'].item():.4f}")
+                if self.batch_in_epoch % 20 == 1:  # .item() waits for the GPU, so look at the loss only now and then
+                    loss = metrics["loss"].item()
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss} at step {self.step} (epoch {self.epoch + 1}); "
+                                                 "lower the learning rate or set grad_clip")
+                    bar.set_postfix(loss=f"{loss:.4f}")
                 if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
                     self._partial = {"sums": {k: v.item() for k, v in sums.items()}, "count": count}
                     self.save_checkpoint()
@@ -391,12 +412,15 @@ class Trainer:
                 raise ValueError("resume=True needs checkpoint_dir; or pass the checkpoint path as resume=")
             if os.path.isfile(path) or resume is not True:
                 self.load_checkpoint(path)
+        if len(train_loader) == 0:
+            raise ValueError("train_loader yields no batches (dataset smaller than batch_size with "
+                             "drop_last=True?)")
         train_loader = distribute_loader(train_loader, self.dist, self.seed)
         extra_loaders = [distribute_loader(x, self.dist, self.seed) for x in extra_loaders]
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while self.epoch < epochs and not self.should_stop:
-            metrics = {"epoch": float(self.epoch + 1), **self._train_epoch(train_loader, extra_loaders)}
+            metrics = {"epoch": self.epoch + 1, **self._train_epoch(train_loader, extra_loaders)}
             if val_loader is not None:
                 metrics.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -404,6 +428,9 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if self.plateau_metric not in metrics:
+                    raise KeyError(f"ReduceLROnPlateau needs {self.plateau_metric!r}, the epoch metrics are "
+                                   f"{sorted(metrics)}; set plateau_metric= or pass a val_loader")
                 self.scheduler.step(metrics[self.plateau_metric])
             elif self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
@@ -434,14 +461,20 @@ class Trainer:
             "callbacks": [cb.state_dict() for cb in self.callbacks], "history": self.history,
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
             "partial": self._partial, "should_stop": self.should_stop, "seed": self.seed,
-            "rng": get_rng_state(),
+            "rng": [get_rng_state()],
         }
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> None:
-        """Write the full training state (rank 0 only); default ``checkpoint_dir/last.pt``."""
+        """Write the full training state; default ``checkpoint_dir/last.pt``.
+
+        Every rank must call it (each contributes its RNG state); rank 0 alone writes.
+        """
         path = path or self._last_path()
-        if path is not None and self.is_main:
-            save_checkpoint(self.state_dict(), path)
+        if path is None:
+            return
+        rng = all_gather_object(get_rng_state())  # per rank: dropout and augmentation differ
+        if self.is_main:
+            save_checkpoint({**self.state_dict(), "rng": rng}, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -462,10 +495,12 @@ class Trainer:
         self.history = state["history"]
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self._partial, self.should_stop, self.seed = state["partial"], state["should_stop"], state["seed"]
+        rng = state["rng"]
+        rng = rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0]
         if self.batch_in_epoch:
-            self._resume_rng = state["rng"]  # restored after the data order is replayed
+            self._resume_rng = rng  # restored after the data order is replayed
         else:
-            set_rng_state(state["rng"])
+            set_rng_state(rng)
 
 
 # --------------------------------------------------------------------------- functions

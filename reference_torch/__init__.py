@@ -1,0 +1,12 @@
+"""The PyTorch half of the kit: the same ideas as ``minidl``, for work that needs a GPU.
+
+    reference_torch.models        ResNet-18/34 (torchvision layout), thin ResNet-18, WRN-28-2
+    reference_torch.train         Trainer, fit, evaluate, warmup_cosine, ModelEMA, callbacks
+    reference_torch.augment       batched, seeded image augmentation on the device
+    reference_torch.checkpoint    atomic checkpoint files, read with weights_only=True
+    reference_torch.distributed   DistributedDataParallel under torchrun
+    reference_torch.data          numpy arrays -> torch DataLoader
+
+Submodules are imported explicitly (``from reference_torch.train import fit``) so that
+importing one part does not pull in the others.
+"""
