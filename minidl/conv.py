@@ -1,0 +1,612 @@
+"""Convolution, transposed convolution, pooling and 2-D batch norm, with torch's
+``F`` signatures (``minidl.nn.functional`` re-exports the functions below).
+
+How a convolution is computed (im2col + one GEMM)
+-------------------------------------------------
+A convolution is a matrix product in disguise. ``kernels.im2col`` copies every
+input patch a kernel window sees into one column of a matrix
+
+    cols: (C*kh*kw, N*OH*OW)     one row per (channel, kernel offset),
+                                 one column per output pixel of the whole batch
+
+so that the convolution of the whole batch is a single BLAS call
+
+    y = W.reshape(O, C*kh*kw) @ cols          (O, N*OH*OW)
+
+which ``kernels.rows_to_nchw`` moves back to (N, O, OH, OW), adding the bias.
+The backward pass is two more products with the same matrices:
+
+    grad_W    = grad_y @ cols.T               (O, C*kh*kw)
+    grad_cols = W.T @ grad_y                  (C*kh*kw, N*OH*OW)
+
+and ``kernels.col2im`` folds grad_cols back onto the image, adding up the
+overlaps. With ``groups`` > 1 each group is its own product over its own block
+of rows. Nobody needs the gradient of the images fed to a network's first
+layer, so when ``needs_input_grad`` says so, grad_cols and col2im are skipped.
+
+A transposed convolution is the same machinery run backwards: its forward is a
+convolution's input gradient and its input gradient is a convolution.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import autograd, kernels
+from .autograd import Function, Tensor, _as_array
+from .kernels import pool
+
+__all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+           "batch_norm2d", "Conv2dFn", "ConvTranspose2dFn", "MaxPool2dFn", "AvgPool2dFn",
+           "AdaptiveAvgPool2dFn", "BatchNorm2dFn"]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _pair(value, name, minimum=0):
+    """``3`` -> (3, 3); ``(3, 5)`` stays; checks that both are ints >= minimum."""
+    if isinstance(value, numbers.Integral):
+        value = (int(value), int(value))
+    else:
+        value = tuple(value)
+        if len(value) != 2 or not all(isinstance(v, numbers.Integral) for v in value):
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        value = (int(value[0]), int(value[1]))
+    if min(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _floating(array, name):
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must hold floating-point numbers, got dtype {array.dtype}")
+
+
+def _contiguous(array, dtype):
+    """The array as a C-contiguous block of ``dtype``; copies only when it must."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _conv_out(size, kernel, stride, pad, dilation):
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pool_out(size, kernel, stride, pad, dilation, ceil_mode):
+    """torch's pooling output size; with ceil_mode the last window may hang over
+    the border, but must start inside the image or the left padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _zeros_if_none(array, length, dtype):
+    return np.zeros(length, dtype=dtype) if array is None else _contiguous(array, dtype)
+
+
+def _recording(fn):
+    """Will backward run through this node? (forward sees needs_input_grad, but
+    under no_grad nothing is recorded whatever it says)."""
+    return autograd.is_grad_enabled() and any(fn.needs_input_grad)
+
+
+def _unbatched(x, fn_name):
+    """torch accepts one image (C, H, W) as well as a batch (N, C, H, W)."""
+    shape = _as_array(x).shape
+    if len(shape) == 3:
+        return True
+    if len(shape) != 4:
+        raise ValueError(f"{fn_name} expects input of shape (N, C, H, W) or (C, H, W), "
+                         f"got shape {shape} ({len(shape)} dimensions)")
+    return False
+
+
+def _as_batch(x):
+    return (x if isinstance(x, Tensor) else Tensor(x)).reshape(1, *_as_array(x).shape)
+
+
+# ---------------------------------------------------------------- convolution
+
+
+class Conv2dFn(Function):
+    """conv2d on arrays: x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None."""
+
+    def forward(self, x, weight, bias, *, stride, padding, dilation, groups):
+        dtype = x.dtype
+        x, weight = _contiguous(x, dtype), _contiguous(weight, dtype)
+        n, c, h, w = x.shape
+        o, c_group, kh, kw = weight.shape
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        oh, ow = _conv_out(h, kh, sh, ph, dh), _conv_out(w, kw, sw, pw, dw)
+
+        # Scratch matrices come from the pool (see kernels.BufferPool: fresh
+        # memory this large costs page faults as long as the GEMM itself).
+        cols = pool.take((c * kh * kw, n * oh * ow), dtype)
+        kernels.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
+        w2 = weight.reshape(o, c_group * kh * kw)
+        y = pool.take((o, n * oh * ow), dtype)
+        k, og = c_group * kh * kw, o // groups
+        for g in range(groups):  # one GEMM per group (just one without groups)
+            np.matmul(w2[g * og:(g + 1) * og], cols[g * k:(g + 1) * k], out=y[g * og:(g + 1) * og])
+        out = np.empty((n, o, oh, ow), dtype=dtype)
+        kernels.rows_to_nchw(y, _zeros_if_none(bias, o, dtype), out.reshape(n, o, oh * ow))
+        pool.give_back(y)
+
+        # Keep only what backward will use: cols for the weight gradient, the
+        # weight for the input gradient (cols is the big one, C*kh*kw times x).
+        need_x, need_w = self.needs_input_grad[:2]
+        self.cols = cols if need_w and _recording(self) else None
+        if self.cols is None:
+            pool.give_back(cols)
+        self.w2 = w2 if need_x else None
+        self.geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        self.x_shape, self.w_shape, self.groups = x.shape, weight.shape, groups
+        return out
+
+    def backward(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad
+        n, c, h, w = self.x_shape
+        o, c_group, kh, kw = self.w_shape
+        oh, ow = self.geometry[-2:]
+        groups, k, og = self.groups, c_group * kh * kw, o // self.groups
+        grad = _contiguous(grad, grad.dtype)
+
+        # (N, O, OH, OW) -> (O, N*OH*OW), summing the bias gradient on the way.
+        g_rows = pool.take((o, n * oh * ow), grad.dtype)
+        grad_b = np.empty(o, dtype=grad.dtype) if need_b else np.empty(0, dtype=grad.dtype)
+        kernels.nchw_to_rows(grad.reshape(n, o, oh * ow), g_rows, grad_b)
+
+        grad_w = grad_x = None
+        if need_w:
+            grad_w = np.empty((o, k), dtype=grad.dtype)
+            for g in range(groups):
+                np.matmul(g_rows[g * og:(g + 1) * og], self.cols[g * k:(g + 1) * k].T,
+                          out=grad_w[g * og:(g + 1) * og])
+            grad_w = grad_w.reshape(self.w_shape)
+        if need_x:
+            grad_cols = pool.take((c * kh * kw, n * oh * ow), grad.dtype)
+            for g in range(groups):
+                np.matmul(self.w2[g * og:(g + 1) * og].T, g_rows[g * og:(g + 1) * og],
+                          out=grad_cols[g * k:(g + 1) * k])
+            grad_x = np.empty(self.x_shape, dtype=grad.dtype)
+            kernels.col2im(grad_cols, *self.geometry, grad_x)
+            pool.give_back(grad_cols)
+        pool.give_back(g_rows)
+        return grad_x, grad_w, (grad_b if need_b else None)
+
+    def _release(self):
+        # Called by the engine once backward is done and the graph is not
+        # retained: nobody reads cols any more, so the next step may reuse it.
+        pool.give_back(self.cols)
+        super()._release()
+
+
+def _check_conv(fn_name, x_shape, w_shape, bias, stride, padding, dilation, groups, transposed):
+    """The shape checks torch makes, with messages that show the shapes."""
+    if len(w_shape) != 4:
+        raise ValueError(f"{fn_name}: weight must have 4 dimensions, got shape {w_shape}")
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"{fn_name}: groups must be a positive int, got {groups!r}")
+    c = x_shape[1]
+    if transposed:  # weight (C_in, C_out/groups, kh, kw)
+        if w_shape[0] != c:
+            raise ValueError(f"{fn_name}: input of shape {x_shape} has {c} channels but weight "
+                             f"of shape {w_shape} expects {w_shape[0]} (weight is "
+                             "(in_channels, out_channels/groups, kh, kw))")
+        if c % groups:
+            raise ValueError(f"{fn_name}: {c} input channels are not divisible by groups={groups}")
+        out_channels = w_shape[1] * groups
+    else:  # weight (C_out, C_in/groups, kh, kw)
+        if w_shape[1] * groups != c:
+            raise ValueError(f"{fn_name}: input of shape {x_shape} has {c} channels but weight "
+                             f"of shape {w_shape} with groups={groups} expects "
+                             f"{w_shape[1] * groups}")
+        if w_shape[0] % groups:
+            raise ValueError(f"{fn_name}: {w_shape[0]} output channels (weight {w_shape}) are "
+                             f"not divisible by groups={groups}")
+        out_channels = w_shape[0]
+    if bias is not None and _as_array(bias).shape != (out_channels,):
+        raise ValueError(f"{fn_name}: bias must have shape ({out_channels},), got "
+                         f"{_as_array(bias).shape}")
+    if not transposed:
+        for axis, size, k, p, d in zip("HW", x_shape[2:], w_shape[2:], padding, dilation):
+            if size + 2 * p < d * (k - 1) + 1:
+                raise ValueError(
+                    f"{fn_name}: kernel of size {d * (k - 1) + 1} along {axis} (weight {w_shape}, "
+                    f"dilation {dilation}) is larger than the padded input "
+                    f"({size} + 2*{p} = {size + 2 * p}; input shape {x_shape})")
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """2-D convolution (really cross-correlation, as in every framework), torch's
+    ``F.conv2d``: input (N, C, H, W) or (C, H, W), weight (O, C/groups, kh, kw),
+    bias (O,). ``padding`` may also be 'valid' (0) or 'same' (stride 1 only)."""
+    if _unbatched(input, "conv2d"):
+        return conv2d(_as_batch(input), weight, bias, stride, padding, dilation, groups)[0]
+    x, w = _as_array(input), _as_array(weight)
+    _floating(x, "conv2d input")
+    stride, dilation = _pair(stride, "conv2d stride", 1), _pair(dilation, "conv2d dilation", 1)
+    if isinstance(padding, str):
+        padding = _same_padding(padding, w.shape, stride, dilation)
+    padding = _pair(padding, "conv2d padding", 0)
+    _check_conv("conv2d", x.shape, w.shape, bias, stride, padding, dilation, groups, False)
+    if w.dtype != x.dtype:
+        raise ValueError(f"conv2d: input dtype {x.dtype} and weight dtype {w.dtype} differ; "
+                         "convert one (e.g. x.float() or model.double())")
+    return Conv2dFn.apply(input, weight, bias, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups)
+
+
+def _same_padding(mode, w_shape, stride, dilation):
+    if mode == "valid":
+        return 0
+    if mode != "same":
+        raise ValueError(f"conv2d padding must be an int, a pair, 'valid' or 'same', got {mode!r}")
+    if stride != (1, 1):
+        raise ValueError(f"conv2d padding='same' needs stride 1, got stride {stride}")
+    spans = [d * (k - 1) for k, d in zip(w_shape[2:], dilation)]
+    if any(s % 2 for s in spans):
+        raise ValueError(f"conv2d padding='same' with an even kernel span {spans} would need "
+                         "uneven padding; pad explicitly with F.pad first")
+    return spans[0] // 2, spans[1] // 2
+
+
+class ConvTranspose2dFn(Function):
+    """conv_transpose2d on arrays: x (N, C_in, H, W), weight (C_in, C_out/groups,
+    kh, kw). Forward is conv2d's input gradient, backward reuses im2col."""
+
+    def forward(self, x, weight, bias, *, stride, padding, output_padding, dilation, groups,
+                out_hw):
+        dtype = x.dtype
+        x, weight = _contiguous(x, dtype), _contiguous(weight, dtype)
+        n, c_in, h, w = x.shape
+        _, cout_group, kh, kw = weight.shape
+        c_out, ig = cout_group * groups, c_in // groups
+        k = cout_group * kh * kw
+
+        x_rows = np.empty((c_in, n * h * w), dtype=dtype)  # (C_in, N*H*W)
+        kernels.nchw_to_rows(x.reshape(n, c_in, h * w), x_rows, np.empty(0, dtype=dtype))
+        w2 = weight.reshape(c_in, k)
+        cols = pool.take((c_out * kh * kw, n * h * w), dtype)
+        for g in range(groups):
+            np.matmul(w2[g * ig:(g + 1) * ig].T, x_rows[g * ig:(g + 1) * ig],
+                      out=cols[g * k:(g + 1) * k])
+        out = np.empty((n, c_out) + out_hw, dtype=dtype)
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        # The conv that maps `out` back to x's size has exactly this geometry.
+        self.geometry = (kh, kw, sh, sw, ph, pw, dh, dw, h, w)
+        kernels.col2im(cols, *self.geometry, out)
+        pool.give_back(cols)
+        if bias is not None:
+            kernels.add_channel_bias(out.reshape(n, c_out, -1), _contiguous(bias, dtype))
+
+        need_x, need_w = self.needs_input_grad[:2]
+        self.x_rows = x_rows if need_w else None
+        self.w2 = w2 if need_x else None
+        self.x_shape, self.w_shape, self.groups = x.shape, weight.shape, groups
+        return out
+
+    def backward(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad
+        n, c_in, h, w = self.x_shape
+        _, cout_group, kh, kw = self.w_shape
+        groups, ig, k = self.groups, c_in // self.groups, cout_group * kh * kw
+        grad = _contiguous(grad, grad.dtype)
+        grad_x = grad_w = grad_b = None
+        if need_x or need_w:
+            cols = pool.take((cout_group * groups * kh * kw, n * h * w), grad.dtype)
+            kernels.im2col(grad, *self.geometry, cols)
+        if need_x:
+            rows = pool.take((c_in, n * h * w), grad.dtype)
+            for g in range(groups):
+                np.matmul(self.w2[g * ig:(g + 1) * ig], cols[g * k:(g + 1) * k],
+                          out=rows[g * ig:(g + 1) * ig])
+            grad_x = np.empty(self.x_shape, dtype=grad.dtype)
+            kernels.rows_to_nchw(rows, np.zeros(c_in, dtype=grad.dtype),
+                                 grad_x.reshape(n, c_in, h * w))
+            pool.give_back(rows)
+        if need_w:
+            grad_w = np.empty((c_in, k), dtype=grad.dtype)
+            for g in range(groups):
+                np.matmul(self.x_rows[g * ig:(g + 1) * ig], cols[g * k:(g + 1) * k].T,
+                          out=grad_w[g * ig:(g + 1) * ig])
+            grad_w = grad_w.reshape(self.w_shape)
+        if need_x or need_w:
+            pool.give_back(cols)
+        if need_b:
+            grad_b = kernels.channel_sum(grad.reshape(n, grad.shape[1], -1)).astype(grad.dtype)
+        return grad_x, grad_w, grad_b
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0,  # noqa: A002
+                     output_padding=0, groups=1, dilation=1):
+    """torch's ``F.conv_transpose2d`` (argument order included): input (N, C_in, H, W)
+    or (C_in, H, W), weight (C_in, C_out/groups, kh, kw). The output has
+    (H - 1)*stride - 2*padding + dilation*(kh - 1) + output_padding + 1 rows."""
+    if _unbatched(input, "conv_transpose2d"):
+        return conv_transpose2d(_as_batch(input), weight, bias, stride, padding,
+                                output_padding, groups, dilation)[0]
+    x, w = _as_array(input), _as_array(weight)
+    _floating(x, "conv_transpose2d input")
+    stride = _pair(stride, "conv_transpose2d stride", 1)
+    dilation = _pair(dilation, "conv_transpose2d dilation", 1)
+    padding = _pair(padding, "conv_transpose2d padding", 0)
+    output_padding = _pair(output_padding, "conv_transpose2d output_padding", 0)
+    _check_conv("conv_transpose2d", x.shape, w.shape, bias, stride, padding, dilation, groups,
+                True)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= max(s, d):
+            raise ValueError(f"conv_transpose2d: output_padding {output_padding} must be smaller "
+                             f"than the stride {stride} or the dilation {dilation}")
+    out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
+                   zip(x.shape[2:], stride, padding, dilation, w.shape[2:], output_padding))
+    if min(out_hw) < 1:
+        raise ValueError(f"conv_transpose2d: input {x.shape} with weight {w.shape}, stride "
+                         f"{stride} and padding {padding} gives an empty output {out_hw}")
+    if w.dtype != x.dtype:
+        raise ValueError(f"conv_transpose2d: input dtype {x.dtype} and weight dtype {w.dtype} "
+                         "differ; convert one")
+    return ConvTranspose2dFn.apply(input, weight, bias, stride=stride, padding=padding,
+                                   output_padding=output_padding, dilation=dilation,
+                                   groups=groups, out_hw=out_hw)
+
+
+# -------------------------------------------------------------------- pooling
+
+
+def _pool_args(fn_name, x, kernel_size, stride, padding, dilation, ceil_mode):
+    """Normalised (kernel, stride, padding, dilation, output size) with torch's checks."""
+    kernel = _pair(kernel_size, f"{fn_name} kernel_size", 1)
+    stride = kernel if stride is None or stride == [] or stride == () else \
+        _pair(stride, f"{fn_name} stride", 1)
+    padding = _pair(padding, f"{fn_name} padding", 0)
+    dilation = _pair(dilation, f"{fn_name} dilation", 1)
+    shape = x.shape
+    for p, k, d in zip(padding, kernel, dilation):
+        if p > (d * (k - 1) + 1) // 2:
+            raise ValueError(f"{fn_name}: padding {padding} must be at most half of the "
+                             f"kernel size {kernel}")
+    out_hw = tuple(_pool_out(size, k, s, p, d, ceil_mode) for size, k, s, p, d in
+                   zip(shape[2:], kernel, stride, padding, dilation))
+    if min(out_hw) < 1:
+        raise ValueError(f"{fn_name}: kernel {kernel} (dilation {dilation}, padding {padding}) "
+                         f"is larger than the padded input of shape {shape}")
+    return kernel, stride, padding, dilation, out_hw
+
+
+class MaxPool2dFn(Function):
+    saves_inputs = False  # backward needs only where the maxima were
+
+    def forward(self, x, *, kernel, stride, padding, dilation, out_hw):
+        x = _contiguous(x, x.dtype)
+        n, c = x.shape[:2]
+        out = np.empty((n, c) + out_hw, dtype=x.dtype)
+        # The common 2x2/2 case has its own kernel that stores where each maximum
+        # was as an int8 0..3 (a quarter of the memory of an int32 index).
+        self.fast = (kernel == (2, 2) and stride == (2, 2) and padding == (0, 0)
+                     and dilation == (1, 1) and out_hw == (x.shape[2] // 2, x.shape[3] // 2))
+        if self.fast:
+            self.arg = np.empty(out.shape, dtype=np.int8)
+            kernels.max_pool_2x2(x, out, self.arg)
+        else:
+            self.arg = np.empty(out.shape, dtype=np.int32)
+            kernels.max_pool(x, *kernel, *stride, *padding, *dilation, out, self.arg)
+        self.x_shape = x.shape
+        return out
+
+    def indices(self):
+        """torch's ``return_indices``: flat position y*W + x of each maximum in its plane."""
+        if not self.fast:
+            return self.arg.astype(np.int64)
+        width = self.x_shape[3]
+        oh, ow = self.arg.shape[2:]
+        k = self.arg.astype(np.int64)
+        rows = 2 * np.arange(oh)[:, None] + k // 2
+        cols = 2 * np.arange(ow)[None, :] + k % 2
+        return rows * width + cols
+
+    def backward(self, grad):
+        grad = _contiguous(grad, grad.dtype)
+        dx = np.empty(self.x_shape, dtype=grad.dtype)
+        if self.fast:
+            kernels.max_pool_2x2_backward(grad, self.arg, dx)
+        else:
+            kernels.max_pool_backward(grad, self.arg, dx)
+        return dx
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1,  # noqa: A002
+               ceil_mode=False, return_indices=False):
+    """torch's ``F.max_pool2d``; ``stride`` defaults to ``kernel_size``. Ties go to
+    the first maximum in row-major order, as in torch."""
+    if _unbatched(input, "max_pool2d"):
+        result = max_pool2d(_as_batch(input), kernel_size, stride, padding, dilation,
+                            ceil_mode, return_indices)
+        return (result[0][0], result[1][0]) if return_indices else result[0]
+    x = _as_array(input)
+    _floating(x, "max_pool2d input")
+    kernel, stride, padding, dilation, out_hw = _pool_args(
+        "max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
+    out = MaxPool2dFn.apply(input, kernel=kernel, stride=stride, padding=padding,
+                            dilation=dilation, out_hw=out_hw)
+    if not return_indices:
+        return out
+    if out.grad_fn is None:  # no graph recorded: compute the indices once more
+        fn = MaxPool2dFn()
+        fn.needs_input_grad = (False,)
+        fn.forward(x, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                   out_hw=out_hw)
+        return out, Tensor(fn.indices())
+    return out, Tensor(out.grad_fn.indices())
+
+
+class AvgPool2dFn(Function):
+    saves_inputs = False  # the gradient of a mean does not depend on the input
+
+    def forward(self, x, *, kernel, stride, padding, count_include_pad, divisor, out_hw):
+        x = _contiguous(x, x.dtype)
+        out = np.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+        self.args = (*kernel, *stride, *padding, count_include_pad, divisor)
+        kernels.avg_pool(x, *self.args, out)
+        self.x_shape = x.shape
+        return out
+
+    def backward(self, grad):
+        dx = np.empty(self.x_shape, dtype=grad.dtype)
+        kernels.avg_pool_backward(_contiguous(grad, grad.dtype), *self.args, dx)
+        return dx
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,  # noqa: A002
+               count_include_pad=True, divisor_override=None):
+    """torch's ``F.avg_pool2d``: padding counts as zeros in the mean unless
+    ``count_include_pad=False``; ``divisor_override`` replaces the window size."""
+    if _unbatched(input, "avg_pool2d"):
+        return avg_pool2d(_as_batch(input), kernel_size, stride, padding, ceil_mode,
+                          count_include_pad, divisor_override)[0]
+    x = _as_array(input)
+    _floating(x, "avg_pool2d input")
+    kernel, stride, padding, _, out_hw = _pool_args("avg_pool2d", x, kernel_size, stride,
+                                                    padding, 1, ceil_mode)
+    if divisor_override is not None and (not isinstance(divisor_override, numbers.Integral)
+                                         or divisor_override <= 0):
+        raise ValueError(f"avg_pool2d: divisor_override must be a positive int, got "
+                         f"{divisor_override!r}")
+    return AvgPool2dFn.apply(input, kernel=kernel, stride=stride, padding=padding,
+                             count_include_pad=bool(count_include_pad),
+                             divisor=int(divisor_override or 0), out_hw=out_hw)
+
+
+class AdaptiveAvgPool2dFn(Function):
+    saves_inputs = False
+
+    def forward(self, x, *, out_hw):
+        x = _contiguous(x, x.dtype)
+        self.x_shape = x.shape
+        n, c, h, w = x.shape
+        if out_hw == (1, 1):  # global average pooling: a plain mean per plane
+            return x.reshape(n, c, h * w).mean(axis=2).reshape(n, c, 1, 1)
+        out = np.empty((n, c) + out_hw, dtype=x.dtype)
+        return kernels.adaptive_avg_pool(x, out)
+
+    def backward(self, grad):
+        n, c, h, w = self.x_shape
+        if grad.shape[2:] == (1, 1):
+            return np.repeat(grad.reshape(n, c, 1) / (h * w), h * w, axis=2).reshape(self.x_shape)
+        dx = np.empty(self.x_shape, dtype=grad.dtype)
+        return kernels.adaptive_avg_pool_backward(_contiguous(grad, grad.dtype), dx)
+
+
+def adaptive_avg_pool2d(input, output_size):  # noqa: A002
+    """torch's ``F.adaptive_avg_pool2d``: average over windows chosen so that the
+    output has ``output_size`` (an int, a pair, None keeps that dimension)."""
+    if _unbatched(input, "adaptive_avg_pool2d"):
+        return adaptive_avg_pool2d(_as_batch(input), output_size)[0]
+    x = _as_array(input)
+    _floating(x, "adaptive_avg_pool2d input")
+    if isinstance(output_size, numbers.Integral) or output_size is None:
+        output_size = (output_size, output_size)
+    if len(output_size) != 2:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got "
+                         f"{output_size!r}")
+    out_hw = tuple(int(size if o is None else o) for o, size in zip(output_size, x.shape[2:]))
+    if min(out_hw) < 1 or min(x.shape[2:]) < 1:
+        raise ValueError(f"adaptive_avg_pool2d: output size {out_hw} and input {x.shape} "
+                         "must both be at least 1")
+    return AdaptiveAvgPool2dFn.apply(input, out_hw=out_hw)
+
+
+# ----------------------------------------------------------------- batch norm
+
+
+class BatchNorm2dFn(Function):
+    """Batch norm of (N, C, H, W) maps with given per-channel statistics (float64
+    mean and biased var). The running statistics are not touched here; see
+    ``batch_norm2d``."""
+
+    def forward(self, x, weight, bias, *, mean, var, eps, training):
+        dtype = x.dtype
+        x = _contiguous(x, dtype)
+        n, c = x.shape[:2]
+        inv_std = 1.0 / np.sqrt(var + eps)
+        w = np.ones(c) if weight is None else weight.astype(np.float64)
+        b = np.zeros(c) if bias is None else bias.astype(np.float64)
+        out = np.empty_like(x)
+        x3 = x.reshape(n, c, -1)
+        # y = (x - mean) * (w / std) + b: one pass, one multiply-add per value.
+        kernels.channel_normalize(x3, mean.astype(dtype), (w * inv_std).astype(dtype),
+                                  b.astype(dtype), out.reshape(n, c, -1))
+        self.x3, self.mean, self.inv_std, self.w = x3, mean, inv_std, w
+        self.training, self.x_shape = training, x.shape
+        return out
+
+    def backward(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad
+        n, c = self.x_shape[:2]
+        g3 = _contiguous(grad, grad.dtype).reshape(n, c, -1)
+        count = g3.shape[0] * g3.shape[2]
+        grad_x = grad_w = grad_b = None
+        if need_w or need_b or (need_x and self.training):
+            sum_g, sum_gxc = kernels.channel_grad_sums(g3, self.x3, self.mean)
+            sum_gxhat = sum_gxc * self.inv_std  # sum of g * x_hat per channel
+            grad_w = sum_gxhat.astype(grad.dtype) if need_w else None
+            grad_b = sum_g.astype(grad.dtype) if need_b else None
+        if need_x:
+            # dx = w/std * (g - mean(g) - x_hat * mean(g * x_hat)) in training (the
+            # batch statistics depend on x too), and just w/std * g in evaluation:
+            # written as g*a + (x - mean)*b + d with per-channel a, b, d.
+            a = self.w * self.inv_std
+            if self.training:
+                b = -a * self.inv_std * sum_gxhat / count
+                d = -a * sum_g / count
+            else:
+                b = d = np.zeros(c)
+            dx = np.empty(self.x_shape, dtype=grad.dtype)
+            kernels.batch_norm_input_grad(g3, self.x3, self.mean.astype(grad.dtype),
+                                          a.astype(grad.dtype), b.astype(grad.dtype),
+                                          d.astype(grad.dtype), dx.reshape(n, c, -1))
+            grad_x = dx
+        return grad_x, grad_w, grad_b
+
+
+def batch_norm2d(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
+                 training=False, momentum=0.1, eps=1e-5):
+    """torch's ``F.batch_norm`` for (N, C, H, W) maps (statistics over N, H, W).
+
+    In training the batch's mean and biased variance normalise, and the running
+    statistics (ndarrays, updated in place; None to keep none) move towards the
+    batch mean and the *unbiased* variance, as in torch. In evaluation the
+    running statistics normalise.
+    """
+    x = _as_array(input)
+    if x.ndim != 4:
+        raise ValueError(f"batch_norm2d expects (N, C, H, W) input, got shape {x.shape}")
+    _floating(x, "batch_norm2d input")
+    n, c, h, w = x.shape
+    for name, array in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+        if array is not None and _as_array(array).shape != (c,):
+            raise ValueError(f"batch_norm2d: input of shape {x.shape} has {c} channels but "
+                             f"{name} has shape {_as_array(array).shape}")
+    if training:
+        count = n * h * w
+        if count < 2:
+            raise ValueError(f"batch_norm2d in training needs more than one value per channel, "
+                             f"got input of shape {x.shape}")
+        mean, var = kernels.channel_mean_var(_contiguous(x, x.dtype).reshape(n, c, -1))
+        if running_mean is not None:
+            rm, rv = _as_array(running_mean), _as_array(running_var)
+            rm *= 1 - momentum
+            rm += momentum * mean
+            rv *= 1 - momentum
+            rv += momentum * var * count / (count - 1)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm2d in evaluation needs running_mean and running_var")
+        mean = _as_array(running_mean).astype(np.float64)
+        var = _as_array(running_var).astype(np.float64)
+    return BatchNorm2dFn.apply(input, weight, bias, mean=mean, var=var, eps=eps,
+                               training=bool(training))
