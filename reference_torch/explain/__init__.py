@@ -1,0 +1,35 @@
+"""Interpretability: attributions, their evaluation, feature visualisation, adversarial examples.
+
+    attribution   Occlusion, Saliency, InputXGradient, GradCAM, IntegratedGradients,
+                  SmoothGrad, LayerSaliency; METHODS maps names to the first six.
+                  Method(model, ...).attribute(x, target=None) -> Attribution
+                  (.relevance (B, H, W), .logits, .target, .raw, .delta)
+    metrics       deletion_curve, insertion_curve (RISE), deletion_insertion (both, each
+                  beside a random order), auc, mask_share, pointing_game
+    activations   activation_maps(model, x, layers), capture (forward hooks)
+    featvis       visualize(model, channel(layer, c) | neuron(...) | class_logit(k), ...)
+                  with PixelImage / FourierImage and RandomTransforms
+    adversarial   Normalize, fgsm, pgd, accuracy_under_attack
+
+Conventions shared by all of them: images are float batches (B, C, H, W); the model
+returns logits; it runs in eval mode with frozen parameters while it is being explained
+and is restored afterwards; all work on many variants of an image (path steps, patches,
+noisy copies, deletion steps) runs in pieces of at most ``batch_size`` model inputs.
+"""
+from .activations import activation_maps, capture
+from .adversarial import Normalize, accuracy_under_attack, fgsm, pgd
+from .attribution import (METHODS, Attribution, AttributionMethod, GradCAM, InputXGradient,
+                          IntegratedGradients, LayerSaliency, Occlusion, Saliency, SmoothGrad)
+from .featvis import (FourierImage, PixelImage, RandomTransforms, channel, class_logit, neuron,
+                      visualize)
+from .metrics import (Curve, auc, deletion_curve, deletion_insertion, insertion_curve, mask_share,
+                      pointing_game)
+
+__all__ = [
+    "Attribution", "AttributionMethod", "Occlusion", "Saliency", "InputXGradient", "GradCAM",
+    "IntegratedGradients", "SmoothGrad", "LayerSaliency", "METHODS",
+    "Curve", "auc", "deletion_curve", "insertion_curve", "deletion_insertion", "mask_share", "pointing_game",
+    "activation_maps", "capture",
+    "visualize", "channel", "neuron", "class_logit", "PixelImage", "FourierImage", "RandomTransforms",
+    "Normalize", "fgsm", "pgd", "accuracy_under_attack",
+]
