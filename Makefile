@@ -17,8 +17,10 @@ demo: $(STAMP)
 	$(PY) -m assignments run --default
 	$(PY) -m assignments report
 
+# Two test workers with one BLAS/torch thread each: two cores, no oversubscription.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+		$(PY) -m pytest -n 2 --dist loadfile -q
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -1,0 +1,179 @@
+"""One MLP training step (784-256-256-10, ReLU, batch 128, float32, cross-entropy,
+SGD with momentum) in minidl and in torch on the CPU, in one run, with the same
+number of BLAS/OpenMP threads for both; prints the median time per step of each and
+their ratio. A hand-written NumPy step (no autograd at all) is timed as well: it is
+the floor that minidl's engine overhead is measured against.
+
+    .venv/bin/python benchmarks/bench_mlp_step.py                # 1 thread
+    .venv/bin/python benchmarks/bench_mlp_step.py --threads 4
+
+Target: minidl / torch <= 1.0. The GEMMs are the same BLAS work in all three, so
+the ratio is set by what each engine does around them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import minidl as md  # noqa: E402
+import minidl.nn as nn  # noqa: E402
+import minidl.optim  # noqa: E402,F401
+
+SIZES = (784, 256, 256, 10)
+BATCH = 128
+LR, MOMENTUM = 0.01, 0.9
+
+
+def make_data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], BATCH)
+    return x, y
+
+
+def minidl_step_fn(x, y):
+    md.manual_seed(0)
+    model = nn.Sequential(nn.Linear(SIZES[0], SIZES[1]), nn.ReLU(), nn.Linear(SIZES[1], SIZES[2]),
+                          nn.ReLU(), nn.Linear(SIZES[2], SIZES[3]))
+    opt = md.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    loss_fn = nn.CrossEntropyLoss()
+    xt = md.Tensor(x)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(xt), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step, model
+
+
+def torch_step_fn(x, y, md_model):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(),
+                                torch.nn.Linear(SIZES[1], SIZES[2]), torch.nn.ReLU(),
+                                torch.nn.Linear(SIZES[2], SIZES[3]))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in md_model.state_dict().items()})
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def numpy_step_fn(x, y, md_model):
+    """The same step written out by hand: forward, backward and update in NumPy."""
+    params = [md_model.state_dict()[k].copy() for k in md_model.state_dict()]
+    (w1, b1, w2, b2, w3, b3) = params
+    buffers = [np.zeros_like(p) for p in params]
+    rows = np.arange(BATCH)
+
+    def step():
+        h1 = x @ w1.T + b1
+        a1 = np.maximum(h1, 0)
+        h2 = a1 @ w2.T + b2
+        a2 = np.maximum(h2, 0)
+        z = a2 @ w3.T + b3
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p = e / e.sum(axis=1, keepdims=True)
+        loss = -np.log(p[rows, y]).mean()
+        dz = p
+        dz[rows, y] -= 1
+        dz /= BATCH
+        grads = [None] * 6
+        grads[4], grads[5] = dz.T @ a2, dz.sum(0)
+        da2 = dz @ w3
+        da2 *= h2 > 0
+        grads[2], grads[3] = da2.T @ a1, da2.sum(0)
+        da1 = da2 @ w2
+        da1 *= h1 > 0
+        grads[0], grads[1] = da1.T @ x, da1.sum(0)
+        for param, grad, buf in zip(params, grads, buffers):
+            buf *= MOMENTUM
+            buf += grad
+            param -= LR * buf
+        return float(loss)
+
+    return step
+
+
+def time_steps(step, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS/OpenMP threads for numpy and torch alike (default 1)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed blocks per engine")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads):
+        blas = sorted({f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+                       for i in threadpool_info() if i["user_api"] == "blas"})
+        x, y = make_data()
+        md_step, md_model = minidl_step_fn(x, y)
+        engines = {"torch": torch_step_fn(x, y, md_model),
+                   "numpy": numpy_step_fn(x, y, md_model),
+                   "minidl": md_step}
+        # Same start, same data: the first losses must agree (a check that the two
+        # engines really do the same work).
+        first = {name: step() for name, step in engines.items()}
+        if not np.allclose(first["minidl"], [first["torch"], first["numpy"]], rtol=1e-4):
+            raise SystemExit(f"the engines disagree on the first loss: {first}")
+        for step in engines.values():  # warm up caches, allocators, lazy imports
+            time_steps(step, 10)
+        times = {name: [] for name in engines}
+        for _ in range(args.repeats):  # interleaved, so that drifting load hits all alike
+            for name, step in engines.items():
+                times[name].append(time_steps(step, args.steps))
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ratio = median["minidl"] / median["torch"]
+    print(f"MLP training step {'-'.join(map(str, SIZES))}, batch {BATCH}, float32, "
+          f"SGD(momentum={MOMENTUM}), {args.threads} thread(s)")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}; "
+          f"numpy BLAS: {', '.join(blas) or 'unknown'}; {os.cpu_count()} CPUs")
+    print(f"median of {args.repeats} blocks of {args.steps} steps:")
+    for name in ("minidl", "torch", "numpy"):
+        spread = f"(min {min(times[name]) * 1e3:.3f}, max {max(times[name]) * 1e3:.3f})"
+        print(f"  {name:7s} {median[name] * 1e3:8.3f} ms/step  {spread}")
+    print(f"minidl / torch = {ratio:.3f}   (target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})")
+    print(f"minidl / numpy = {median['minidl'] / median['numpy']:.3f}   "
+          f"numpy / torch = {median['numpy'] / median['torch']:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "ms_per_step": {k: v * 1e3 for k, v in median.items()},
+                       "minidl_over_torch": ratio}, f, indent=2)
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
