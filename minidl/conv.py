@@ -1,28 +1,38 @@
 """Convolution, transposed convolution, pooling and 2-D batch norm, with torch's
 ``F`` signatures (``minidl.nn.functional`` re-exports the functions below).
 
-How a convolution is computed (im2col + one GEMM)
--------------------------------------------------
+How a convolution is computed (im2col + GEMM)
+---------------------------------------------
 A convolution is a matrix product in disguise. ``kernels.im2col`` copies every
 input patch a kernel window sees into one column of a matrix
 
-    cols: (C*kh*kw, N*OH*OW)     one row per (channel, kernel offset),
-                                 one column per output pixel of the whole batch
+    cols: (C*kh*kw, B*OH*OW)     one row per (channel, kernel offset),
+                                 one column per output pixel of B images
 
-so that the convolution of the whole batch is a single BLAS call
+so that convolving those B images is a single BLAS call
 
-    y = W.reshape(O, C*kh*kw) @ cols          (O, N*OH*OW)
+    y = W.reshape(O, C*kh*kw) @ cols          (O, B*OH*OW)
 
-which ``kernels.rows_to_nchw`` moves back to (N, O, OH, OW), adding the bias.
-The backward pass is two more products with the same matrices:
+which ``kernels.rows_to_nchw`` moves into the (N, O, OH, OW) output, adding
+the bias. The backward pass is two more products with the same matrices:
 
-    grad_W    = grad_y @ cols.T               (O, C*kh*kw)
-    grad_cols = W.T @ grad_y                  (C*kh*kw, N*OH*OW)
+    grad_W   += grad_y @ cols.T               (O, C*kh*kw), summed over chunks
+    grad_cols = W.T @ grad_y                  (C*kh*kw, B*OH*OW)
 
-and ``kernels.col2im`` folds grad_cols back onto the image, adding up the
+and ``kernels.col2im`` folds grad_cols back onto the images, adding up the
 overlaps. With ``groups`` > 1 each group is its own product over its own block
 of rows. Nobody needs the gradient of the images fed to a network's first
 layer, so when ``needs_input_grad`` says so, grad_cols and col2im are skipped.
+
+Why chunks of B images, not the whole batch at once: the column matrix of a
+whole batch is large (58 MB for 64 images of 32 channels at 28x28), and
+writing it to main memory and reading it back costs as much as the GEMM. A
+chunk of about 2 MB stays in the core's cache between im2col and the GEMM,
+and the chunks are independent, so ``kernels.parallel_for`` gives them to
+several threads, each with a single-threaded GEMM (see ``kernels`` on why this
+beats multi-threaded BLAS calls). Backward recomputes each chunk's columns
+rather than keeping them from the forward pass: cheaper than the memory
+traffic, and it saves C*kh*kw copies of the input.
 
 A transposed convolution is the same machinery run backwards: its forward is a
 convolution's input gradient and its input gradient is a convolution.
@@ -33,9 +43,9 @@ import numbers
 
 import numpy as np
 
-from . import autograd, kernels
+from . import kernels
 from .autograd import Function, Tensor, _as_array
-from .kernels import pool
+from .kernels import parallel_for, scratch
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "batch_norm2d", "Conv2dFn", "ConvTranspose2dFn", "MaxPool2dFn", "AvgPool2dFn",
@@ -87,12 +97,6 @@ def _zeros_if_none(array, length, dtype):
     return np.zeros(length, dtype=dtype) if array is None else _contiguous(array, dtype)
 
 
-def _recording(fn):
-    """Will backward run through this node? (forward sees needs_input_grad, but
-    under no_grad nothing is recorded whatever it says)."""
-    return autograd.is_grad_enabled() and any(fn.needs_input_grad)
-
-
 def _unbatched(x, fn_name):
     """torch accepts one image (C, H, W) as well as a batch (N, C, H, W)."""
     shape = _as_array(x).shape
@@ -111,6 +115,40 @@ def _as_batch(x):
 # ---------------------------------------------------------------- convolution
 
 
+# Bytes of column matrix per chunk of images: about one core's L2 cache.
+CHUNK_BYTES = 2 << 20
+
+
+def _chunks(n, bytes_per_image):
+    """Split n images into chunks: small enough for the cache, and at least four
+    per thread so that the threads stay balanced. Returns (size, count)."""
+    size = min(max(1, CHUNK_BYTES // max(bytes_per_image, 1)),
+               -(-n // (4 * kernels.num_threads())))
+    size = max(1, size)
+    return size, -(-n // size)
+
+
+def _grouped_matmul(a, b, out, groups, transpose_a=False):
+    """out = a @ b (or a.T @ b), one product per group: group g's rows of the
+    output come from group g's rows of a and of b only."""
+    if groups == 1:
+        np.matmul(a.T if transpose_a else a, b, out=out)
+        return
+    ka, kb, kout = a.shape[0] // groups, b.shape[0] // groups, out.shape[0] // groups
+    for g in range(groups):
+        a_g = a[g * ka:(g + 1) * ka]
+        np.matmul(a_g.T if transpose_a else a_g, b[g * kb:(g + 1) * kb],
+                  out=out[g * kout:(g + 1) * kout])
+
+
+def _weight_grad_matmul(a, b, out, groups):
+    """out = a @ b.T per group (a weight gradient: grad rows times column rows)."""
+    ka, kb, kout = a.shape[0] // groups, b.shape[0] // groups, out.shape[0] // groups
+    for g in range(groups):
+        np.matmul(a[g * ka:(g + 1) * ka], b[g * kb:(g + 1) * kb].T,
+                  out=out[g * kout:(g + 1) * kout])
+
+
 class Conv2dFn(Function):
     """conv2d on arrays: x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None."""
 
@@ -121,67 +159,69 @@ class Conv2dFn(Function):
         o, c_group, kh, kw = weight.shape
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
         oh, ow = _conv_out(h, kh, sh, ph, dh), _conv_out(w, kw, sw, pw, dw)
-
-        # Scratch matrices come from the pool (see kernels.BufferPool: fresh
-        # memory this large costs page faults as long as the GEMM itself).
-        cols = pool.take((c * kh * kw, n * oh * ow), dtype)
-        kernels.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
-        w2 = weight.reshape(o, c_group * kh * kw)
-        y = pool.take((o, n * oh * ow), dtype)
-        k, og = c_group * kh * kw, o // groups
-        for g in range(groups):  # one GEMM per group (just one without groups)
-            np.matmul(w2[g * og:(g + 1) * og], cols[g * k:(g + 1) * k], out=y[g * og:(g + 1) * og])
-        out = np.empty((n, o, oh, ow), dtype=dtype)
-        kernels.rows_to_nchw(y, _zeros_if_none(bias, o, dtype), out.reshape(n, o, oh * ow))
-        pool.give_back(y)
-
-        # Keep only what backward will use: cols for the weight gradient, the
-        # weight for the input gradient (cols is the big one, C*kh*kw times x).
-        need_x, need_w = self.needs_input_grad[:2]
-        self.cols = cols if need_w and _recording(self) else None
-        if self.cols is None:
-            pool.give_back(cols)
-        self.w2 = w2 if need_x else None
         self.geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         self.x_shape, self.w_shape, self.groups = x.shape, weight.shape, groups
+        self.rows, self.plane = c * kh * kw, oh * ow
+        self.chunk, n_chunks = _chunks(n, self.rows * self.plane * x.itemsize)
+
+        w2 = weight.reshape(o, c_group * kh * kw)
+        b = _zeros_if_none(bias, o, dtype)
+        out = np.empty((n, o, oh, ow), dtype=dtype)
+        out3 = out.reshape(n, o, self.plane)
+
+        def task(worker, i):
+            lo, hi = i * self.chunk, min(n, (i + 1) * self.chunk)
+            cols = self._im2col(worker, x[lo:hi])
+            y = scratch.get(worker, "y", (o, (hi - lo) * self.plane), dtype)
+            _grouped_matmul(w2, cols, y, groups)
+            kernels.rows_to_nchw(y, b, out3[lo:hi])
+
+        parallel_for(n_chunks, task)
+        # Keep what backward needs: the input (to recompute the columns) for
+        # the weight gradient, the weight for the input gradient.
+        need_x, need_w = self.needs_input_grad[:2]
+        self.x = x if need_w else None
+        self.w2 = w2 if need_x else None
         return out
+
+    def _im2col(self, worker, xb):
+        """The column matrix of the images ``xb``, in this worker's scratch."""
+        kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = self.geometry
+        cols = scratch.get(worker, "cols", (self.rows, len(xb) * self.plane), xb.dtype)
+        kernels.im2col(xb, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
+        return cols
 
     def backward(self, grad):
         need_x, need_w, need_b = self.needs_input_grad
-        n, c, h, w = self.x_shape
+        n = self.x_shape[0]
         o, c_group, kh, kw = self.w_shape
-        oh, ow = self.geometry[-2:]
-        groups, k, og = self.groups, c_group * kh * kw, o // self.groups
-        grad = _contiguous(grad, grad.dtype)
+        groups, plane, dtype = self.groups, self.plane, grad.dtype
+        grad3 = _contiguous(grad, dtype).reshape(n, o, plane)
+        threads = kernels.num_threads()
+        # One accumulator per thread for the sums over the batch: no locking.
+        grad_w = np.zeros((threads, o, c_group * kh * kw), dtype=dtype) if need_w else None
+        grad_b = np.zeros((threads, o if need_b else 0))  # float64
+        grad_x = np.empty(self.x_shape, dtype=dtype) if need_x else None
 
-        # (N, O, OH, OW) -> (O, N*OH*OW), summing the bias gradient on the way.
-        g_rows = pool.take((o, n * oh * ow), grad.dtype)
-        grad_b = np.empty(o, dtype=grad.dtype) if need_b else np.empty(0, dtype=grad.dtype)
-        kernels.nchw_to_rows(grad.reshape(n, o, oh * ow), g_rows, grad_b)
+        def task(worker, i):
+            lo, hi = i * self.chunk, min(n, (i + 1) * self.chunk)
+            # (B, O, OH, OW) -> (O, B*OH*OW), summing the bias gradient on the way.
+            g_rows = scratch.get(worker, "g_rows", (o, (hi - lo) * plane), dtype)
+            kernels.nchw_to_rows(grad3[lo:hi], g_rows, grad_b[worker])
+            if need_w:  # grad_W += grad_y @ cols.T
+                cols = self._im2col(worker, self.x[lo:hi])
+                partial = scratch.get(worker, "grad_w", grad_w.shape[1:], dtype)
+                _weight_grad_matmul(g_rows, cols, partial, groups)
+                grad_w[worker] += partial
+            if need_x:  # grad_cols = W.T @ grad_y, folded back onto the images
+                dcols = scratch.get(worker, "cols", (self.rows, (hi - lo) * plane), dtype)
+                _grouped_matmul(self.w2, g_rows, dcols, groups, transpose_a=True)
+                kernels.col2im(dcols, *self.geometry, grad_x[lo:hi])
 
-        grad_w = grad_x = None
-        if need_w:
-            grad_w = np.empty((o, k), dtype=grad.dtype)
-            for g in range(groups):
-                np.matmul(g_rows[g * og:(g + 1) * og], self.cols[g * k:(g + 1) * k].T,
-                          out=grad_w[g * og:(g + 1) * og])
-            grad_w = grad_w.reshape(self.w_shape)
-        if need_x:
-            grad_cols = pool.take((c * kh * kw, n * oh * ow), grad.dtype)
-            for g in range(groups):
-                np.matmul(self.w2[g * og:(g + 1) * og].T, g_rows[g * og:(g + 1) * og],
-                          out=grad_cols[g * k:(g + 1) * k])
-            grad_x = np.empty(self.x_shape, dtype=grad.dtype)
-            kernels.col2im(grad_cols, *self.geometry, grad_x)
-            pool.give_back(grad_cols)
-        pool.give_back(g_rows)
-        return grad_x, grad_w, (grad_b if need_b else None)
-
-    def _release(self):
-        # Called by the engine once backward is done and the graph is not
-        # retained: nobody reads cols any more, so the next step may reuse it.
-        pool.give_back(self.cols)
-        super()._release()
+        parallel_for(-(-n // self.chunk), task)
+        return (grad_x,
+                grad_w.sum(axis=0).reshape(self.w_shape) if need_w else None,
+                grad_b.sum(axis=0).astype(dtype) if need_b else None)
 
 
 def _check_conv(fn_name, x_shape, w_shape, bias, stride, padding, dilation, groups, transposed):
@@ -256,7 +296,8 @@ def _same_padding(mode, w_shape, stride, dilation):
 
 class ConvTranspose2dFn(Function):
     """conv_transpose2d on arrays: x (N, C_in, H, W), weight (C_in, C_out/groups,
-    kh, kw). Forward is conv2d's input gradient, backward reuses im2col."""
+    kh, kw). Forward is conv2d's input gradient (GEMM then col2im), backward
+    is a convolution (im2col then GEMM); chunks of images as in Conv2dFn."""
 
     def forward(self, x, weight, bias, *, stride, padding, output_padding, dilation, groups,
                 out_hw):
@@ -264,61 +305,69 @@ class ConvTranspose2dFn(Function):
         x, weight = _contiguous(x, dtype), _contiguous(weight, dtype)
         n, c_in, h, w = x.shape
         _, cout_group, kh, kw = weight.shape
-        c_out, ig = cout_group * groups, c_in // groups
-        k = cout_group * kh * kw
-
-        x_rows = np.empty((c_in, n * h * w), dtype=dtype)  # (C_in, N*H*W)
-        kernels.nchw_to_rows(x.reshape(n, c_in, h * w), x_rows, np.empty(0, dtype=dtype))
-        w2 = weight.reshape(c_in, k)
-        cols = pool.take((c_out * kh * kw, n * h * w), dtype)
-        for g in range(groups):
-            np.matmul(w2[g * ig:(g + 1) * ig].T, x_rows[g * ig:(g + 1) * ig],
-                      out=cols[g * k:(g + 1) * k])
-        out = np.empty((n, c_out) + out_hw, dtype=dtype)
+        c_out = cout_group * groups
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-        # The conv that maps `out` back to x's size has exactly this geometry.
+        # The convolution that maps the output back to x's size has this geometry.
         self.geometry = (kh, kw, sh, sw, ph, pw, dh, dw, h, w)
-        kernels.col2im(cols, *self.geometry, out)
-        pool.give_back(cols)
-        if bias is not None:
-            kernels.add_channel_bias(out.reshape(n, c_out, -1), _contiguous(bias, dtype))
-
-        need_x, need_w = self.needs_input_grad[:2]
-        self.x_rows = x_rows if need_w else None
-        self.w2 = w2 if need_x else None
         self.x_shape, self.w_shape, self.groups = x.shape, weight.shape, groups
+        self.rows, self.plane = c_out * kh * kw, h * w
+        self.chunk, n_chunks = _chunks(n, self.rows * self.plane * x.itemsize)
+        w2 = weight.reshape(c_in, cout_group * kh * kw)
+        out = np.empty((n, c_out) + out_hw, dtype=dtype)
+        x3 = x.reshape(n, c_in, self.plane)
+
+        def task(worker, i):
+            lo, hi = i * self.chunk, min(n, (i + 1) * self.chunk)
+            x_rows = self._rows(worker, x3[lo:hi])
+            cols = scratch.get(worker, "cols", (self.rows, (hi - lo) * self.plane), dtype)
+            _grouped_matmul(w2, x_rows, cols, groups, transpose_a=True)
+            kernels.col2im(cols, *self.geometry, out[lo:hi])
+            if bias is not None:
+                kernels.add_channel_bias(out[lo:hi].reshape(hi - lo, c_out, -1),
+                                         _contiguous(bias, dtype))
+
+        parallel_for(n_chunks, task)
+        need_x, need_w = self.needs_input_grad[:2]
+        self.x3 = x3 if need_w else None
+        self.w2 = w2 if need_x else None
         return out
+
+    def _rows(self, worker, x3b):
+        """(B, C_in, H*W) -> (C_in, B*H*W), in this worker's scratch."""
+        rows = scratch.get(worker, "x_rows", (x3b.shape[1], len(x3b) * self.plane), x3b.dtype)
+        kernels.nchw_to_rows(x3b, rows, np.empty(0))
+        return rows
 
     def backward(self, grad):
         need_x, need_w, need_b = self.needs_input_grad
-        n, c_in, h, w = self.x_shape
+        n, c_in = self.x_shape[:2]
         _, cout_group, kh, kw = self.w_shape
-        groups, ig, k = self.groups, c_in // self.groups, cout_group * kh * kw
-        grad = _contiguous(grad, grad.dtype)
-        grad_x = grad_w = grad_b = None
+        groups, plane, dtype = self.groups, self.plane, grad.dtype
+        grad = _contiguous(grad, dtype)
+        threads = kernels.num_threads()
+        grad_w = np.zeros((threads, c_in, cout_group * kh * kw), dtype=dtype) if need_w else None
+        grad_x = np.empty(self.x_shape, dtype=dtype) if need_x else None
+
+        def task(worker, i):
+            lo, hi = i * self.chunk, min(n, (i + 1) * self.chunk)
+            cols = scratch.get(worker, "cols", (self.rows, (hi - lo) * plane), dtype)
+            kernels.im2col(grad[lo:hi], *self.geometry, cols)
+            if need_x:  # a convolution of the output gradient
+                rows = scratch.get(worker, "y", (c_in, (hi - lo) * plane), dtype)
+                _grouped_matmul(self.w2, cols, rows, groups)
+                kernels.rows_to_nchw(rows, np.zeros(c_in, dtype=dtype),
+                                     grad_x[lo:hi].reshape(hi - lo, c_in, plane))
+            if need_w:
+                x_rows = self._rows(worker, self.x3[lo:hi])
+                partial = scratch.get(worker, "grad_w", grad_w.shape[1:], dtype)
+                _weight_grad_matmul(x_rows, cols, partial, groups)
+                grad_w[worker] += partial
+
         if need_x or need_w:
-            cols = pool.take((cout_group * groups * kh * kw, n * h * w), grad.dtype)
-            kernels.im2col(grad, *self.geometry, cols)
-        if need_x:
-            rows = pool.take((c_in, n * h * w), grad.dtype)
-            for g in range(groups):
-                np.matmul(self.w2[g * ig:(g + 1) * ig], cols[g * k:(g + 1) * k],
-                          out=rows[g * ig:(g + 1) * ig])
-            grad_x = np.empty(self.x_shape, dtype=grad.dtype)
-            kernels.rows_to_nchw(rows, np.zeros(c_in, dtype=grad.dtype),
-                                 grad_x.reshape(n, c_in, h * w))
-            pool.give_back(rows)
-        if need_w:
-            grad_w = np.empty((c_in, k), dtype=grad.dtype)
-            for g in range(groups):
-                np.matmul(self.x_rows[g * ig:(g + 1) * ig], cols[g * k:(g + 1) * k].T,
-                          out=grad_w[g * ig:(g + 1) * ig])
-            grad_w = grad_w.reshape(self.w_shape)
-        if need_x or need_w:
-            pool.give_back(cols)
-        if need_b:
-            grad_b = kernels.channel_sum(grad.reshape(n, grad.shape[1], -1)).astype(grad.dtype)
-        return grad_x, grad_w, grad_b
+            parallel_for(-(-n // self.chunk), task)
+        grad_b = kernels.channel_sum(grad.reshape(n, grad.shape[1], -1)).astype(dtype) \
+            if need_b else None
+        return (grad_x, grad_w.sum(axis=0).reshape(self.w_shape) if need_w else None, grad_b)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0,  # noqa: A002

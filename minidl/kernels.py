@@ -1,7 +1,8 @@
-"""Numba kernels for the data movement around convolution and pooling.
+"""Numba kernels for the data movement around convolution and pooling, and the
+thread guard that runs them beside BLAS without oversubscription.
 
 The division of labour (see ``minidl/conv.py``): every multiply-add of a
-convolution goes to one BLAS matrix product (numpy's ``@``), and everything
+convolution goes to a BLAS matrix product (numpy's ``@``), and everything
 that only *moves* numbers (unfolding images into columns, folding them back,
 pooling windows, transposes, per-channel sums) happens here, in plain loops
 that numba compiles to machine code. NumPy alone would need fancy indexing and
@@ -9,23 +10,33 @@ that numba compiles to machine code. NumPy alone would need fancy indexing and
 
 The column layout
 -----------------
-``im2col`` writes a matrix ``cols`` of shape ``(C*kh*kw, N*OH*OW)``: one row
-per (channel, kernel row, kernel column) and one column per output pixel of
-the whole batch. Each row, the input seen through one kernel offset, is one
+``im2col`` writes a matrix ``cols`` of shape ``(C*kh*kw, B*OH*OW)`` for a chunk
+of B images: one row per (channel, kernel row, kernel column) and one column
+per output pixel. Each row, the input seen through one kernel offset, is one
 contiguous slice, so the kernel writes memory in order, and one GEMM
-``W(O, C*kh*kw) @ cols`` computes the convolution of the whole batch.
+``W(O, C*kh*kw) @ cols`` convolves all B images at once.
 
-Threads: a guard against oversubscription
------------------------------------------
-BLAS already runs one thread per core, and after a GEMM its worker threads keep
-spinning for a while, waiting for the next one. A parallel numba kernel
-(``prange``) started at that moment brings its own pool of threads: on a
-2-core machine four threads then fight over two cores, and the kernel, or the
-next GEMM, can run tens of times slower. So these kernels are deliberately
-single-threaded (no ``prange``): they run on the caller's thread while BLAS
-keeps its own, and the two never compete. They are memory-bound anyway, so a
-second thread buys little (measured in ``benchmarks/bench_conv.py``,
-``--threads-check``). ``thread_report()`` prints both pools' sizes.
+Threads: no oversubscription
+----------------------------
+Two thread pools on one machine fight: BLAS runs one thread per core and, after
+a GEMM, keeps them spinning for a while, waiting for more work; a parallel
+numba kernel (``prange``) started then brings a second pool, and on 2 cores
+four busy threads share two, so the kernel or the next GEMM runs many times
+slower. BLAS's own threads have a second weakness: a GEMM with a long inner
+dimension (the weight gradient sums over every pixel of the batch)
+synchronises them hundreds of times, and on a busy machine each
+synchronisation waits for a thread the OS has put aside; such a GEMM then
+takes seconds instead of milliseconds.
+
+So minidl keeps one pool of threads, its own, and splits work coarsely:
+``parallel_for`` hands out chunks of images to ``num_threads()`` threads (the
+calling thread among them); each runs im2col, a single-threaded GEMM and
+col2im on its chunk, in cache, independently of the others; BLAS is switched to
+one thread for that time. Numba kernels never use ``prange``: they run on
+whichever thread calls them and release the GIL (``nogil``), so the threads
+really run at once. The number of threads defaults to BLAS's (the same count
+torch gets in the benchmark); ``set_num_threads`` changes it.
+``benchmarks/bench_conv.py --threads-check`` shows the alternatives' cost.
 
 Every kernel is compiled once per dtype (float32 for training, float64 for the
 gradient tests) and cached on disk (``cache=True``), so only the very first
@@ -33,81 +44,167 @@ import pays the compilation.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import njit
 
-# nogil: the kernels release the GIL, so a data-loading thread can run meanwhile.
+# nogil: the kernels release the GIL, so that threads can run them in parallel.
 _JIT = dict(cache=True, nogil=True)
 # Sums may be reordered (vectorised); used only for the bias and batch-norm sums.
 _JIT_SUM = dict(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 
 
-def thread_report():
-    """A one-line description of who runs threads: numba's pool and BLAS's."""
-    try:
-        from threadpoolctl import threadpool_info
-        blas = ", ".join(f"{p['internal_api']}: {p['num_threads']}" for p in threadpool_info())
-    except ImportError:  # threadpoolctl comes with scikit-learn, but be safe
-        blas = "unknown (threadpoolctl not installed)"
-    return (f"numba kernels: single-threaded (numba pool of {numba.config.NUMBA_NUM_THREADS} "
-            f"unused by minidl); BLAS threads: {blas}")
+# --------------------------------------------------------------- thread guard
 
 
-# ------------------------------------------------------------------ buffer pool
+class _Blas:
+    """Switch BLAS between its normal thread count and one thread, cheaply
+    (threadpoolctl finds the libraries once; each switch is then a C call)."""
+
+    def __init__(self):
+        try:
+            from threadpoolctl import ThreadpoolController
+            self.libs = [lib for lib in ThreadpoolController().lib_controllers
+                         if lib.user_api == "blas"]
+        except Exception:  # threadpoolctl missing or unable to inspect: no switching
+            self.libs = []
+
+    def threads(self):
+        return max([lib.num_threads for lib in self.libs], default=os.cpu_count() or 1)
+
+    def single_threaded(self):
+        previous = [lib.num_threads for lib in self.libs]
+        for lib in self.libs:
+            lib.set_num_threads(1)
+        return previous
+
+    def restore(self, previous):
+        for lib, count in zip(self.libs, previous):
+            lib.set_num_threads(count)
 
 
-class BufferPool:
-    """A few large scratch arrays kept for reuse, keyed by shape and dtype.
+_blas = None
+_num_threads = None
+_executor = None
+_region = threading.Lock()  # one parallel region at a time; also guards the scratch
+_local = threading.local()
 
-    Why: the column matrix of a mid-sized convolution is tens of megabytes, and
-    memory that large comes fresh from the operating system on every
-    ``np.empty`` (glibc maps blocks above 32 MB directly and unmaps them on
-    free). Touching it first costs page faults: about 15 ms for 58 MB here,
-    as long as the GEMM that uses it. Reusing the previous step's block costs
-    nothing. (torch keeps a caching allocator for the same reason.)
 
-    ``take`` hands out an uninitialised array; ``give_back`` returns one that
-    nobody will read again. An array that is never given back is simply
-    garbage-collected, so forgetting is safe; giving back too early is not.
+def _blas_control():
+    global _blas
+    if _blas is None:
+        _blas = _Blas()
+    return _blas
+
+
+def num_threads():
+    """Threads minidl's convolutions use: MINIDL_NUM_THREADS, else BLAS's count."""
+    global _num_threads
+    if _num_threads is None:
+        env = os.environ.get("MINIDL_NUM_THREADS")
+        _num_threads = max(1, int(env)) if env else _blas_control().threads()
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for convolutions (1: everything on the calling thread)."""
+    global _num_threads, _executor
+    if int(n) < 1:
+        raise ValueError(f"set_num_threads needs a positive count, got {n!r}")
+    with _region:
+        _num_threads = int(n)
+        if _executor is not None:
+            _executor.shutdown(wait=True)
+            _executor = None
+
+
+def parallel_for(n_tasks, task):
+    """Call ``task(worker, i)`` for i in range(n_tasks); ``worker`` in
+    [0, num_threads()) names the thread, so that a task can use that thread's
+    scratch buffers and accumulators.
+
+    With fewer tasks than threads everything runs on the calling thread as
+    worker 0, BLAS keeping all its threads (one big GEMM beats a few small
+    ones). Otherwise the threads take tasks from a shared counter (a thread
+    the OS delays simply takes fewer) while BLAS runs single-threaded.
     """
-
-    def __init__(self, per_key=2, max_bytes=1 << 30):
-        self.per_key, self.max_bytes = per_key, max_bytes
-        self._free = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def take(self, shape, dtype):
-        key = (tuple(shape), np.dtype(dtype).str)
-        with self._lock:
-            stack = self._free.get(key)
-            if stack:
-                array = stack.pop()
-                self._bytes -= array.nbytes
-                return array
-        return np.empty(shape, dtype=dtype)
-
-    def give_back(self, array):
-        if array is None or array.nbytes < (1 << 20) or not array.flags.c_contiguous \
-                or array.base is not None:  # small arrays are cheap; views are not ours
+    threads = num_threads()
+    if getattr(_local, "inside", False):  # called from a task: stay on this thread
+        for i in range(n_tasks):
+            task(0, i)
+        return
+    with _region:
+        if threads == 1 or n_tasks < threads:
+            for i in range(n_tasks):
+                task(0, i)
             return
-        key = (array.shape, array.dtype.str)
-        with self._lock:
-            stack = self._free.setdefault(key, [])
-            if len(stack) < self.per_key and self._bytes + array.nbytes <= self.max_bytes:
-                stack.append(array)
-                self._bytes += array.nbytes
+        global _executor
+        if _executor is None:
+            _executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="minidl")
+        counter = itertools.count()  # next() on it is atomic under the GIL
+
+        def work(worker):
+            _local.inside = True  # a task that calls parallel_for runs it serially
+            try:
+                for i in counter:
+                    if i >= n_tasks:
+                        return
+                    task(worker, i)
+            finally:
+                _local.inside = False
+
+        blas = _blas_control()
+        previous = blas.single_threaded()
+        try:
+            futures = [_executor.submit(work, w) for w in range(1, threads)]
+            try:
+                work(0)
+            finally:
+                for future in futures:
+                    future.result()  # waits, and re-raises a worker's exception
+        finally:
+            blas.restore(previous)
+
+
+class Scratch:
+    """Per-worker scratch arrays, kept between calls: a worker asks for a named
+    buffer of some shape and gets a view of a flat array that only grows. No
+    allocation per step, so no page faults (fresh memory costs as much to touch
+    as to fill). Only valid inside ``parallel_for`` (which serialises callers)."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, worker, name, shape, dtype):
+        size = int(np.prod(shape))
+        key = (worker, name, np.dtype(dtype).str)
+        flat = self._buffers.get(key)
+        if flat is None or flat.size < size:
+            flat = np.empty(size, dtype=dtype)
+            self._buffers[key] = flat
+        return flat[:size].reshape(shape)
 
     def clear(self):
-        with self._lock:
-            self._free.clear()
-            self._bytes = 0
+        self._buffers.clear()
 
 
-pool = BufferPool()
+scratch = Scratch()
+
+
+def thread_report():
+    """A one-line description of who runs threads."""
+    blas = _blas_control()
+    names = ", ".join(f"{lib.internal_api} {lib.num_threads}" for lib in blas.libs) or "unknown"
+    return (f"minidl: {num_threads()} threads for convolutions (BLAS single-threaded inside "
+            f"them), numba kernels without prange; BLAS: {names}")
+
+
+# ------------------------------------------------------------ im2col / col2im
 
 
 @njit(**_JIT)
@@ -120,9 +217,6 @@ def _valid_range(offset, stride, out_size, in_size):
     if hi < lo:
         hi = lo
     return lo, hi
-
-
-# ----------------------------------------------------------------- im2col / col2im
 
 
 @njit(**_JIT)
@@ -210,13 +304,11 @@ def rows_to_nchw(y, bias, out):
 @njit(**_JIT_SUM)
 def nchw_to_rows(g, out, bias_grad):
     """``out[o, n*P + p] = g[n, o, p]`` with g (N, O, P): gradients (or inputs) in
-    torch's layout into the (O, N*P) layout the GEMMs want. When ``bias_grad`` is
-    not empty it receives the per-channel sum of g (the bias gradient) from the
-    same pass over memory."""
+    torch's layout into the (O, N*P) layout the GEMMs want. When ``bias_grad``
+    (float64) is not empty, the per-channel sums of g (the bias gradient) are
+    *added* to it, from the same pass over memory."""
     n_img, channels, plane = g.shape
     want_sum = bias_grad.size > 0
-    if want_sum:
-        bias_grad[:] = 0
     for n in range(n_img):
         for o in range(channels):
             src = g[n, o]

@@ -1,0 +1,183 @@
+"""Where datasets live, and how a missing file gets there: download, verify, rename.
+
+The data directory is, in order: the ``data_dir`` argument, the environment variable
+``MINIDL_DATA_DIR``, then a per-user cache (``$XDG_CACHE_HOME/minidl`` or
+``~/.cache/minidl``).
+
+A download streams into a temporary file beside its destination, checks the length
+and the official checksum, and only then renames the file into place. The rename is
+atomic, so an interrupted or failed download never leaves a file under the final
+name, and a file that exists under its final name was complete when it was written.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+ENV_DATA_DIR = "MINIDL_DATA_DIR"
+TIMEOUT_S = 30  # per network operation, so an offline machine fails fast
+CHUNK = 1 << 16
+
+
+class DownloadError(OSError):
+    """No mirror gave a complete file with the right checksum."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file is missing and could not (or may not) be downloaded."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One file of a dataset: its name, where to get it (mirrors in order of
+    preference) and its official checksum (``"md5:<hex>"`` or ``"sha256:<hex>"``)."""
+    filename: str
+    urls: tuple
+    checksum: str
+
+
+def data_root(data_dir=None):
+    """The data directory: the argument, then $MINIDL_DATA_DIR, then a per-user cache."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(ENV_DATA_DIR):
+        return Path(os.environ[ENV_DATA_DIR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "minidl"
+
+
+def file_digest(path, algorithm):
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _split_checksum(checksum):
+    algorithm, _, expected = checksum.partition(":")
+    if algorithm not in ("md5", "sha1", "sha256") or not expected:
+        raise ValueError(f"checksum {checksum!r}: expected 'md5:<hex>' or 'sha256:<hex>'")
+    return algorithm, expected.lower()
+
+
+def download(remote, dest, progress=True):
+    """Fetch ``remote`` to the path ``dest``, trying each mirror in turn.
+
+    Returns ``dest``. Raises :class:`DownloadError` naming every address tried and
+    why it failed. Whatever happens, ``dest`` is either the verified file or absent.
+    """
+    dest = Path(dest)
+    algorithm, expected = _split_checksum(remote.checksum)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create {dest.parent} ({exc}); pass data_dir= a writable "
+                            f"folder or set ${ENV_DATA_DIR}") from exc
+    if not os.access(dest.parent, os.W_OK):
+        raise DownloadError(f"cannot download {remote.filename}: {dest.parent} is not writable; "
+                            f"pass data_dir= a writable folder or set ${ENV_DATA_DIR}")
+    failures = []
+    for url in remote.urls:
+        try:
+            _fetch_one(url, dest, algorithm, expected, progress)
+            return dest
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # try the next mirror
+            failures.append(f"  {url}: {exc}")
+    raise DownloadError(
+        f"could not download {remote.filename}:\n" + "\n".join(failures) +
+        f"\nDownload it yourself (from any address above) and put it at {dest}")
+
+
+def _fetch_one(url, dest, algorithm, expected, progress):
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest = hashlib.new(algorithm)
+        received = 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            length = int(length) if length is not None else None
+            bar = tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=dest.name, disable=None if progress else True, leave=False)
+            with bar:
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+        # The connection can close early without an error being raised: check.
+        if length is not None and received != length:
+            raise ValueError(f"interrupted: received {received} of {length} bytes")
+        found = digest.hexdigest()
+        if found != expected:
+            raise ValueError(f"checksum mismatch: expected {algorithm} {expected}, got {found} "
+                             f"({received} bytes); the file is corrupt or not the official one")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are for every user
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone after the rename; removed after a failure
+
+
+def ensure_file(remote, folder, download_ok=True, hint=""):
+    """The path of ``remote.filename`` in ``folder``: there already, or downloaded.
+
+    A file already in place is trusted here (its *structure* is checked by the
+    reader); only downloads are checked against the official checksum, because
+    re-compressed copies of the right data have other checksums.
+    """
+    path = Path(folder) / remote.filename
+    if path.is_file():
+        return path
+    if not download_ok:
+        raise DatasetNotFoundError(
+            f"{remote.filename} not found at {path}.\nDownload it from {remote.urls[0]} and put it "
+            f"there, or pass download=True (or data_dir=/where/it/is).{hint}")
+    try:
+        return download(remote, path)
+    except DownloadError as exc:
+        raise DatasetNotFoundError(f"{exc}{hint}") from exc
+
+
+def extract_tar(archive, root, folder, members):
+    """Extract ``folder/<member>`` for each name in ``members`` from a .tar.gz into
+    ``root/folder``, atomically: into a temporary folder first, renamed when complete.
+
+    Only the expected regular files are read; links, absolute paths and ``..`` in the
+    archive are never followed (the archive could be any file found on disk).
+    """
+    root, archive = Path(root), Path(archive)
+    target = root / folder
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder}.", suffix=".part"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for name in members:
+                try:
+                    info = tar.getmember(f"{folder}/{name}")
+                except KeyError:
+                    raise DownloadError(f"{archive} has no {folder}/{name}; delete the archive "
+                                        "and download it again") from None
+                if not info.isfile():
+                    raise DownloadError(f"{archive}: {folder}/{name} is not a regular file")
+                with tar.extractfile(info) as src, open(tmp / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if target.exists():  # someone else finished first: keep theirs
+            return target
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        os.replace(tmp, target)
+        return target
+    except DownloadError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as exc:  # truncated or not a tar.gz
+        raise DownloadError(f"{archive} is not a readable .tar.gz ({exc}); delete it and "
+                            "download it again") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,16 @@
+"""Shared fixtures."""
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The folder of real data kept for development ($MINIDL_SHARED_DATA, else
+    <repo>/../shared/data); tests that need it are skipped where it is absent."""
+    path = Path(os.environ.get("MINIDL_SHARED_DATA")
+                or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    if not path.is_dir():
+        pytest.skip(f"no shared real data at {path} (set MINIDL_SHARED_DATA)")
+    return path
