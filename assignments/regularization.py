@@ -1,0 +1,278 @@
+"""ITU week 4, task 3: L1 and L2 penalties and dropout.
+
+Three parts: the penalties of the exercise's six weights and their gradients, by hand
+and by autograd; the weights of an MLP trained with an L1 penalty, an L2 penalty and
+neither (L1 drives most weights to zero, L2 only shrinks them); and dropout on one
+hidden layer at a time and on both, at three rates, repeated over a few seeds because
+on a validation set of 360 images one image is 0.3 percentage points.
+"""
+import matplotlib.pyplot as plt
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import minidl as md
+import minidl.data  # noqa: F401
+import minidl.models  # noqa: F401
+import minidl.optim  # noqa: F401
+import minidl.regularization  # noqa: F401
+import minidl.train  # noqa: F401
+
+NAME = "regularization"
+COURSE = "ITU advanced ML"
+TASK = "week 4, task 3"
+SUMMARY = "L1/L2 penalties and their gradients, weight histograms, dropout per layer and rate"
+STATEMENT = """
+(1) Compute the L1 and L2 penalties of the weights 0.2, 0.5, 5, 1, 0.25 and 0.75 and
+their gradients with respect to each weight. (2) Train the same network with an L1
+penalty, with an L2 penalty and with neither, and compare histograms of the trained
+weights: which penalty makes the network sparse, and why? (3) Add dropout to one
+hidden layer at a time and to all of them, with rates 0.1, 0.3 and 0.5, and compare
+the validation accuracies in a table and as curves.
+"""
+DATASETS = ("digits", "mnist", "fashion_mnist")
+DEFAULT = True
+
+EXERCISE_WEIGHTS = np.array([0.2, 0.5, 5.0, 1.0, 0.25, 0.75])
+HIDDEN = (256, 128)
+PENALTY = 1e-3  # lambda of both penalties: loss + lambda * penalty(weights)
+RATES = (0.1, 0.3, 0.5)
+PLACEMENTS = {"layer 1": lambda p: [p, 0.0], "layer 2": lambda p: [0.0, p], "both": lambda p: p}
+SMALL = 1e-3  # |w| below this counts as zero in the sparsity figures
+PROFILES = {"quick": dict(epochs=6, seeds=1, train=None),
+            "digits": dict(epochs=30, seeds=3, train=None),
+            "mnist": dict(epochs=10, seeds=2, train=None),
+            "fashion_mnist": dict(epochs=10, seeds=2, train=None)}
+
+
+def add_arguments(parser):
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: per dataset)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per dropout setting (default: per dataset)")
+
+
+# ---------------------------------------------------------------- part 1
+def penalties_of_exercise():
+    """L1 and L2 penalties of the six weights and their gradients, by autograd."""
+    result = {}
+    for name, penalty in (("l1", md.regularization.l1_penalty), ("l2", md.regularization.l2_penalty)):
+        w = md.tensor(EXERCISE_WEIGHTS, requires_grad=True)  # float64, as given
+        value = penalty(w)
+        value.backward()
+        result[name] = {"value": float(value.item()), "gradient": w.grad.copy()}
+    return result
+
+
+def plot_penalties(result):
+    w = np.linspace(-5.5, 5.5, 441)
+    fig, (ax_p, ax_g) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_p.plot(w, np.abs(w), color="C0", label="L1: |w|")
+    ax_p.plot(w, w ** 2, color="C1", label="L2: w²")
+    ax_g.plot(w, np.sign(w), color="C0", label="L1: d|w|/dw = sign(w)")
+    ax_g.plot(w, 2 * w, color="C1", label="L2: dw²/dw = 2w")
+    for key, colour, marker in (("l1", "C0", "o"), ("l2", "C1", "s")):
+        terms = np.abs(EXERCISE_WEIGHTS) if key == "l1" else EXERCISE_WEIGHTS ** 2
+        ax_p.scatter(EXERCISE_WEIGHTS, terms, color=colour, marker=marker, zorder=3)
+        ax_g.scatter(EXERCISE_WEIGHTS, result[key]["gradient"], color=colour, marker=marker,
+                     zorder=3, label=f"the exercise's weights ({key.upper()}, autograd)")
+    ax_p.set(title=f"Penalty per weight; sums over the exercise's weights: "
+                   f"L1 {result['l1']['value']:.6g}, L2 {result['l2']['value']:.6g}",
+             xlabel="weight w", ylabel="penalty term", ylim=(-0.5, 12))
+    ax_g.set(title="Gradient of the penalty: L1 pushes every weight with the same force,\n"
+                   "L2 pushes in proportion to the weight (small weights hardly at all)",
+             xlabel="weight w", ylabel="gradient", ylim=(-11.5, 11.5))
+    for ax in (ax_p, ax_g):
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center" if ax is ax_p else "upper left")
+    ax_p.title.set_fontsize(10)
+    ax_g.title.set_fontsize(10)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------ parts 2 and 3
+def load_splits(ctx):
+    """The dataset as found locally; for MNIST-like sets with only the official test set
+    at hand (offline), 8,000 of its images for training and validation; else download."""
+    if ctx.dataset == "digits":
+        return md.data.load_dataset("digits", seed=ctx.seed)
+    try:
+        return md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed, download=False)
+    except md.data.DatasetNotFoundError:
+        pass
+    try:
+        splits = md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed,
+                                      download=False, train_from_test=8000)
+        ctx.note(f"Only the official {ctx.dataset} test set was found: {splits.description}.")
+        return splits
+    except md.data.DatasetNotFoundError:
+        return md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed)
+
+
+def load(ctx, profile):
+    """Flattened, normalised train and val arrays; the quick profile keeps a few hundred."""
+    splits = load_splits(ctx)
+    out = {}
+    for part in ("train", "val"):
+        d = getattr(splits, part)
+        x, y = splits.normalize(d.x).reshape(len(d.x), -1).astype(np.float32), d.y
+        if profile["train"]:
+            x, y = x[:profile["train"]], y[:profile["train"]]
+        out[part] = (x, y)
+    return out, splits.num_classes
+
+
+def train_mlp(data, n_classes, epochs, seed, dropout=0.0, penalty=None):
+    """One MLP (ReLU, SGD with momentum); ``penalty`` is None, 'l1' or 'l2'."""
+    md.manual_seed(seed)
+    model = md.models.MLP(data["train"][0].shape[1], HIDDEN, n_classes, dropout=dropout)
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    cross_entropy = md.nn.CrossEntropyLoss()
+    term = {"l1": md.regularization.l1_penalty, "l2": md.regularization.l2_penalty}.get(penalty)
+
+    def loss_fn(out, y):
+        loss = cross_entropy(out, y)
+        return loss if term is None else loss + PENALTY * term(weights)
+
+    history = md.train.fit(
+        model, loss_fn, md.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        md.data.DataLoader(*data["train"], batch_size=64, shuffle=True, seed=seed),
+        md.data.DataLoader(*data["val"], batch_size=1000), epochs=epochs, progress=False)
+    return model, history
+
+
+def plot_histograms(weights, accuracy):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True, sharey=True)
+    limit = max(np.abs(w).max() for w in weights.values())
+    bins = np.linspace(-limit, limit, 121)
+    colours = {"none": "0.4", "l2": "C1", "l1": "C0"}
+    titles = {"none": "no penalty", "l2": f"L2 penalty, λ={PENALTY:g}", "l1": f"L1 penalty, λ={PENALTY:g}"}
+    for ax, key in zip(axes, ("none", "l2", "l1")):
+        w = weights[key]
+        ax.hist(w, bins=bins, color=colours[key])
+        ax.set_yscale("log")
+        ax.set_title(f"{titles[key]}\n{100 * np.mean(np.abs(w) < SMALL):.0f} % of weights with "
+                     f"|w| < {SMALL:g}; val acc {100 * accuracy[key]:.1f} %", fontsize=10)
+        ax.set_xlabel("weight value")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("number of weights (log scale)")
+    fig.suptitle(f"All {len(weights['none']):,} weights of the MLP {list(HIDDEN)} after training")
+    fig.tight_layout()
+    return fig
+
+
+def plot_dropout(curves, baseline):
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    colours = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(RATES)))
+    for ax, placement in zip(axes, PLACEMENTS):
+        epochs = np.arange(1, baseline.shape[1] + 1)
+        ax.plot(epochs, 100 * baseline.mean(0), color="k", lw=1.5, label="no dropout")
+        for rate, colour in zip(RATES, colours):
+            acc = 100 * curves[placement, rate]
+            ax.plot(epochs, acc.mean(0), color=colour, label=f"p = {rate:g}")
+            if len(acc) > 1:
+                ax.fill_between(epochs, acc.min(0), acc.max(0), color=colour, alpha=0.15, lw=0)
+        ax.set(title=f"dropout on {'both hidden layers' if placement == 'both' else 'hidden ' + placement}",
+               xlabel="epoch")
+        ax.grid(alpha=0.3)
+    low = min(np.percentile(100 * baseline[:, 2:], 5) if baseline.shape[1] > 2 else 100 * baseline.min(),
+              *(np.percentile(100 * c[:, 2:], 5) if c.shape[1] > 2 else 100 * c.min()
+                for c in curves.values()))
+    axes[0].set_ylim(max(0, low - 1), 100)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[-1].legend(fontsize=9, loc="lower right")
+    seeds = baseline.shape[0]
+    fig.suptitle(f"Validation accuracy per epoch, MLP {list(HIDDEN)}"
+                 + (f" (mean over {seeds} seeds; band: min to max)" if seeds > 1 else ""))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------- run
+def run(ctx):
+    # Small matrices: one BLAS thread beats several that fight over a busy machine's cores.
+    with threadpool_limits(1, user_api="blas"):
+        return experiment(ctx)
+
+
+def experiment(ctx):
+    profile = dict(PROFILES["quick" if ctx.quick else ctx.dataset])
+    profile["epochs"] = ctx.args.epochs or profile["epochs"]
+    profile["seeds"] = ctx.args.seeds or profile["seeds"]
+    metrics = {"dataset": ctx.dataset, "hidden": HIDDEN, "penalty_lambda": PENALTY, **profile}
+
+    # (1) the exercise's weights
+    exercise = penalties_of_exercise()
+    metrics["exercise"] = {"weights": EXERCISE_WEIGHTS, **exercise}
+    ctx.table("penalties", [{"weight w": w, "|w|": abs(w), "w²": round(w * w, 6),
+                             "dL1/dw": exercise["l1"]["gradient"][i],
+                             "dL2/dw": exercise["l2"]["gradient"][i]}
+                            for i, w in enumerate(EXERCISE_WEIGHTS)]
+              + [{"weight w": "sum", "|w|": round(exercise["l1"]["value"], 6),
+                  "w²": round(exercise["l2"]["value"], 6),
+                  "dL1/dw": "", "dL2/dw": ""}],
+              "The exercise's weights: L1 = sum |w|, L2 = sum w² (no factor 1/2), and their "
+              "gradients by autograd: sign(w) and 2w.")
+    ctx.save_figure(plot_penalties(exercise), "penalties",
+                    "The two penalties and their gradients, with the exercise's six weights.")
+    ctx.note(f"Exercise: L1 = {exercise['l1']['value']:.6g}, L2 = {exercise['l2']['value']:.6g}; "
+             f"gradients sign(w) = {exercise['l1']['gradient'].tolist()} and "
+             f"2w = {exercise['l2']['gradient'].tolist()}.")
+
+    data, n_classes = load(ctx, profile)
+    ctx.log(f"{ctx.dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val images; "
+            f"{profile['epochs']} epochs per run, {profile['seeds']} seed(s) per dropout setting")
+
+    # (2) L1, L2, neither: the weights afterwards
+    weights, accuracy = {}, {}
+    for penalty in ctx.progress(("none", "l2", "l1"), "penalties"):
+        model, history = train_mlp(data, n_classes, profile["epochs"], ctx.seed,
+                                   penalty=None if penalty == "none" else penalty)
+        weights[penalty] = np.concatenate([p.data.ravel() for name, p in model.named_parameters()
+                                           if name.endswith("weight")])
+        accuracy[penalty] = history["val_accuracy"][-1]
+    metrics["penalties"] = {k: {"val_accuracy": accuracy[k],
+                                "fraction_small": float(np.mean(np.abs(w) < SMALL)),
+                                "mean_abs_weight": float(np.abs(w).mean())} for k, w in weights.items()}
+    ctx.save_figure(plot_histograms(weights, accuracy), "weight_histograms",
+                    "Histograms of all weights after training. The L1 penalty's constant pull "
+                    "drives most weights to (nearly) zero: a sparse network. The L2 penalty's "
+                    "pull fades as a weight shrinks, so weights get smaller but few reach zero.")
+
+    # (3) dropout on one layer at a time and on both, three rates, a few seeds
+    seeds = [ctx.seed + i for i in range(profile["seeds"])]
+    runs = [(None, 0.0)] + [(placement, rate) for placement in PLACEMENTS for rate in RATES]
+    curves = {}
+    for placement, rate in ctx.progress(runs, "dropout settings"):
+        dropout = 0.0 if placement is None else PLACEMENTS[placement](rate)
+        curves[placement, rate] = np.array([
+            train_mlp(data, n_classes, profile["epochs"], seed, dropout=dropout)[1]["val_accuracy"]
+            for seed in seeds])
+    baseline = curves.pop((None, 0.0))
+    ctx.save_figure(plot_dropout(curves, baseline), "dropout_curves",
+                    "Validation accuracy per epoch with dropout after hidden layer 1, hidden "
+                    "layer 2 or both, at three rates, against no dropout.")
+
+    def cell(acc):
+        final = 100 * acc[:, -1]
+        return f"{final.mean():.1f} ± {final.std():.1f}" if len(final) > 1 else f"{final[0]:.1f}"
+
+    ctx.table("dropout", [{"dropout on": placement, "p = 0 (none)": cell(baseline),
+                           **{f"p = {rate:g}": cell(curves[placement, rate]) for rate in RATES}}
+                          for placement in PLACEMENTS],
+              f"Validation accuracy (%) after the last epoch"
+              + (f", mean ± std over {len(seeds)} seeds." if len(seeds) > 1 else "."))
+    metrics["dropout"] = {"seeds": seeds, "baseline_val_accuracy": baseline[:, -1].mean(),
+                          "val_accuracy": {f"{placement}, p={rate:g}": curves[placement, rate][:, -1].mean()
+                                           for placement, rate in curves},
+                          "curves": {f"{placement}, p={rate:g}": curves[placement, rate].mean(0)
+                                     for placement, rate in curves},
+                          "baseline_curve": baseline.mean(0)}
+    best = max(metrics["dropout"]["val_accuracy"], key=metrics["dropout"]["val_accuracy"].get)
+    ctx.note(f"L1 leaves {100 * metrics['penalties']['l1']['fraction_small']:.0f} % of the weights "
+             f"below {SMALL:g} in magnitude, L2 {100 * metrics['penalties']['l2']['fraction_small']:.0f} %"
+             f", no penalty {100 * metrics['penalties']['none']['fraction_small']:.0f} %. Dropout: "
+             f"best setting {best} with {100 * metrics['dropout']['val_accuracy'][best]:.1f} % "
+             f"against {100 * metrics['dropout']['baseline_val_accuracy']:.1f} % without.")
+    return metrics

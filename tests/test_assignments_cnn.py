@@ -1,0 +1,69 @@
+"""The cnn_vs_mlp and cifar_cnn drivers: a --quick run of each writes its declared
+figures, tables and metrics, with accuracies clearly above chance."""
+import json
+
+import numpy as np
+import pytest
+
+from assignments.__main__ import main
+
+
+def _run(name, tmp_path, *extra):
+    out = tmp_path / name
+    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    for figure in manifest["figures"]:
+        path = out / figure["file"]
+        assert path.stat().st_size > 5000, f"{figure['file']} looks empty"
+        assert figure["caption"]
+    return out, metrics, manifest
+
+
+def test_cnn_vs_mlp_quick(tmp_path):
+    out, metrics, manifest = _run("cnn_vs_mlp", tmp_path)
+    files = {f["file"] for f in manifest["figures"]}
+    assert files == {"learning_curves.png", "tsne_mlp.png", "tsne_cnn.png"}
+    (table,) = [t for t in manifest["tables"] if t["name"] == "comparison"]
+    assert [row["model"] for row in table["rows"]] == ["MLP", "CNN"]
+    # the CNN shares its weights: far fewer parameters than the MLP
+    assert metrics["cnn_parameters"] < metrics["mlp_parameters"] / 3
+    for model in ("mlp", "cnn"):
+        assert metrics[f"{model}_test_accuracy"] > 0.5, metrics  # chance is 0.1
+        assert metrics[f"{model}_feature_knn_accuracy"] > 0.4, metrics
+        history = metrics[f"{model}_history"]
+        assert len(history["loss"]) == metrics["epochs"]
+        assert history["loss"][-1] < history["loss"][0]
+    assert manifest["notes"]
+
+
+def test_cifar_cnn_quick(tmp_path):
+    out, metrics, manifest = _run("cifar_cnn", tmp_path)
+    files = {f["file"] for f in manifest["figures"]}
+    assert files == {"samples.png", "class_distribution.png", "training_curves.png",
+                     "confusion_matrix.png", "sweep.png"}
+    assert metrics["image_shape"] == [3, 32, 32]
+    assert len(metrics["classes"]) == 10
+    assert metrics["test_accuracy"] > 0.2, metrics["test_accuracy"]  # chance is 0.1
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (10, 10) and abs(np.trace(cm) / cm.sum() - metrics["test_accuracy"]) < 1e-9
+    assert len(metrics["hardest_classes"]) == 3
+    assert set(metrics["hardest_classes"]) <= set(metrics["classes"])
+    per_class = metrics["per_class_accuracy"]
+    assert max(per_class[c] for c in metrics["hardest_classes"]) <= \
+        min(v for c, v in per_class.items() if c not in metrics["hardest_classes"])
+    (sweep,) = [t for t in manifest["tables"] if t["name"] == "sweep"]
+    assert sweep["rows"][0]["factor"] == "base" and len(sweep["rows"]) >= 3
+    assert {"factor", "value"} <= set(metrics["best_setting"])
+    assert metrics["best_sweep_val_accuracy"] * 100 == max(r["val accuracy (%)"] for r in sweep["rows"])
+
+
+@pytest.mark.parametrize("name", ["cnn_vs_mlp", "cifar_cnn"])
+def test_drivers_declare_the_contract(name):
+    from assignments import get
+
+    driver = get(name)
+    assert driver.DEFAULT is True
+    assert driver.NAME == name and driver.DATASETS[0] in ("digits", "shapes")
+    for attr in ("COURSE", "TASK", "SUMMARY", "STATEMENT"):
+        assert getattr(driver, attr).strip()
