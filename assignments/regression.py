@@ -40,7 +40,7 @@ DEFAULT = True
 HIDDEN, LR, EPOCHS = 10, 0.01, 3000
 WEIGHT_DECAY, DROPOUT, PATIENCE = 1e-3, 0.1, 200
 VARIANTS = {"none": "no regularisation", "early_stopping": "(a) early stopping",
-            "weight_decay": f"(b) weight decay, {WEIGHT_DECAY:g} x sum of w^2",
+            "weight_decay": f"(b) weight decay, penalty {WEIGHT_DECAY:g}·Σw²",
             "dropout": f"(c) dropout p={DROPOUT:g} on the hidden layer"}
 
 
