@@ -290,9 +290,13 @@ class Callback:
         pass
 
 
+# Metrics where smaller is better; anything else (accuracy, f1, ...) is maximised.
+_ERROR_WORDS = ("loss", "mse", "mae", "error", "rmse")
+
+
 def _mode(monitor, mode):
     if mode == "auto":
-        return "min" if "loss" in monitor else "max"
+        return "min" if any(word in monitor for word in _ERROR_WORDS) else "max"
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
     return mode
