@@ -216,3 +216,9 @@ def test_helpful_errors():
     bad[3, 0] = np.nan
     with pytest.raises(FloatingPointError, match="learning rate"):
         train.fit(model, nn.CrossEntropyLoss(), opt, Loader(bad, y, 20), epochs=1, progress=False)
+
+
+def test_auto_mode_minimises_error_metrics_and_maximises_scores():
+    from minidl.train import _mode
+    assert [_mode(m, "auto") for m in ("val_loss", "val_mse", "train_error", "val_accuracy")] == \
+        ["min", "min", "min", "max"]
