@@ -41,7 +41,7 @@ DEFAULT = True
 # Per profile: training images used, epochs, points per split in the t-SNE.
 PROFILES = {
     "quick": dict(train=400, epochs=2, tsne=120),
-    "digits": dict(train=None, epochs=12, tsne=400),
+    "digits": dict(train=None, epochs=10, tsne=400),
     "mnist": dict(train=None, epochs=6, tsne=500),
 }
 # tab10 with its grey (class 7) made black: grey marks the other split in the t-SNE plots
@@ -100,7 +100,7 @@ def models(in_shape, num_classes):
     c, h, w = in_shape
     return {
         "MLP": md.models.MLP(c * h * w, hidden=(128, 64), num_classes=num_classes),
-        "CNN": md.models.SmallCNN(in_shape, num_classes=num_classes, widths=(8, 16), kernel_size=3),
+        "CNN": md.models.SmallCNN(in_shape, num_classes=num_classes, widths=(16, 32), kernel_size=3),
     }
 
 

@@ -117,12 +117,13 @@ def _translate(module, namespace, models, where):
     if kind == "Sequential":
         return namespace.Sequential(*[_translate(m, namespace, models, f"{where}.{n}")
                                       for n, m in children])
-    if kind in models:
+    build = next((b for cls, b in models if isinstance(module, cls)), None)
+    if build is not None:  # a course model (or a subclass): its body and head, translated
         parts = {n: _translate(m, namespace, models, f"{where}.{n}") for n, m in children}
         if set(parts) != {"body", "head"}:
             raise ValueError(f"cannot build a twin of {where} ({kind}): expected the children "
                              f"body and head, found {', '.join(parts) or 'none'}; build it yourself and pass it")
-        return models[kind](parts["body"], parts["head"])
+        return build(parts["body"], parts["head"])
     if kind not in _SAME_ARGS or not hasattr(namespace, kind):
         what = where if where == kind else f"{where} ({kind})"
         raise ValueError(
@@ -158,14 +159,15 @@ def _md_model_from_parts(cls):
 
 def torch_twin(md_module) -> nn.Module:
     """A freshly built torch model with the layout of the minidl ``md_module`` (weights not copied)."""
-    models = {name: twin.from_parts for name, twin in twins.TWINS.items()}
+    md = _md()
+    models = [(getattr(md.models, name), twin.from_parts) for name, twin in twins.TWINS.items()]
     return _translate(md_module, nn, models, type(md_module).__name__)
 
 
 def minidl_twin(torch_module: nn.Module):
     """A freshly built minidl model with the layout of ``torch_module`` (weights not copied)."""
     md = _md()
-    models = {name: _md_model_from_parts(getattr(md.models, name)) for name in twins.TWINS}
+    models = [(twin, _md_model_from_parts(getattr(md.models, name))) for name, twin in twins.TWINS.items()]
     return _translate(torch_module, md.nn, models, type(torch_module).__name__)
 
 

@@ -214,6 +214,18 @@ def test_minidl_twin_of_a_torch_cnn_computes_the_same():
     assert isinstance(cnn, md.models.SmallCNN) and cnn.head.weight.shape == (3, 2 * 4 * 4)
 
 
+def test_subclasses_of_the_twins_are_translated_too():
+    from reference_torch.mlp_twin import MLP as CourseMLP  # twins.MLP with ELU and its own init
+
+    torch_model = CourseMLP(12, [8, 6], 3, use_batch_norm=True).eval()
+    md_model = interop.to_minidl(torch_model)
+    assert isinstance(md_model, md.models.MLP)
+    assert type(md_model.body[3]).__name__ == "ELU"
+    x = np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32)
+    np.testing.assert_allclose(md_model(md.tensor(x)).data,
+                               torch_model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ errors
 def test_mismatched_shapes_are_named():
     md_model = md.models.MLP(20, hidden=(16,), num_classes=5)
