@@ -18,25 +18,25 @@ contiguous slice, so the kernel writes memory in order, and one GEMM
 
 Threads: no oversubscription
 ----------------------------
-Two thread pools on one machine fight: BLAS runs one thread per core and, after
-a GEMM, keeps them spinning for a while, waiting for more work; a parallel
-numba kernel (``prange``) started then brings a second pool, and on 2 cores
-four busy threads share two, so the kernel or the next GEMM runs many times
-slower. BLAS's own threads have a second weakness: a GEMM with a long inner
-dimension (the weight gradient sums over every pixel of the batch)
-synchronises them hundreds of times, and on a busy machine each
-synchronisation waits for a thread the OS has put aside; such a GEMM then
-takes seconds instead of milliseconds.
+Two thread pools on one machine fight. BLAS runs one thread per core and,
+after a GEMM, keeps them spinning for a while, waiting for more work; a
+parallel numba kernel (``prange``) started then brings a second pool, and on 2
+cores four busy threads share two. BLAS's threads have a second weakness: a
+GEMM with a long inner dimension (the weight gradient sums over every pixel of
+the batch) synchronises them hundreds of times, and on a busy machine each
+synchronisation waits for a thread the OS has put aside. Measured here on 2
+cores with other work running: that weight-gradient GEMM took 2 s instead of
+36 ms, and a tiny (64, 1568) x (1568, 10) product 60 ms instead of 0.1 ms.
 
 So minidl keeps one pool of threads, its own, and splits work coarsely:
 ``parallel_for`` hands out chunks of images to ``num_threads()`` threads (the
 calling thread among them); each runs im2col, a single-threaded GEMM and
-col2im on its chunk, in cache, independently of the others; BLAS is switched to
-one thread for that time. Numba kernels never use ``prange``: they run on
-whichever thread calls them and release the GIL (``nogil``), so the threads
-really run at once. The number of threads defaults to BLAS's (the same count
-torch gets in the benchmark); ``set_num_threads`` changes it.
-``benchmarks/bench_conv.py --threads-check`` shows the alternatives' cost.
+col2im on its chunk, in cache, independently of the others, and BLAS is
+switched to one thread for that time. Numba kernels never use ``prange``: they
+run on whichever thread calls them and release the GIL (``nogil``), so the
+threads really run at once. The number of threads defaults to BLAS's (the
+count torch gets in the benchmark); ``set_num_threads`` changes it.
+``benchmarks/bench_conv.py --threads-check`` measures the alternatives.
 
 Every kernel is compiled once per dtype (float32 for training, float64 for the
 gradient tests) and cached on disk (``cache=True``), so only the very first
@@ -45,11 +45,11 @@ import pays the compilation.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -126,37 +126,43 @@ def set_num_threads(n):
 def parallel_for(n_tasks, task):
     """Call ``task(worker, i)`` for i in range(n_tasks); ``worker`` in
     [0, num_threads()) names the thread, so that a task can use that thread's
-    scratch buffers and accumulators.
+    scratch buffers and accumulators without locks.
 
     With fewer tasks than threads everything runs on the calling thread as
     worker 0, BLAS keeping all its threads (one big GEMM beats a few small
     ones). Otherwise the threads take tasks from a shared counter (a thread
-    the OS delays simply takes fewer) while BLAS runs single-threaded.
+    the OS delays simply takes fewer) while BLAS runs single-threaded. A task
+    that raises stops the others from starting new tasks; the error is raised
+    here.
     """
-    threads = num_threads()
-    if getattr(_local, "inside", False):  # called from a task: stay on this thread
+    inside = getattr(_local, "worker", None)
+    if inside is not None:  # called from within a task: run here, as that worker
         for i in range(n_tasks):
-            task(0, i)
+            task(inside, i)
         return
+    threads = num_threads()
     with _region:
         if threads == 1 or n_tasks < threads:
-            for i in range(n_tasks):
-                task(0, i)
+            _run_serially(n_tasks, task)
             return
         global _executor
         if _executor is None:
             _executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="minidl")
         counter = itertools.count()  # next() on it is atomic under the GIL
+        failed = []
 
         def work(worker):
-            _local.inside = True  # a task that calls parallel_for runs it serially
+            _local.worker = worker
             try:
                 for i in counter:
-                    if i >= n_tasks:
+                    if i >= n_tasks or failed:
                         return
                     task(worker, i)
+            except BaseException:
+                failed.append(True)
+                raise
             finally:
-                _local.inside = False
+                _local.worker = None
 
         blas = _blas_control()
         previous = blas.single_threaded()
@@ -171,6 +177,15 @@ def parallel_for(n_tasks, task):
             blas.restore(previous)
 
 
+def _run_serially(n_tasks, task):
+    _local.worker = 0
+    try:
+        for i in range(n_tasks):
+            task(0, i)
+    finally:
+        _local.worker = None
+
+
 class Scratch:
     """Per-worker scratch arrays, kept between calls: a worker asks for a named
     buffer of some shape and gets a view of a flat array that only grows. No
@@ -181,8 +196,8 @@ class Scratch:
         self._buffers = {}
 
     def get(self, worker, name, shape, dtype):
-        size = int(np.prod(shape))
-        key = (worker, name, np.dtype(dtype).str)
+        size = math.prod(shape)
+        key = (worker, name, dtype)
         flat = self._buffers.get(key)
         if flat is None or flat.size < size:
             flat = np.empty(size, dtype=dtype)
@@ -228,27 +243,48 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     """
     n_img, channels, height, width = x.shape
     plane = oh * ow
+    # Stride 1 with output rows as wide as input rows (a 'same' convolution): an
+    # output block and its source block have the same row length, so the block
+    # is one long contiguous copy, not oh short ones; the few values that wrap
+    # around a row's end are then overwritten with the padding's zeros.
+    one_span = sh == 1 and sw == 1 and ow == width
     for c in range(channels):
         for i in range(kh):
+            # output rows y in [ylo, yhi) read input rows inside the image
+            ylo, yhi = _valid_range(i * dh - ph, sh, oh, height)
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
                 offset = j * dw - pw
                 lo, hi = _valid_range(offset, sw, ow, width)
                 for n in range(n_img):
-                    for y in range(oh):
-                        iy = y * sh - ph + i * dh
-                        base = n * plane + y * ow
-                        if iy < 0 or iy >= height:
-                            for z in range(ow):
-                                row[base + z] = 0
-                            continue
-                        src = x[n, c, iy]
+                    base = n * plane
+                    for k in range(base, base + ylo * ow):  # rows above the image
+                        row[k] = 0
+                    for k in range(base + yhi * ow, base + plane):  # rows below it
+                        row[k] = 0
+                    if yhi <= ylo:
+                        continue
+                    if one_span and hi > lo:
+                        src = x[n, c].reshape(height * width)
+                        first = (ylo - ph + i * dh) * width + lo + offset
+                        start, stop = base + ylo * ow + lo, base + (yhi - 1) * ow + hi
+                        for k in range(stop - start):
+                            row[start + k] = src[first + k]
+                        for y in range(ylo, yhi):
+                            for z in range(lo):
+                                row[base + y * ow + z] = 0
+                            for z in range(hi, ow):
+                                row[base + y * ow + z] = 0
+                        continue
+                    for y in range(ylo, yhi):
+                        src = x[n, c, y * sh - ph + i * dh]
+                        b = base + y * ow
                         for z in range(lo):
-                            row[base + z] = 0
-                        for z in range(lo, hi):  # stride 1: a straight, vectorised copy
-                            row[base + z] = src[z * sw + offset]
+                            row[b + z] = 0
+                        for z in range(lo, hi):
+                            row[b + z] = src[z * sw + offset]
                         for z in range(hi, ow):
-                            row[base + z] = 0
+                            row[b + z] = 0
     return cols
 
 
@@ -258,24 +294,22 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     ``out`` (N, C, H, W), *adding up* every column that reads the same pixel
     (overlapping windows), and dropping what falls into the padding.
 
-    For each channel c the loop touches only ``out[:, c]`` (a few hundred KB),
-    which stays in cache while the kh*kw rows of that channel stream past.
+    For each channel c the loop touches only ``out[:, c]``, which stays in cache
+    while the kh*kw rows of that channel stream past.
     """
     n_img, channels, height, width = out.shape
     plane = oh * ow
     out[...] = 0
     for c in range(channels):
         for i in range(kh):
+            ylo, yhi = _valid_range(i * dh - ph, sh, oh, height)
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j]
                 offset = j * dw - pw
                 lo, hi = _valid_range(offset, sw, ow, width)
                 for n in range(n_img):
-                    for y in range(oh):
-                        iy = y * sh - ph + i * dh
-                        if iy < 0 or iy >= height:
-                            continue
-                        dst = out[n, c, iy]
+                    for y in range(ylo, yhi):
+                        dst = out[n, c, y * sh - ph + i * dh]
                         base = n * plane + y * ow
                         for z in range(lo, hi):
                             dst[z * sw + offset] += row[base + z]

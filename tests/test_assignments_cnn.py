@@ -67,3 +67,20 @@ def test_drivers_declare_the_contract(name):
     assert driver.NAME == name and driver.DATASETS[0] in ("digits", "shapes")
     for attr in ("COURSE", "TASK", "SUMMARY", "STATEMENT"):
         assert getattr(driver, attr).strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, dataset", [("cnn_vs_mlp", "mnist"), ("cifar_cnn", "cifar10")])
+def test_quick_runs_on_real_data(tmp_path, shared_data, name, dataset):
+    """The real-dataset paths: MNIST (only its test set is shared: the driver splits it)
+    and the partial CIFAR-10 folder (data_batch_1 and test_batch)."""
+    extra = ["--no-sweep"] if name == "cifar_cnn" else []  # the sweep is tested on shapes
+    out, metrics, manifest = _run(name, tmp_path, "--dataset", dataset, "--data-dir", str(shared_data),
+                                  *extra)
+    assert manifest["dataset"] == dataset
+    if name == "cnn_vs_mlp":
+        assert any("test set" in note for note in manifest["notes"])  # says how it split MNIST
+        assert metrics["cnn_test_accuracy"] > 0.5 and metrics["mlp_test_accuracy"] > 0.5
+    else:
+        assert metrics["classes"][:2] == ["airplane", "automobile"]
+        assert metrics["test_accuracy"] > 0.2

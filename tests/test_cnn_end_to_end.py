@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 import minidl as md
 import minidl.optim
 import minidl.nn.functional as F
-from minidl import nn
+from minidl import kernels, nn
 from minidl.nn.conv import BatchNorm2d, Conv2d, MaxPool2d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,17 +65,25 @@ class TorchCNN(torch.nn.Module):
 
 
 def train(model, x, y, epochs, lr, batch_size=64, seed=0):
-    """Adam on shuffled minibatches; x (N, 1, H, W) float32, y (N,) int."""
+    """Adam on shuffled minibatches; x (N, 1, H, W) float32, y (N,) int.
+
+    The convolutions use minidl's threads (kernels.num_threads()); the other
+    GEMMs (the linear layer) run with BLAS single-threaded here, because on a
+    machine shared with other jobs multi-threaded BLAS makes such tiny products
+    up to 500 times slower (see minidl/kernels.py), and this test's duration
+    should not depend on the neighbours."""
     opt = md.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     model.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            opt.zero_grad()
-            F.cross_entropy(model(md.Tensor(x[idx])), y[idx]).backward()
-            opt.step()
+    kernels.num_threads()  # fix minidl's thread count before limiting BLAS
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(epochs):
+            order = rng.permutation(len(x))
+            for start in range(0, len(x), batch_size):
+                idx = order[start:start + batch_size]
+                opt.zero_grad()
+                F.cross_entropy(model(md.Tensor(x[idx])), y[idx]).backward()
+                opt.step()
     return model
 
 
@@ -146,7 +155,7 @@ def test_small_cnn_reaches_97_percent_on_real_mnist():
     (x_train, y_train), (x_test, y_test) = mnist_split()
     md.manual_seed(0)
     start = time.perf_counter()
-    model = train(CNN(28), x_train, y_train, epochs=3, lr=2e-3)
+    model = train(CNN(28), x_train, y_train, epochs=2, lr=2e-3)
     acc = accuracy(model, x_test, y_test)
     print(f"MNIST: trained on 8,000 in {time.perf_counter() - start:.1f} s; "
           f"test accuracy on the other 2,000: {acc:.4f}")

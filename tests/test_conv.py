@@ -78,6 +78,20 @@ def test_conv2d_options_match_torch(case):
     _compare(lambda x, w: C.conv2d(x, w, **case), lambda x, w: TF.conv2d(x, w, **case), [x, w])
 
 
+@pytest.mark.parametrize("hw,kernel,padding", [((1, 1), 3, 1), ((2, 1), 3, 2), ((1, 3), 5, 2),
+                                                ((3, 2), (3, 1), (2, 0))])
+def test_conv2d_tiny_images_with_large_padding(hw, kernel, padding):
+    """Kernel columns that fall entirely into the padding, for every row."""
+    rng = np.random.default_rng(14)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x, w = rng.standard_normal((2, 3) + hw), rng.standard_normal((4, 3, kh, kw))
+    _compare(lambda x, w: C.conv2d(x, w, padding=padding),
+             lambda x, w: TF.conv2d(x, w, padding=padding), [x, w])
+    w_t = rng.standard_normal((3, 4, kh, kw))  # transposed layout (in, out, kh, kw)
+    _compare(lambda x, w: C.conv_transpose2d(x, w), lambda x, w: TF.conv_transpose2d(x, w),
+             [x, w_t])
+
+
 def test_conv2d_non_contiguous_input_and_unbatched():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((7, 3, 2, 6)).transpose(2, 1, 3, 0)  # (2, 3, 6, 7), strided
@@ -297,3 +311,50 @@ def test_conv2d_in_chunks_of_images(monkeypatch, needs):
         rng.standard_normal(4)
     _compare(lambda x, w, b: C.conv2d(x, w, b, padding=1, groups=2),
              lambda x, w, b: TF.conv2d(x, w, b, padding=1, groups=2), [x, w, b], needs=needs)
+
+
+# ------------------------------------------------------------ thread guard
+
+
+def test_threaded_chunks_agree_with_one_thread_and_blas_is_restored():
+    rng = np.random.default_rng(13)
+    x, w, b = rng.standard_normal((6, 4, 9, 8)), rng.standard_normal((6, 4, 3, 3)), \
+        rng.standard_normal(6)
+    blas_before = kernels._blas_control().threads()
+    results = []
+    threads = kernels.num_threads()
+    try:
+        for count in (1, 3):
+            kernels.set_num_threads(count)
+            inputs = [md.Tensor(a, requires_grad=True) for a in (x, w, b)]
+            out = C.conv2d(*inputs, padding=1)
+            out.backward(np.cos(out.data))
+            results.append([out.data] + [t.grad for t in inputs])
+    finally:
+        kernels.set_num_threads(threads)
+    for one, many in zip(*results):
+        np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12)
+    assert kernels._blas_control().threads() == blas_before
+
+
+def test_parallel_for_runs_every_task_once_and_reraises():
+    threads = kernels.num_threads()
+    kernels.set_num_threads(3)
+    try:
+        seen = []
+        kernels.parallel_for(10, lambda worker, i: seen.append((worker, i)))
+        assert sorted(i for _, i in seen) == list(range(10))
+        assert {worker for worker, _ in seen} <= {0, 1, 2}
+
+        def failing(worker, i):
+            if i == 7:
+                raise RuntimeError("task 7 failed")
+        with pytest.raises(RuntimeError, match="task 7"):
+            kernels.parallel_for(10, failing)
+        nested = []
+        kernels.parallel_for(4, lambda w, i: kernels.parallel_for(2, lambda v, j: nested.append(j)))
+        assert sorted(nested) == [0] * 4 + [1] * 4
+    finally:
+        kernels.set_num_threads(threads)
+    with pytest.raises(ValueError):
+        kernels.set_num_threads(0)
