@@ -142,6 +142,13 @@ def _grouped_matmul(a, b, out, groups, transpose_a=False):
                   out=out[g * kout:(g + 1) * kout])
 
 
+def _per_image(cols, n_images):
+    """The (rows, B*P) column matrix seen as B matrices (rows, P), one per image:
+    a strided view, no copy (each image's columns are one block of every row)."""
+    rows = cols.shape[0]
+    return cols.reshape(rows, n_images, -1).transpose(1, 0, 2)
+
+
 def _weight_grad_matmul(a, b, out, groups):
     """out = a @ b.T per group (a weight gradient: grad rows times column rows)."""
     ka, kb, kout = a.shape[0] // groups, b.shape[0] // groups, out.shape[0] // groups
@@ -173,6 +180,10 @@ class Conv2dFn(Function):
         def task(worker, i):
             lo, hi = i * self.chunk, min(n, (i + 1) * self.chunk)
             cols = self._im2col(worker, x[lo:hi])
+            if groups == 1:  # one product per image, straight into torch's layout
+                np.matmul(w2, _per_image(cols, hi - lo), out=out3[lo:hi])
+                kernels.add_channel_bias(out3[lo:hi], b)
+                return
             y = scratch.get(worker, "y", (o, (hi - lo) * self.plane), dtype)
             _grouped_matmul(w2, cols, y, groups)
             kernels.rows_to_nchw(y, b, out3[lo:hi])
@@ -206,11 +217,19 @@ class Conv2dFn(Function):
 
         def task(worker, i):
             lo, hi = i * self.chunk, min(n, (i + 1) * self.chunk)
-            # (B, O, OH, OW) -> (O, B*OH*OW), summing the bias gradient on the way.
-            g_rows = scratch.get(worker, "g_rows", (o, (hi - lo) * plane), dtype)
-            kernels.nchw_to_rows(grad3[lo:hi], g_rows, grad_b[worker])
+            g_rows = None
+            if need_x or groups > 1:
+                # (B, O, OH, OW) -> (O, B*OH*OW), summing the bias gradient on the way.
+                g_rows = scratch.get(worker, "g_rows", (o, (hi - lo) * plane), dtype)
+                kernels.nchw_to_rows(grad3[lo:hi], g_rows, grad_b[worker])
+            elif need_b:
+                grad_b[worker] += kernels.channel_sum(grad3[lo:hi])
             if need_w:  # grad_W += grad_y @ cols.T
                 cols = self._im2col(worker, self.x[lo:hi])
+                if g_rows is None:  # one product per image, read in torch's layout
+                    partial = np.matmul(grad3[lo:hi], _per_image(cols, hi - lo).transpose(0, 2, 1))
+                    grad_w[worker] += partial.sum(axis=0)
+                    return
                 partial = scratch.get(worker, "grad_w", grad_w.shape[1:], dtype)
                 _weight_grad_matmul(g_rows, cols, partial, groups)
                 grad_w[worker] += partial
