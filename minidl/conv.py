@@ -9,14 +9,17 @@ input patch a kernel window sees into one column of a matrix
     cols: (C*kh*kw, B*OH*OW)     one row per (channel, kernel offset),
                                  one column per output pixel of B images
 
-so that convolving those B images is a single BLAS call
+so that convolving those B images is a matrix product
 
     y = W.reshape(O, C*kh*kw) @ cols          (O, B*OH*OW)
 
-which ``kernels.rows_to_nchw`` moves into the (N, O, OH, OW) output, adding
-the bias. The backward pass is two more products with the same matrices:
+Each image's columns are one block of every row, so numpy's batched matmul
+can take the product image by image and write it straight into the (N, O,
+OH, OW) output (with ``groups`` > 1, one big product per group, then
+``kernels.rows_to_nchw`` moves it there). The backward pass is two more
+products with the same matrices:
 
-    grad_W   += grad_y @ cols.T               (O, C*kh*kw), summed over chunks
+    grad_W   += grad_y @ cols.T               (O, C*kh*kw), summed over images
     grad_cols = W.T @ grad_y                  (C*kh*kw, B*OH*OW)
 
 and ``kernels.col2im`` folds grad_cols back onto the images, adding up the
