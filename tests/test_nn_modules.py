@@ -465,3 +465,22 @@ def test_uniform_bounds_and_zeros():
     assert not p.data.any()
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         nn.init.kaiming_uniform_(np.zeros(5))
+
+
+def test_forward_hooks_record_replace_and_come_off():
+    """register_forward_hook as in torch: called with (module, inputs, output) after
+    forward; a returned value replaces the output; remove() (or leaving the with
+    block) takes the hook off."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = md.tensor(np.arange(6.0).reshape(2, 3))
+    seen = []
+    handle = model[1].register_forward_hook(lambda m, inputs, out: seen.append((m, inputs[0].shape, out.data)))
+    plain = model(x).data
+    assert len(seen) == 1 and seen[0][0] is model[1] and seen[0][1] == (2, 4)
+    np.testing.assert_array_equal(seen[0][2], np.maximum(model[0](x).data, 0))
+    handle.remove()
+    model(x)
+    assert len(seen) == 1
+    with model[1].register_forward_hook(lambda m, inputs, out: out * 0):
+        np.testing.assert_array_equal(model(x).data, np.broadcast_to(model[2].bias.data, (2, 2)))
+    np.testing.assert_array_equal(model(x).data, plain)

@@ -433,8 +433,5 @@ def one_hot(target, num_classes):
 
 
 # Convolution and pooling (minidl/conv.py) belong to F as in torch.
-try:
-    from ..conv import (adaptive_avg_pool2d, avg_pool2d, conv2d,  # noqa: F401,E402
-                        conv_transpose2d, max_pool2d)
-except ImportError:  # pragma: no cover - only while conv.py is being written
-    pass
+from ..conv import (adaptive_avg_pool2d, avg_pool2d, conv2d,  # noqa: F401,E402
+                    conv_transpose2d, max_pool2d)

@@ -71,6 +71,26 @@ def _to_numpy(value, key):
                         "turned into an array; pass ndarrays") from error
 
 
+class _HookHandle:
+    """What ``register_forward_hook`` returns; also a context manager."""
+
+    _next_id = 0
+
+    def __init__(self, hooks, hook):
+        self._hooks, self.id = hooks, _HookHandle._next_id
+        _HookHandle._next_id += 1
+        hooks[self.id] = hook
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
 class Module:
     """Base class of every layer and model. Subclasses call ``super().__init__()``
     first, assign their parameters and sub-modules as attributes, and define
@@ -83,13 +103,25 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} has no forward(); define "
                                   "forward(self, x) in the subclass")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        output = self.forward(*args, **kwargs)
+        for hook in tuple(self.__dict__.get("_forward_hooks", {}).values()):
+            result = hook(self, args, output)
+            if result is not None:  # as in torch, a hook may replace the output
+                output = result
+        return output
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every forward pass of this
+        module (torch's API): to record activations, or to return a replacement
+        output. Returns a handle; ``handle.remove()`` takes the hook off again."""
+        return _HookHandle(self.__dict__["_forward_hooks"], hook)
 
     # ------------------------------------------------------------ registration
     def _check_initialised(self, name):
