@@ -44,7 +44,7 @@ SWEEP = (("batch_size", 32), ("batch_size", 128), ("lr", 5e-4), ("lr", 5e-3),
 PROFILES = {
     "quick": dict(n=3000, train=2400, epochs=4, sweep_train=600, sweep_epochs=1,
                   sweep=(("lr", 5e-4), ("kernel_size", 5))),
-    "shapes": dict(n=10000, train=None, epochs=6, sweep_train=4000, sweep_epochs=3, sweep=SWEEP),
+    "shapes": dict(n=10000, train=None, epochs=5, sweep_train=4000, sweep_epochs=3, sweep=SWEEP),
     "cifar10": dict(n=None, train=None, epochs=6, sweep_train=4000, sweep_epochs=3, sweep=SWEEP),
 }
 
