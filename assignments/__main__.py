@@ -56,7 +56,7 @@ def main(argv=None):
     for i, driver in enumerate(drivers, 1):
         print(f"==> [{i}/{len(drivers)}] {driver.NAME}", file=sys.stderr, flush=True)
         driver_args = parser_for(driver).parse_args(rest)
-        for key in ("dataset", "data_dir", "quick", "seed", "out"):
+        for key in ("dataset", "data_dir", "quick", "seed", "out", "threads"):
             setattr(driver_args, key, getattr(args, key))
         if args.out and len(drivers) > 1:
             driver_args.out = str(Path(args.out) / driver.NAME)

@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -80,6 +81,9 @@ def common_arguments(parser):
     parser.add_argument("--out", default=None,
                         help="output folder (default: runs/<name>; with several drivers, "
                              "runs under this folder)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for BLAS, torch and minidl's kernels (default: "
+                             "each library's own choice, usually one per core)")
 
 
 class Run:
@@ -146,13 +150,41 @@ class Run:
         write_atomic(self.out / "manifest.json", json.dumps(to_jsonable(manifest), indent=2))
 
 
+@contextmanager
+def cpu_threads(count):
+    """Run the block with ``count`` threads in every thread pool the drivers use
+    (BLAS through threadpoolctl, torch's intra-op pool, minidl's convolutions),
+    then restore them. None leaves everything as it is."""
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise SystemExit(f"--threads must be at least 1, got {count}")
+    from threadpoolctl import threadpool_limits
+
+    from minidl import kernels
+    torch = sys.modules.get("torch")  # only drivers that use torch have imported it
+    before = (kernels.num_threads(), torch.get_num_threads() if torch else None)
+    kernels.set_num_threads(count)
+    if torch:
+        torch.set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield
+    finally:
+        kernels.set_num_threads(before[0])
+        if torch:
+            torch.set_num_threads(before[1])
+
+
 def run_driver(driver, args):
     """Run one driver and write its files; returns the metrics."""
     ctx = Run(driver, args)
     ctx.log(f"running ({'quick' if ctx.quick else 'full'} profile, dataset {ctx.dataset}) "
             f"-> {ctx.out}")
     start = time.perf_counter()
-    metrics = driver.run(ctx)
+    with cpu_threads(getattr(args, "threads", None)):
+        metrics = driver.run(ctx)
     seconds = time.perf_counter() - start
     ctx.finish(metrics, seconds)
     ctx.log(f"done in {seconds:.1f} s")

@@ -162,3 +162,24 @@ def test_regularization_quick(quick):
     assert len(accuracies) == 9 and min(accuracies.values()) > 0.6
     (penalties, dropout) = manifest["tables"]
     assert [r["dropout on"] for r in dropout["rows"]] == ["layer 1", "layer 2", "both"]
+
+
+def test_threads_option_sets_every_pool_and_restores_it():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from assignments.runner import cpu_threads
+    from minidl import kernels
+
+    def blas():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = (kernels.num_threads(), torch.get_num_threads(), blas())
+    count = max(before[0], before[1], *before[2]) + 1  # differs from every current setting
+    with cpu_threads(count):
+        assert kernels.num_threads() == count and torch.get_num_threads() == count
+        assert set(blas()) == {count}
+    assert (kernels.num_threads(), torch.get_num_threads(), blas()) == before
+    with pytest.raises(SystemExit, match="--threads must be at least 1, got 0"):
+        with cpu_threads(0):
+            pass
