@@ -6,6 +6,10 @@
     reference_torch.checkpoint    atomic checkpoint files, read with weights_only=True
     reference_torch.distributed   DistributedDataParallel under torchrun
     reference_torch.data          numpy arrays -> torch DataLoader
+    reference_torch.interop       to_minidl / from_minidl: copy weights between twin models
+    reference_torch.twins         torch twins of minidl.models (MLP, SmallCNN)
+    reference_torch.explain       attributions, deletion/insertion, feature visualisation,
+                                  adversarial examples
 
 Submodules are imported explicitly (``from reference_torch.train import fit``) so that
 importing one part does not pull in the others.
