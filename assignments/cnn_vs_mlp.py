@@ -62,21 +62,8 @@ def add_arguments(parser):
 
 # ------------------------------------------------------------------- data
 def load_splits(ctx):
-    """digits at 28x28 (MNIST's size); MNIST itself, or, where only its test set is at
-    hand (offline), 8,000 of the official test images for training and validation."""
-    if ctx.dataset == "digits":
-        return md.data.load_dataset("digits", seed=ctx.seed, size=28)
-    try:
-        return md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed, download=False)
-    except md.data.DatasetNotFoundError:
-        pass
-    try:
-        splits = md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed,
-                                      download=False, train_from_test=8000)
-        ctx.note(f"Only the official {ctx.dataset} test set was found: {splits.description}.")
-        return splits
-    except md.data.DatasetNotFoundError:  # nothing local: download the official files
-        return md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed)
+    """digits at 28x28 (MNIST's size), or MNIST (see ``Run.load_dataset``)."""
+    return ctx.load_dataset(size=28) if ctx.dataset == "digits" else ctx.load_dataset()
 
 
 def load(ctx, profile):

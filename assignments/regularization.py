@@ -93,21 +93,7 @@ def plot_penalties(result):
 
 # ------------------------------------------------------------ parts 2 and 3
 def load_splits(ctx):
-    """The dataset as found locally; for MNIST-like sets with only the official test set
-    at hand (offline), 8,000 of its images for training and validation; else download."""
-    if ctx.dataset == "digits":
-        return md.data.load_dataset("digits", seed=ctx.seed)
-    try:
-        return md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed, download=False)
-    except md.data.DatasetNotFoundError:
-        pass
-    try:
-        splits = md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed,
-                                      download=False, train_from_test=8000)
-        ctx.note(f"Only the official {ctx.dataset} test set was found: {splits.description}.")
-        return splits
-    except md.data.DatasetNotFoundError:
-        return md.data.load_dataset(ctx.dataset, data_dir=ctx.data_dir, seed=ctx.seed)
+    return ctx.load_dataset()
 
 
 def load(ctx, profile):

@@ -135,6 +135,32 @@ class Run:
     def rng(self, offset=0):
         return np.random.default_rng(self.seed + offset)
 
+    def load_dataset(self, **options):
+        """The run's dataset as ``minidl.data`` Splits. A real one is read from local
+        files when they are all there; for MNIST and Fashion-MNIST with only the
+        official test set at hand (as offline), 8,000 of its images train and validate
+        and the other 2,000 test (said in a note); otherwise it is downloaded."""
+        import minidl.data as data  # here: the runner itself does not need numpy's engine
+
+        def load(**extra):
+            return data.load_dataset(self.dataset, data_dir=self.data_dir, seed=self.seed,
+                                     **options, **extra)
+
+        if self.dataset in ("digits", "shapes", "toy"):
+            return load()
+        try:
+            return load(download=False)
+        except data.DatasetNotFoundError:
+            pass
+        if self.dataset in ("mnist", "fashion_mnist"):
+            try:
+                splits = load(download=False, train_from_test=8000)
+                self.note(f"Only the official {self.dataset} test set was found: {splits.description}.")
+                return splits
+            except data.DatasetNotFoundError:
+                pass
+        return load()
+
     # ---------------------------------------------------------------- files
     def finish(self, metrics, seconds):
         config = {k: v for k, v in vars(self.args).items() if k not in ("names", "all", "default", "command")}
