@@ -14,6 +14,7 @@ import numpy as np
 from .. import conv as F
 from ..autograd import DEFAULT_DTYPE
 from . import init
+from .layers import _BatchNorm
 from .module import Module, Parameter
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
@@ -181,66 +182,13 @@ class AdaptiveAvgPool2d(Module):
 # ----------------------------------------------------------------- batch norm
 
 
-class BatchNorm2d(Module):
+class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) maps, one mean and variance per channel
-    over N, H and W (torch.nn.BatchNorm2d, same parameters and buffers).
+    over N, H and W (torch.nn.BatchNorm2d, same parameters and buffers), with
+    minidl's fused kernels (``minidl.conv.batch_norm2d``)."""
 
-    In training it normalises with the batch's statistics and moves the running
-    ones towards them (``momentum``; None means a cumulative average); in
-    evaluation it normalises with the running statistics.
-    """
+    ranks, shape_text = (4,), "(N, C, H, W)"
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=DEFAULT_DTYPE):
-        super().__init__()
-        self.num_features = _positive_int(num_features, "num_features", "BatchNorm2d")
-        self.eps, self.momentum = eps, momentum
-        self.affine, self.track_running_stats = affine, track_running_stats
-        if affine:
-            self.weight = Parameter(np.ones(num_features, dtype=dtype))
-            self.bias = Parameter(np.zeros(num_features, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
-            self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
-            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-
-    def reset_running_stats(self):
-        if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
-            self.num_batches_tracked[...] = 0
-
-    def reset_parameters(self):
-        self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
-
-    def forward(self, x):
-        shape = np.shape(x.data if hasattr(x, "data") else x)
-        if len(shape) != 4:
-            raise ValueError(f"BatchNorm2d expects (N, C, H, W) input, got shape {shape}")
-        if shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d({self.num_features}) got input with {shape[1]} "
-                             f"channels (shape {shape})")
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            if self.momentum is None:  # cumulative moving average
-                momentum = 1.0 / float(self.num_batches_tracked)
-        # Batch statistics in training, and always when no running statistics are kept.
-        use_batch = self.training or self.running_mean is None
-        # batch_norm2d updates the running statistics in place when it uses batch ones.
+    def _normalize(self, x, use_batch, momentum):
         return F.batch_norm2d(x, self.running_mean, self.running_var, self.weight, self.bias,
                               use_batch, momentum, self.eps)
-
-    def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")

@@ -169,17 +169,25 @@ class LogSoftmax(Softmax):
 
 
 # ------------------------------------------------------------------ batch norm
-class BatchNorm1d(Module):
-    """Batch normalisation of (N, C) or (N, C, L) inputs over everything but C.
+class _BatchNorm(Module):
+    """What BatchNorm1d and BatchNorm2d share: torch's parameters (``weight``,
+    ``bias``) and buffers (``running_mean``, ``running_var``,
+    ``num_batches_tracked``), and the rule for which statistics to use.
 
     In training it normalises with the batch's mean and (biased) variance and moves
     the running statistics towards them (``momentum``; None means a cumulative
-    average); in evaluation it normalises with the running statistics.
+    average); in evaluation it normalises with the running statistics. A subclass
+    names the input ranks it accepts and the function that normalises.
     """
+
+    ranks, shape_text = (), ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=DEFAULT_DTYPE, *, bias=True):
         super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"{type(self).__name__}: num_features must be a positive int, "
+                             f"got {num_features!r}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.has_bias = affine and bias  # torch's bias=False: a learnt scale, no shift
@@ -207,31 +215,47 @@ class BatchNorm1d(Module):
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
 
-    def _check_input(self, x):
-        if x.ndim not in (2, 3):
-            raise ValueError(f"{type(self).__name__} expects (N, C) or (N, C, L) input, got shape "
-                             f"{x.shape}")
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            self.weight.data[...] = 1
+            if self.has_bias:
+                self.bias.data[...] = 0
+
+    def _normalize(self, x, use_batch, momentum):
+        raise NotImplementedError
 
     def forward(self, x):
-        self._check_input(x)
-        if x.shape[1] != self.num_features:
+        shape = np.shape(x.data if hasattr(x, "data") else x)
+        if len(shape) not in self.ranks:
+            raise ValueError(f"{type(self).__name__} expects {self.shape_text} input, got shape {shape}")
+        if shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}) got input with "
-                             f"{x.shape[1]} channels (shape {x.shape})")
+                             f"{shape[1]} channels (shape {shape})")
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
         # Batch statistics in training, and always when no running statistics are kept;
-        # F.batch_norm updates the running statistics in place when it uses batch ones.
+        # the functions update the running statistics in place when they use batch ones.
         use_batch = self.training or self.running_mean is None
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch, momentum, self.eps)
+        return self._normalize(x, use_batch, momentum)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, bias={self.has_bias}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) inputs over everything but C."""
+
+    ranks, shape_text = (2, 3), "(N, C) or (N, C, L)"
+
+    def _normalize(self, x, use_batch, momentum):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            use_batch, momentum, self.eps)
 
 
 # ---------------------------------------------------------------------- losses
