@@ -38,6 +38,11 @@ threads really run at once. The number of threads defaults to BLAS's (the
 count torch gets in the benchmark); ``set_num_threads`` changes it.
 ``benchmarks/bench_conv.py --threads-check`` measures the alternatives.
 
+Outside convolutions, ``matmul`` gives a small product (a classifier head, a
+small MLP's layers) one BLAS thread: splitting a millisecond of work over
+threads gains nothing on an idle machine and loses hundreds of times on a busy
+one (the 60 ms above). Switching costs a few microseconds.
+
 Every kernel is compiled once per dtype (float32 for training, float64 for the
 gradient tests) and cached on disk (``cache=True``), so only the very first
 import pays the compilation.
@@ -121,6 +126,26 @@ def set_num_threads(n):
         if _executor is not None:
             _executor.shutdown(wait=True)
             _executor = None
+
+
+# Products with fewer multiply-adds than this run on one BLAS thread (a 64x1568
+# by 1568x10 head has 1M; a batch of 128 through a 784x256 layer, 26M, keeps
+# BLAS's threads, which pay off there).
+SMALL_MATMUL = 1 << 22
+
+
+def matmul(a, b):
+    """``a @ b`` (numpy's matmul); a small product runs on one BLAS thread."""
+    if a.ndim < 2 or b.ndim != 2 or a.size * b.shape[1] >= SMALL_MATMUL \
+            or getattr(_local, "worker", None) is not None:  # inside parallel_for: BLAS is single already
+        return np.matmul(a, b)
+    blas = _blas_control()
+    with _region:
+        previous = blas.single_threaded()
+        try:
+            return np.matmul(a, b)
+        finally:
+            blas.restore(previous)
 
 
 def parallel_for(n_tasks, task):

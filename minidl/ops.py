@@ -15,6 +15,7 @@ from collections import namedtuple
 import numpy as np
 
 from .autograd import Function, Tensor, _as_array, _unwrap_index
+from .kernels import matmul as _matmul  # numpy's, on one BLAS thread when small
 
 # ------------------------------------------------------------------ arithmetic
 
@@ -94,7 +95,7 @@ class MatMul(Function):
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul needs tensors of at least one dimension; use * for scalars")
         self.a, self.b = a, b
-        return np.matmul(a, b)
+        return _matmul(a, b)
 
     def backward(self, grad):
         a, b = self.a, self.b
@@ -111,12 +112,12 @@ class MatMul(Function):
             g2 = np.expand_dims(g2, -1)
         grad_a = grad_b = None
         if need_a:
-            grad_a = np.matmul(g2, np.swapaxes(b2, -1, -2))
+            grad_a = _matmul(g2, np.swapaxes(b2, -1, -2))
             if a.ndim == 1:
                 grad_a = grad_a.sum(axis=tuple(range(grad_a.ndim - 2))).reshape(a.shape) \
                     if grad_a.ndim > 2 else grad_a.reshape(a.shape)
         if need_b:
-            grad_b = np.matmul(np.swapaxes(a2, -1, -2), g2)
+            grad_b = _matmul(np.swapaxes(a2, -1, -2), g2)
             if b.ndim == 1:
                 grad_b = grad_b.sum(axis=tuple(range(grad_b.ndim - 2))).reshape(b.shape) \
                     if grad_b.ndim > 2 else grad_b.reshape(b.shape)

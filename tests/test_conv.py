@@ -358,3 +358,32 @@ def test_parallel_for_runs_every_task_once_and_reraises():
         kernels.set_num_threads(threads)
     with pytest.raises(ValueError):
         kernels.set_num_threads(0)
+
+
+def test_matmul_gives_small_products_one_blas_thread_and_restores_it():
+    """kernels.matmul equals numpy's product, small or large, and leaves BLAS's
+    thread count as it found it; a product below SMALL_MATMUL sees one thread."""
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(5)
+    blas = kernels._blas_control()
+    before = blas.threads()
+    for shape in ((64, 1568, 10), (512, 1024, 16)):
+        m, k, n = shape
+        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        np.testing.assert_allclose(kernels.matmul(a, b), a @ b, rtol=1e-12)
+        assert (m * k * n < kernels.SMALL_MATMUL) == (shape == (64, 1568, 10))
+    assert blas.threads() == before
+    seen = []
+    original = blas.single_threaded
+
+    def spy():  # a real call, recorded: which thread count BLAS has inside the product
+        previous = original()
+        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        return previous
+    blas.single_threaded = spy
+    try:
+        kernels.matmul(np.ones((4, 3)), np.ones((3, 2)))
+    finally:
+        del blas.single_threaded
+    assert seen == [{1}] or not blas.libs

@@ -11,6 +11,7 @@ from scipy import special
 
 from .. import autograd
 from ..autograd import Function, Tensor, _as_array
+from ..kernels import matmul
 from ..ops import pad  # noqa: F401  (F.pad, as in torch)
 
 # ---------------------------------------------------------------- activations
@@ -149,7 +150,7 @@ class Linear(Function):
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight {weight.shape} "
                              f"expects {weight.shape[1]}")
         self.x, self.weight = x, weight
-        out = x @ weight.T
+        out = matmul(x, weight.T)
         if bias is not None:
             out += bias
         return out
@@ -158,8 +159,8 @@ class Linear(Function):
         need_x, need_w, need_b = (self.needs_input_grad + (False,))[:3]
         x2 = self.x.reshape(-1, self.x.shape[-1])
         g2 = grad.reshape(-1, grad.shape[-1])
-        grad_x = (grad @ self.weight) if need_x else None
-        grad_w = (g2.T @ x2) if need_w else None
+        grad_x = matmul(grad, self.weight) if need_x else None
+        grad_w = matmul(g2.T, x2) if need_w else None
         grad_b = g2.sum(axis=0) if need_b else None
         return (grad_x, grad_w, grad_b)[:len(self.needs_input_grad)]
 
