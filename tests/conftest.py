@@ -14,3 +14,17 @@ def shared_data():
     if not path.is_dir():
         pytest.skip(f"no shared real data at {path} (set MINIDL_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures(
+    "torch_one_thread")``): torch's worker threads spin while they wait, and on a busy
+    shared machine two of them make tiny models' steps a hundred times slower. No
+    result depends on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

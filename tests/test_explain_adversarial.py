@@ -16,12 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from reference_torch.explain import Normalize, accuracy_under_attack, fgsm, pgd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def brightness_model():

@@ -11,13 +11,7 @@ from reference_torch.explain import (METHODS, GradCAM, InputXGradient, Integrate
 from reference_torch.explain.attribution import RULES, integration_points
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models here are faster on one thread than fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def images(b=4, c=3, h=6, w=6, seed=0, dtype=torch.float64):

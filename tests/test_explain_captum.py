@@ -21,12 +21,7 @@ captum_attr = pytest.importorskip("captum.attr")
 from reference_torch.explain import GradCAM, InputXGradient, IntegratedGradients, Occlusion, Saliency  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

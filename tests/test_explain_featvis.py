@@ -10,12 +10,7 @@ from reference_torch.explain.featvis import total_variation
 from reference_torch.models import resnet18
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def cnn32():

@@ -13,12 +13,7 @@ from reference_torch.explain import (GradCAM, IntegratedGradients, auc, deletion
 from reference_torch.explain.metrics import gaussian_blur, pixel_ranks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def square_task(n, size=16, side=4, seed=0):

@@ -14,13 +14,7 @@ from reference_torch import interop
 TOL = dict(rtol=1e-5, atol=1e-10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models here are faster on one thread than fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def twin_cnns(seed=0):

@@ -35,14 +35,7 @@ class Loader:
             yield self.x[index], self.y[index]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # torch's worker threads spin while they wait: on a busy shared machine two of them
-    # make these small steps a hundred times slower. The results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
