@@ -30,6 +30,10 @@ def main(argv=None):
     report = commands.add_parser("report", help="gather every run into runs/index.html")
     report.add_argument("--runs", default=str(RUNS_DIR), help="folder holding the runs (default runs)")
 
+    if argv[:1] == ["run"] and len(argv) > 1 and not argv[1].startswith("-") \
+            and {"-h", "--help"} & set(argv):  # `run NAME --help`: that driver's options
+        parser_for(get(argv[1])).print_help()
+        return 0
     args, rest = parser.parse_known_args(argv)
     if args.command == "list":
         for d in available():

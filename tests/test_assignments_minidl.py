@@ -183,3 +183,10 @@ def test_threads_option_sets_every_pool_and_restores_it():
     with pytest.raises(SystemExit, match="--threads must be at least 1, got 0"):
         with cpu_threads(0):
             pass
+
+
+def test_run_name_help_shows_that_drivers_options(capsys):
+    assert main(["run", "cifar_cnn", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "python -m assignments run cifar_cnn" in text
+    assert "--no-sweep" in text and "--threads" in text
