@@ -211,7 +211,10 @@ class Visualization:
     history: Tensor
 
 
-def _objective_value(model: nn.Module, objective: Objective, images: Tensor) -> Tensor:
+def objective_value(model: nn.Module, objective: Objective, images: Tensor) -> Tensor:
+    """The objective's score (one per image) on ``images`` as they are: no transforms.
+    Compare like with like: with ``RandomTransforms(pad>0)`` the images were optimised
+    inside a larger padded frame, so this unpadded score is a different objective."""
     if objective.layer is None:
         return objective(model(images))
     with capture(model, [objective.layer]) as (record,):
@@ -242,7 +245,7 @@ def visualize(model: nn.Module, objective: Objective, size: int | tuple[int, int
         for i in tqdm(range(steps), desc="feature visualisation", leave=False, disable=None):
             x = image()
             seen = transforms(x, generator) if transforms is not None else x
-            score = _objective_value(model, objective, seen)
+            score = objective_value(model, objective, seen)
             loss = -score.sum() + tv_weight * total_variation(x).sum()
             optimizer.zero_grad()
             loss.backward()
@@ -250,5 +253,5 @@ def visualize(model: nn.Module, objective: Objective, size: int | tuple[int, int
             history[i] = score.detach().mean()
         with torch.no_grad():
             images = image()
-            scores = _objective_value(model, objective, images)
+            scores = objective_value(model, objective, images)
     return Visualization(images.detach(), scores.detach(), history)
