@@ -252,7 +252,7 @@ def experiment(ctx):
     ctx.table("dropout", [{"dropout on": placement, "p = 0 (none)": cell(baseline),
                            **{f"p = {rate:g}": cell(curves[placement, rate]) for rate in RATES}}
                           for placement in PLACEMENTS],
-              f"Validation accuracy (%) after the last epoch"
+              "Validation accuracy (%) after the last epoch"
               + (f", mean ± std over {len(seeds)} seeds." if len(seeds) > 1 else "."))
     metrics["dropout"] = {"seeds": seeds, "baseline_val_accuracy": baseline[:, -1].mean(),
                           "val_accuracy": {f"{placement}, p={rate:g}": curves[placement, rate][:, -1].mean()

@@ -1,0 +1,123 @@
+"""The interpretability drivers adversarial and feature_visualization: a --quick run of
+each writes its declared figures, tables and metrics; the attack curves behave as attacks
+must (eps 0 is the clean accuracy, the largest budget lowers it, PGD is never weaker than
+FGSM); every visualised unit's objective rises above its grey start; a ResNet-18 weight
+file that does not fit fails before any training."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from assignments.__main__ import main  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models run faster so on shared, loaded cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(name, out, *extra):
+    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    for figure in manifest["figures"]:
+        path = out / figure["file"]
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{figure['file']} is not a PNG"
+        assert path.stat().st_size > 5000, f"{figure['file']} looks empty"
+        assert figure["caption"]
+    for table in manifest["tables"]:
+        assert table["rows"] and table["caption"]
+    return metrics, manifest
+
+
+# ------------------------------------------------------------------ adversarial
+def test_adversarial_quick(tmp_path):
+    metrics, manifest = _run("adversarial", tmp_path / "adv")
+    assert {f["file"] for f in manifest["figures"]} == {"accuracy_vs_eps.png", "examples.png"}
+    assert [t["name"] for t in manifest["tables"]] == ["accuracy_vs_eps"]
+    assert metrics["test_accuracy"] > metrics["chance"]
+    levels = [str(level) if level == 0 else f"{level:g}/255" for level in metrics["eps_levels"]]
+    clean, count = metrics["clean_accuracy"], metrics["attacked_images"]
+    for attack in ("fgsm", "pgd"):
+        accuracy = metrics["accuracy"][attack]
+        assert list(accuracy) == levels
+        assert accuracy["0"] == pytest.approx(clean, abs=0.5 / count)  # eps 0: no attack at all
+        assert accuracy[levels[-1]] < clean  # the largest budget (32/255) must hurt
+        assert all(0 <= a <= 1 for a in accuracy.values())
+    for level in levels:  # PGD is FGSM's first step repeated and projected: never (much) weaker
+        assert metrics["accuracy"]["pgd"][level] <= metrics["accuracy"]["fgsm"][level] + 0.02, level
+    targeted = metrics["targeted_success"]["pgd"]
+    assert targeted[levels[-1]] > targeted["0"] + 0.3  # a large budget reaches the wanted class
+    assert metrics["checks"]["eps0_equals_clean"] and metrics["checks"]["falls_at_largest_eps"]
+
+
+def test_adversarial_rejects_bad_budgets(tmp_path):
+    with pytest.raises(SystemExit, match="--eps takes budgets in grey levels"):
+        main(["run", "adversarial", "--quick", "--eps", "300", "--out", str(tmp_path / "adv")])
+    assert not (tmp_path / "adv" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------ feature_visualization
+def test_feature_visualization_quick(tmp_path):
+    metrics, manifest = _run("feature_visualization", tmp_path / "fv")
+    layers = ["conv1", "conv2", "conv3"]
+    assert {f["file"] for f in manifest["figures"]} == {
+        "activation_maps.png", "layer_saliency.png", "featvis_classes.png", "objective_gains.png",
+        *(f"featvis_{layer}.png" for layer in layers)}
+    assert {t["name"] for t in manifest["tables"]} == {"recipes", "objective_gains"}
+    assert len(metrics["activation_map_layers"]) >= 2
+    assert set(metrics["units"]) == {*layers, "classes"}
+    assert len(metrics["units"]["classes"]) == 10
+    for group, units in metrics["units"].items():
+        for unit in units:  # gradient ascent must raise every objective above its grey start
+            assert unit["gain"] > 0, (group, unit)
+            assert unit["optimised"] == pytest.approx(unit["start"] + unit["gain"])
+    assert metrics["all_gains_positive"] and metrics["min_gain"] > 0
+    lucid, _, naive = metrics["recipes"]  # regularised images keep more of their logit under jitter
+    assert lucid["robust share (%)"] > naive["robust share (%)"]
+    assert "No --weights" in manifest["notes"][0]
+
+
+def _resnet_file(path, **changes):
+    from reference_torch.models import resnet18
+
+    state = resnet18(num_classes=1000).state_dict()  # the layout torchvision writes
+    for key, value in changes.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    torch.save(state, path)
+    return path
+
+
+def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
+    out = tmp_path / "fv"
+    wrong = _resnet_file(tmp_path / "wrong.pth", **{"fc.weight": None})
+    with pytest.raises(ValueError, match=r"(?s)do not fit ResNet.*missing keys: fc\.weight"):
+        main(["run", "feature_visualization", "--quick", "--weights", str(wrong), "--out", str(out)])
+    cifar_stem = _resnet_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    with pytest.raises(ValueError, match=r"shape mismatches: conv1\.weight"):
+        main(["run", "feature_visualization", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
+    with pytest.raises(FileNotFoundError, match="no weight file"):
+        main(["run", "feature_visualization", "--quick", "--weights", str(tmp_path / "absent.pth"),
+              "--out", str(out)])
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()  # nothing trained
+
+
+def test_feature_visualization_with_resnet_weights(tmp_path):
+    """A (randomly initialised) torchvision-format file: the ResNet-18 part runs and its
+    objectives rise too."""
+    weights = _resnet_file(tmp_path / "resnet18.pth")
+    metrics, manifest = _run("feature_visualization", tmp_path / "fv", "--weights", str(weights),
+                             "--channels", "2")
+    assert "featvis_resnet18.png" in {f["file"] for f in manifest["figures"]}
+    resnet = metrics["resnet18"]
+    assert set(resnet["units"]) == {"layer2", "layer3", "layer4", "classes"}
+    assert resnet["min_gain"] > 0
+    assert not any("No --weights" in note for note in manifest["notes"])

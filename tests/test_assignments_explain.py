@@ -1,0 +1,93 @@
+"""The interpretability drivers explanations and model_bias: a --quick run of each writes
+its declared figures, tables and metrics; the quick model beats chance and at least one
+attribution method beats a random pixel order at deletion; model_bias names the model
+trained with the artifact from its attributions alone, and that model loses more
+accuracy without its shortcut; a wrong --checkpoint fails with a message that says why."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from assignments.__main__ import main  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _run(name, out, *extra):
+    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    for figure in manifest["figures"]:
+        assert (out / figure["file"]).stat().st_size > 5000, f"{figure['file']} looks empty"
+        assert figure["caption"]
+    for table in manifest["tables"]:
+        assert table["rows"] and table["caption"]
+    return metrics, manifest
+
+
+@pytest.fixture(scope="module")
+def explanations(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explanations")
+    return out, *_run("explanations", out)
+
+
+def test_explanations_quick(explanations):
+    out, metrics, manifest = explanations
+    assert {f["file"] for f in manifest["figures"]} == {"attributions.png", "deletion_insertion.png",
+                                                        "mask_scores.png"}
+    assert [t["name"] for t in manifest["tables"]] == ["scores"]
+    assert metrics["dataset"] == "shapes" and (out / "model.pt").is_file()
+    assert metrics["test_accuracy"] > 1.5 * metrics["chance"]
+    methods = ("occlusion", "saliency", "gradient x input", "Grad-CAM", "integrated gradients")
+    assert set(metrics["methods"]) == {*methods, "random order"}
+    random_deletion = metrics["deletion_auc_random"]
+    assert any(metrics["deletion_auc"][m] < random_deletion for m in methods), metrics["deletion_auc"]
+    for m in methods:
+        scores = metrics["methods"][m]
+        assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
+        assert 0 <= scores["mask_share"] <= 1 and 0 <= scores["pointing_game"] <= 1
+    # on the object: at least one map puts more of its mass there than a uniform map would
+    assert max(metrics["methods"][m]["mask_share"] for m in methods) > metrics["mask_fraction"]
+    assert metrics["ig_median_relative_gap"] < 0.1  # integrated gradients nearly complete
+
+
+def test_explanations_reuses_its_checkpoint(explanations, tmp_path):
+    out, first, _ = explanations
+    metrics, _ = _run("explanations", tmp_path / "again", "--checkpoint", str(out / "model.pt"),
+                      "--scored-images", "4")
+    assert metrics["model"]["source"].startswith("checkpoint")
+    assert metrics["test_accuracy"] == pytest.approx(first["test_accuracy"])
+    assert metrics["scored_images"] == 4
+
+
+def test_explanations_rejects_a_wrong_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["run", "explanations", "--quick", "--out", str(tmp_path / "a"),
+              "--checkpoint", str(tmp_path / "missing.pt")])
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        main(["run", "explanations", "--quick", "--out", str(tmp_path / "b"), "--checkpoint", str(junk)])
+    with pytest.raises(SystemExit, match="at least 1"):
+        main(["run", "explanations", "--quick", "--out", str(tmp_path / "c"), "--scored-images", "0"])
+
+
+def test_model_bias_quick_verdict(tmp_path):
+    metrics, manifest = _run("model_bias", tmp_path / "bias")
+    assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "artifact_share.png",
+                                                        "attributions.png"}
+    assert [t["name"] for t in manifest["tables"]] == ["accuracy", "attribution_shares", "verdict"]
+    verdict = metrics["verdict"]
+    models = metrics["models"]
+    assert sum(m["trained_with_artifact"] for m in models.values()) == 1
+    truth = next(name for name, m in models.items() if m["trained_with_artifact"])
+    assert verdict["truth"] == truth
+    assert verdict["biased_model"] == truth and metrics["verdict_correct"] is True
+    assert verdict["methods_agreeing"] >= 3
+    # the verdict's evidence: the biased model's relevance is concentrated on the patch
+    assert models[truth]["mean_patch_share"] > 2 * metrics["patch_area_fraction"]
+    # and the accuracies agree: the shortcut helps only where the patch is
+    assert metrics["biased_model_accuracy_gap"] > metrics["clean_model_accuracy_gap"] + 0.1
+    clean_model = next(name for name in models if name != truth)
+    assert models[clean_model]["accuracy"]["clean"] > 1.5 * metrics["chance"]
