@@ -21,8 +21,9 @@ max-pool. Then one training epoch of the small CNN on 8,000 real MNIST images
 --quick, the test accuracy after three epochs on the 2,000 held-out images.
 
 --threads-check measures the alternatives to minidl's thread guard (see
-minidl/kernels.py): a prange kernel beside BLAS's threads, and convolution
-chunks on one thread with multi-threaded GEMMs instead of on several threads.
+minidl/kernels.py): a prange kernel beside BLAS's threads, convolution chunks
+on one thread with multi-threaded GEMMs instead of on several threads, and a
+small GEMM on BLAS's threads against one thread (``kernels.matmul``).
 """
 from __future__ import annotations
 
@@ -290,6 +291,27 @@ def threads_check(repeats):
     print(f"   chunks on {threads} threads, single-threaded GEMMs: {t_chunks * 1e3:7.2f} ms")
     print(f"   chunks on 1 thread, {threads}-threaded GEMMs:       {t_one * 1e3:7.2f} ms "
           f"({1 / ratio:.2f}x the time)")
+
+    print("\n3. an epoch of the small CNN on 2,000 images: small products (the linear head) on one "
+          "BLAS thread (kernels.matmul), or on BLAS's threads, which the convolutions have just "
+          "switched off and on again")
+    x = rng.random((2000, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 2000)
+    model = CNN()
+    opt = md.optim.Adam(model.parameters(), lr=2e-3)
+    small = kernels.SMALL_MATMUL
+
+    def blas_threads_everywhere():
+        kernels.SMALL_MATMUL = 0
+        try:
+            md_epoch(model, opt, x, y, rng.permutation(len(x)))
+        finally:
+            kernels.SMALL_MATMUL = small
+
+    t_guard, t_blas, ratio = race(lambda: md_epoch(model, opt, x, y, rng.permutation(len(x))),
+                                  blas_threads_everywhere, max(3, repeats // 4), warmup=1)
+    print(f"   kernels.matmul for small products: {t_guard:6.3f} s")
+    print(f"   BLAS's threads for every product:  {t_blas:6.3f} s ({1 / ratio:.2f}x the time)")
 
 
 # ----------------------------------------------------------------------- main

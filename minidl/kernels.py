@@ -39,9 +39,11 @@ count torch gets in the benchmark); ``set_num_threads`` changes it.
 ``benchmarks/bench_conv.py --threads-check`` measures the alternatives.
 
 Outside convolutions, ``matmul`` gives a small product (a classifier head, a
-small MLP's layers) one BLAS thread: splitting a millisecond of work over
-threads gains nothing on an idle machine and loses hundreds of times on a busy
-one (the 60 ms above). Switching costs a few microseconds.
+small MLP's layers) one BLAS thread: splitting so little work over threads
+gains nothing, and BLAS's threads, just switched off and on again by a
+convolution, are slow to come back (the 60 ms above). Without it one epoch of
+the benchmark's small CNN took 4.4 times as long (``--threads-check``, on an
+idle machine). Switching costs a few microseconds.
 
 Every kernel is compiled once per dtype (float32 for training, float64 for the
 gradient tests) and cached on disk (``cache=True``), so only the very first
