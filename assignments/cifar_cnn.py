@@ -44,7 +44,7 @@ SWEEP = (("batch_size", 32), ("batch_size", 128), ("lr", 5e-4), ("lr", 5e-3),
 PROFILES = {
     "quick": dict(n=3000, train=2400, epochs=4, sweep_train=600, sweep_epochs=1,
                   sweep=(("lr", 5e-4), ("kernel_size", 5))),
-    "shapes": dict(n=10000, train=None, epochs=5, sweep_train=4000, sweep_epochs=3, sweep=SWEEP),
+    "shapes": dict(n=10000, train=None, epochs=5, sweep_train=4000, sweep_epochs=5, sweep=SWEEP),
     "cifar10": dict(n=None, train=None, epochs=6, sweep_train=4000, sweep_epochs=3, sweep=SWEEP),
 }
 
@@ -190,8 +190,8 @@ def plot_sweep(rows, num_classes, dataset):
     ax.axhline(100 / num_classes, color="0.5", ls=":", lw=1, label=f"chance ({100 / num_classes:.0f} %)")
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
     ax.set(title=f"Hyperparameter sweep, one change from the base setting at a time ({dataset})",
-           xlabel="setting", ylabel="validation accuracy (%)", ylim=(0, min(100, max(accs) + 12)))
-    ax.legend(fontsize=8, loc="upper right")
+           xlabel="setting", ylabel="validation accuracy (%)", ylim=(0, min(105, max(accs) + 22)))  # room for the legend
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
