@@ -15,7 +15,7 @@ from .ops import (abs, amax, argmax, argmin, cat, clamp, clip, exp, flatten, log
                   max, maximum, mean, min, minimum, pad, permute, reshape, sqrt, squeeze,
                   stack, std, sum, transpose, unsqueeze, var, where)
 from . import nn  # noqa: E402
-from . import data, explain, gradcheck, manual, optim, regularization, train  # noqa: E402
+from . import data, explain, gradcheck, manual, models, optim, regularization, train  # noqa: E402
 
 float32, float64, int64, bool_ = np.float32, np.float64, np.int64, np.bool_
 
