@@ -3,41 +3,20 @@ each writes its declared figures, tables and metrics; the attack curves behave a
 must (eps 0 is the clean accuracy, the largest budget lowers it, PGD is never weaker than
 FGSM); every visualised unit's objective rises above its grey start; a ResNet-18 weight
 file that does not fit fails before any training."""
-import json
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
+from driver_run import run_quick  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models run faster so on shared, loaded cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _run(name, out, *extra):
-    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
-    for figure in manifest["figures"]:
-        path = out / figure["file"]
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{figure['file']} is not a PNG"
-        assert path.stat().st_size > 5000, f"{figure['file']} looks empty"
-        assert figure["caption"]
-    for table in manifest["tables"]:
-        assert table["rows"] and table["caption"]
-    return metrics, manifest
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ------------------------------------------------------------------ adversarial
 def test_adversarial_quick(tmp_path):
-    metrics, manifest = _run("adversarial", tmp_path / "adv")
+    metrics, manifest = run_quick("adversarial", tmp_path / "adv")
     assert {f["file"] for f in manifest["figures"]} == {"accuracy_vs_eps.png", "examples.png"}
     assert [t["name"] for t in manifest["tables"]] == ["accuracy_vs_eps"]
     assert metrics["test_accuracy"] > metrics["chance"]
@@ -64,7 +43,7 @@ def test_adversarial_rejects_bad_budgets(tmp_path):
 
 # ------------------------------------------------------------------ feature_visualization
 def test_feature_visualization_quick(tmp_path):
-    metrics, manifest = _run("feature_visualization", tmp_path / "fv")
+    metrics, manifest = run_quick("feature_visualization", tmp_path / "fv")
     layers = ["conv1", "conv2", "conv3"]
     assert {f["file"] for f in manifest["figures"]} == {
         "activation_maps.png", "layer_saliency.png", "featvis_classes.png", "objective_gains.png",
@@ -114,7 +93,7 @@ def test_feature_visualization_with_resnet_weights(tmp_path):
     """A (randomly initialised) torchvision-format file: the ResNet-18 part runs and its
     objectives rise too."""
     weights = _resnet_file(tmp_path / "resnet18.pth")
-    metrics, manifest = _run("feature_visualization", tmp_path / "fv", "--weights", str(weights),
+    metrics, manifest = run_quick("feature_visualization", tmp_path / "fv", "--weights", str(weights),
                              "--channels", "2")
     assert "featvis_resnet18.png" in {f["file"] for f in manifest["figures"]}
     resnet = metrics["resnet18"]

@@ -1,23 +1,14 @@
 """The cnn_vs_mlp and cifar_cnn drivers: a --quick run of each writes its declared
 figures, tables and metrics, with accuracies clearly above chance."""
-import json
-
 import numpy as np
 import pytest
 
-from assignments.__main__ import main
+from driver_run import run_quick
 
 
 def _run(name, tmp_path, *extra):
     out = tmp_path / name
-    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
-    for figure in manifest["figures"]:
-        path = out / figure["file"]
-        assert path.stat().st_size > 5000, f"{figure['file']} looks empty"
-        assert figure["caption"]
-    return out, metrics, manifest
+    return (out, *run_quick(name, out, *extra))
 
 
 def test_cnn_vs_mlp_quick(tmp_path):

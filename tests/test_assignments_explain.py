@@ -3,33 +3,20 @@ its declared figures, tables and metrics; the quick model beats chance and at le
 attribution method beats a random pixel order at deletion; model_bias names the model
 trained with the artifact from its attributions alone, and that model loses more
 accuracy without its shortcut; a wrong --checkpoint fails with a message that says why."""
-import json
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
+from driver_run import run_quick  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def _run(name, out, *extra):
-    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
-    for figure in manifest["figures"]:
-        assert (out / figure["file"]).stat().st_size > 5000, f"{figure['file']} looks empty"
-        assert figure["caption"]
-    for table in manifest["tables"]:
-        assert table["rows"] and table["caption"]
-    return metrics, manifest
 
 
 @pytest.fixture(scope="module")
 def explanations(tmp_path_factory):
     out = tmp_path_factory.mktemp("explanations")
-    return out, *_run("explanations", out)
+    return out, *run_quick("explanations", out)
 
 
 def test_explanations_quick(explanations):
@@ -54,7 +41,7 @@ def test_explanations_quick(explanations):
 
 def test_explanations_reuses_its_checkpoint(explanations, tmp_path):
     out, first, _ = explanations
-    metrics, _ = _run("explanations", tmp_path / "again", "--checkpoint", str(out / "model.pt"),
+    metrics, _ = run_quick("explanations", tmp_path / "again", "--checkpoint", str(out / "model.pt"),
                       "--scored-images", "4")
     assert metrics["model"]["source"].startswith("checkpoint")
     assert metrics["test_accuracy"] == pytest.approx(first["test_accuracy"])
@@ -74,7 +61,7 @@ def test_explanations_rejects_a_wrong_checkpoint(tmp_path):
 
 
 def test_model_bias_quick_verdict(tmp_path):
-    metrics, manifest = _run("model_bias", tmp_path / "bias")
+    metrics, manifest = run_quick("model_bias", tmp_path / "bias")
     assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "artifact_share.png",
                                                         "attributions.png"}
     assert [t["name"] for t in manifest["tables"]] == ["accuracy", "attribution_shares", "verdict"]

@@ -2,8 +2,6 @@
 writes its declared figures and sane metrics; and the facts each driver stands on
 (filter responses equal scipy's, explicit backprop equals autograd, exact penalties)
 checked directly."""
-import json
-
 import numpy as np
 import pytest
 from scipy import ndimage, signal
@@ -12,19 +10,12 @@ import minidl as md
 import minidl.manual  # noqa: F401
 import minidl.models  # noqa: F401
 from assignments.__main__ import main
+from driver_run import run_quick
 
 
 def _run(name, out, *extra):
-    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
-    for figure in manifest["figures"]:
-        path = out / figure["file"]
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure["file"]
-        assert path.stat().st_size > 20_000, f"{figure['file']} looks empty"
-        assert figure["caption"]
+    metrics, manifest = run_quick(name, out, *extra, min_png_bytes=20_000)
     assert manifest["notes"]
-    assert json.loads((out / "config.json").read_text())["quick"] is True
     return metrics, manifest
 
 

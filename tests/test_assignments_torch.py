@@ -2,38 +2,21 @@
 declared figures, tables and metrics; training only the last layer leaves every
 pretrained weight (and batch-norm statistic) untouched; a torchvision weight file that
 does not fit fails before anything runs, with a message that says why."""
-import json
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
+from driver_run import run_quick  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models run faster so on shared, loaded cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _run(name, out, *extra):
-    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
-    for figure in manifest["figures"]:
-        assert (out / figure["file"]).stat().st_size > 5000, f"{figure['file']} looks empty"
-        assert figure["caption"]
-    return metrics, manifest
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ------------------------------------------------------------------ transfer_learning
 def test_transfer_learning_quick(tmp_path):
-    metrics, manifest = _run("transfer_learning", tmp_path / "tl")
+    metrics, manifest = run_quick("transfer_learning", tmp_path / "tl")
     assert {f["file"] for f in manifest["figures"]} == {"validation_curves.png", "test_accuracy.png"}
     assert metrics["dataset"] == "shapes" and "pretrained_on" in metrics
     # no --weights: pretrained offline on half the classes, transferred to the other half
@@ -62,7 +45,7 @@ def test_transfer_learning_quick_digits_is_above_chance(tmp_path):
     """digits learns in seconds, so the quick profile must transfer well there, and the
     pretrained features must beat the same network trained from scratch on 10 images
     per class."""
-    metrics, _ = _run("transfer_learning", tmp_path / "tl", "--dataset", "digits")
+    metrics, _ = run_quick("transfer_learning", tmp_path / "tl", "--dataset", "digits")
     runs = metrics["runs"]
     chance = 1 / len(metrics["target_classes"])
     assert metrics["pretrain_val_accuracy"] > 0.8, metrics["pretrain_val_accuracy"]
@@ -142,7 +125,7 @@ def test_transfer_learning_with_a_torchvision_file(tmp_path):
     small images for speed): grey digits become RGB, the frozen ResNet keeps its
     batch-norm statistics."""
     weights = _torchvision_file(tmp_path / "resnet18.pth")
-    metrics, manifest = _run("transfer_learning", tmp_path / "tl", "--dataset", "digits", "--weights",
+    metrics, manifest = run_quick("transfer_learning", tmp_path / "tl", "--dataset", "digits", "--weights",
                              str(weights), "--image-size", "32", "--strategies", "head",
                              "--epochs", "2", "--per-class", "4")
     assert metrics["pretrained_on"].startswith("ImageNet") and metrics["image_size"] == 32
@@ -157,7 +140,7 @@ def test_transfer_learning_with_a_torchvision_file(tmp_path):
 
 # ------------------------------------------------------------------------ augmentation
 def test_augmentation_quick(tmp_path):
-    metrics, manifest = _run("augmentation", tmp_path / "aug")
+    metrics, manifest = run_quick("augmentation", tmp_path / "aug")
     assert {f["file"] for f in manifest["figures"]} == {
         "augmented_samples.png", "accuracy_vs_growth.png", "time_vs_growth.png", "ablation.png"}
     assert {t["name"] for t in manifest["tables"]} == {"growth", "ablation"}

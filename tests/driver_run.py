@@ -1,0 +1,26 @@
+"""One way for the driver tests to run a driver and check what every run must write."""
+import json
+
+from assignments.__main__ import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_quick(name, out, *extra, min_png_bytes=5000):
+    """Run ``python -m assignments run NAME --quick --out OUT EXTRA...`` and check its files:
+    every declared figure is a PNG of some substance with a caption, every table has rows
+    and a caption, and metrics.json, config.json and manifest.json are valid JSON.
+    Returns (metrics, manifest)."""
+    assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads((out / "config.json").read_text())["quick"] is True
+    assert manifest["figures"], f"{name} declared no figures"
+    for figure in manifest["figures"]:
+        data = (out / figure["file"]).read_bytes()
+        assert data[:8] == PNG_MAGIC, f"{figure['file']} is not a PNG"
+        assert len(data) > min_png_bytes, f"{figure['file']} looks empty ({len(data)} bytes)"
+        assert figure["caption"], f"{figure['file']} has no caption"
+    for table in manifest["tables"]:
+        assert table["rows"] and table["caption"], f"table {table['name']} is empty or has no caption"
+    return metrics, manifest
