@@ -51,6 +51,18 @@ def add_model_arguments(parser, checkpoint=True):
                         help="training images used (default: 8,000 on shapes, 20,000 on CIFAR-10)")
 
 
+def attribution_profile(ctx, profiles):
+    """The driver's profile for this run ("quick" or "full"), with ``--scored-images``
+    (the test images the attribution scores average over) applied and checked."""
+    profile = dict(profiles["quick" if ctx.quick else "full"])
+    scored = ctx.args.scored_images
+    if scored is not None:
+        if scored < 1:
+            raise SystemExit(f"{ctx.name}: --scored-images must be at least 1, got {scored}")
+        profile["scored"] = scored
+    return profile
+
+
 def training_config(ctx):
     """The run's training settings: ``TRAINING`` for its profile, then the driver's own
     ``TRAINING`` entries for that profile (a driver module may define one, with only the

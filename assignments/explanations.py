@@ -125,11 +125,7 @@ def run(ctx):
 
 
 def analyse(ctx):
-    profile = dict(PROFILES["quick" if ctx.quick else "full"])
-    if ctx.args.scored_images is not None:
-        if ctx.args.scored_images < 1:
-            raise SystemExit(f"{NAME}: --scored-images must be at least 1, got {ctx.args.scored_images}")
-        profile["scored"] = ctx.args.scored_images
+    profile = C.attribution_profile(ctx, PROFILES)
     splits = C.load_data(ctx)
     model, info = C.get_model(ctx, splits)
     layers = C.layer_names(model)

@@ -146,11 +146,7 @@ def run(ctx):
 
 
 def analyse(ctx):
-    profile = dict(PROFILES["quick" if ctx.quick else "full"])
-    if ctx.args.scored_images is not None:
-        if ctx.args.scored_images < 1:
-            raise SystemExit(f"{NAME}: --scored-images must be at least 1, got {ctx.args.scored_images}")
-        profile["scored"] = ctx.args.scored_images
+    profile = C.attribution_profile(ctx, PROFILES)
     clean = C.load_data(ctx, bias=False)
     biased = C.load_data(ctx, bias=True)
     assert np.array_equal(clean.train.y, biased.train.y), "the two datasets must hold the same images"
