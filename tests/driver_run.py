@@ -24,3 +24,20 @@ def run_quick(name, out, *extra, min_png_bytes=5000):
     for table in manifest["tables"]:
         assert table["rows"] and table["caption"], f"table {table['name']} is empty or has no caption"
     return metrics, manifest
+
+
+def torchvision_resnet18_file(path, **changes):
+    """A ResNet-18 weight file in torchvision's layout (random weights), with entries
+    replaced (``key=tensor``) or deleted (``key=None``): the files ``--weights`` reads."""
+    import torch
+
+    from reference_torch.models import resnet18
+
+    state = resnet18(num_classes=1000).state_dict()
+    for key, value in changes.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    torch.save(state, path)
+    return path

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import run_quick  # noqa: E402
+from driver_run import run_quick, torchvision_resnet18_file  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -62,25 +62,12 @@ def test_feature_visualization_quick(tmp_path):
     assert "No --weights" in manifest["notes"][0]
 
 
-def _resnet_file(path, **changes):
-    from reference_torch.models import resnet18
-
-    state = resnet18(num_classes=1000).state_dict()  # the layout torchvision writes
-    for key, value in changes.items():
-        if value is None:
-            del state[key]
-        else:
-            state[key] = value
-    torch.save(state, path)
-    return path
-
-
 def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
     out = tmp_path / "fv"
-    wrong = _resnet_file(tmp_path / "wrong.pth", **{"fc.weight": None})
+    wrong = torchvision_resnet18_file(tmp_path / "wrong.pth", **{"fc.weight": None})
     with pytest.raises(ValueError, match=r"(?s)do not fit ResNet.*missing keys: fc\.weight"):
         main(["run", "feature_visualization", "--quick", "--weights", str(wrong), "--out", str(out)])
-    cifar_stem = _resnet_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    cifar_stem = torchvision_resnet18_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(ValueError, match=r"shape mismatches: conv1\.weight"):
         main(["run", "feature_visualization", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="no weight file"):
@@ -92,7 +79,7 @@ def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
 def test_feature_visualization_with_resnet_weights(tmp_path):
     """A (randomly initialised) torchvision-format file: the ResNet-18 part runs and its
     objectives rise too."""
-    weights = _resnet_file(tmp_path / "resnet18.pth")
+    weights = torchvision_resnet18_file(tmp_path / "resnet18.pth")
     metrics, manifest = run_quick("feature_visualization", tmp_path / "fv", "--weights", str(weights),
                              "--channels", "2")
     assert "featvis_resnet18.png" in {f["file"] for f in manifest["figures"]}

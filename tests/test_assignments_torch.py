@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import run_quick  # noqa: E402
+from driver_run import run_quick, torchvision_resnet18_file  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -91,28 +91,15 @@ def test_head_only_leaves_the_backbone_unchanged():
         assert torch.equal(model.net.layer1[0].bn1.running_mean, running) == frozen
 
 
-def _torchvision_file(path, **changes):
-    from reference_torch.models import resnet18
-
-    state = resnet18(num_classes=1000).state_dict()  # the layout torchvision writes
-    for key, value in changes.items():
-        if value is None:
-            del state[key]
-        else:
-            state[key] = value
-    torch.save(state, path)
-    return path
-
-
 def test_wrong_weight_file_fails_clearly(tmp_path):
-    wrong_keys = _torchvision_file(tmp_path / "wrong.pth", **{"fc.weight": None})
+    wrong_keys = torchvision_resnet18_file(tmp_path / "wrong.pth", **{"fc.weight": None})
     torch.save({**torch.load(wrong_keys, weights_only=True), "classifier.weight": torch.zeros(3)}, wrong_keys)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"(?s)do not fit ResNet.*missing keys: fc\.weight"
                                           r".*unexpected keys: classifier\.weight"):
         main(["run", "transfer_learning", "--quick", "--weights", str(wrong_keys), "--out", str(out)])
     assert not (out / "metrics.json").exists()  # failed before any training
-    cifar_stem = _torchvision_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    cifar_stem = torchvision_resnet18_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(ValueError, match=r"shape mismatches: conv1\.weight: file \(64, 3, 3, 3\)"):
         main(["run", "transfer_learning", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="no weight file"):
@@ -120,11 +107,11 @@ def test_wrong_weight_file_fails_clearly(tmp_path):
               "--out", str(out)])
 
 
-def test_transfer_learning_with_a_torchvision_file(tmp_path):
+def test_transfer_learning_with_atorchvision_resnet18_file(tmp_path):
     """The ImageNet path end to end (a randomly initialised file in torchvision's layout,
     small images for speed): grey digits become RGB, the frozen ResNet keeps its
     batch-norm statistics."""
-    weights = _torchvision_file(tmp_path / "resnet18.pth")
+    weights = torchvision_resnet18_file(tmp_path / "resnet18.pth")
     metrics, manifest = run_quick("transfer_learning", tmp_path / "tl", "--dataset", "digits", "--weights",
                              str(weights), "--image-size", "32", "--strategies", "head",
                              "--epochs", "2", "--per-class", "4")
