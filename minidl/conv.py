@@ -644,6 +644,20 @@ class BatchNorm2dFn(Function):
         return grad_x, grad_w, grad_b
 
 
+def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """Move the running statistics (ndarrays, in place; None: none kept) towards a
+    batch's mean and variance over ``count`` values per channel. The variance is
+    made unbiased (count / (count - 1)) as torch does; ``var`` itself is biased.
+    Shared by ``F.batch_norm`` and ``batch_norm2d``."""
+    if running_mean is None:
+        return
+    rm, rv = _as_array(running_mean), _as_array(running_var)
+    rm *= 1 - momentum
+    rm += momentum * mean
+    rv *= 1 - momentum
+    rv += momentum * var * count / (count - 1)
+
+
 def batch_norm2d(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
                  training=False, momentum=0.1, eps=1e-5):
     """torch's ``F.batch_norm`` for (N, C, H, W) maps (statistics over N, H, W).
@@ -669,12 +683,7 @@ def batch_norm2d(input, running_mean, running_var, weight=None, bias=None,  # no
             raise ValueError(f"batch_norm2d in training needs more than one value per channel, "
                              f"got input of shape {x.shape}")
         mean, var = kernels.channel_mean_var(_contiguous(x, x.dtype).reshape(n, c, -1))
-        if running_mean is not None:
-            rm, rv = _as_array(running_mean), _as_array(running_var)
-            rm *= 1 - momentum
-            rm += momentum * mean
-            rv *= 1 - momentum
-            rv += momentum * var * count / (count - 1)
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm2d in evaluation needs running_mean and running_var")

@@ -550,6 +550,15 @@ def _avg_window(y, size, stride, pad, in_size):
 
 
 @njit(**_JIT)
+def _avg_count(rows, cols, padded_rows, padded_cols, count_include_pad, divisor):
+    """What a window's sum is divided by: its pixels inside the image, or with
+    the padding counted, or ``divisor`` when > 0 (torch's divisor_override)."""
+    if divisor > 0:
+        return divisor
+    return padded_rows * padded_cols if count_include_pad else rows * cols
+
+
+@njit(**_JIT)
 def avg_pool(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, out):
     """Mean over each window; ``divisor`` > 0 replaces the count (torch's
     divisor_override)."""
@@ -562,9 +571,7 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, out):
                 y0, y1, ly = _avg_window(y, kh, sh, ph, height)
                 for z in range(ow):
                     z0, z1, lz = _avg_window(z, kw, sw, pw, width)
-                    count = ly * lz if count_include_pad else (y1 - y0) * (z1 - z0)
-                    if divisor > 0:
-                        count = divisor
+                    count = _avg_count(y1 - y0, z1 - z0, ly, lz, count_include_pad, divisor)
                     acc = 0.0
                     for iy in range(y0, y1):
                         for iz in range(z0, z1):
@@ -585,9 +592,7 @@ def avg_pool_backward(g, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, dx)
                 y0, y1, ly = _avg_window(y, kh, sh, ph, height)
                 for z in range(ow):
                     z0, z1, lz = _avg_window(z, kw, sw, pw, width)
-                    count = ly * lz if count_include_pad else (y1 - y0) * (z1 - z0)
-                    if divisor > 0:
-                        count = divisor
+                    count = _avg_count(y1 - y0, z1 - z0, ly, lz, count_include_pad, divisor)
                     if count == 0:
                         continue
                     share = g[n, c, y, z] / count

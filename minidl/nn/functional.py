@@ -244,12 +244,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise ValueError(f"batch_norm in training needs more than one value per channel, "
                              f"got input of shape {data.shape}")
         mean, var = data.mean(axis=axes), data.var(axis=axes)
-        if running_mean is not None:
-            rm, rv = _as_array(running_mean), _as_array(running_var)
-            rm *= 1 - momentum
-            rm += momentum * mean
-            rv *= 1 - momentum
-            rv += momentum * var * count / (count - 1)
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         mean, var = _as_array(running_mean), _as_array(running_var)
     return BatchNorm.apply(x, weight, bias, mean, var, eps=eps, training=training)
@@ -433,6 +428,7 @@ def one_hot(target, num_classes):
     return Tensor(np.eye(num_classes, dtype=np.int64)[target])
 
 
-# Convolution and pooling (minidl/conv.py) belong to F as in torch.
+# Convolution and pooling (minidl/conv.py) belong to F as in torch; conv.py also
+# holds the running-statistics rule both batch norms follow.
 from ..conv import (adaptive_avg_pool2d, avg_pool2d, conv2d,  # noqa: F401,E402
-                    conv_transpose2d, max_pool2d)
+                    conv_transpose2d, max_pool2d, update_running_stats)
