@@ -94,4 +94,5 @@ if __name__ == "__main__":  # one rank, started by torchrun
     trainer = train(loader, checkpoint_dir=out / f"ckpt_rank{rank}", progress=True)
     torch.save({"params": trainer.model.state_dict(), "history": trainer.history, "step": trainer.step,
                 "rank": trainer.dist.rank, "world_size": trainer.dist.world_size}, out / f"rank{rank}.pt")
+    del trainer  # the DDP wrapper holds the process group: drop it before the group goes
     cleanup()
