@@ -4,6 +4,7 @@ The test launches this same file as the torchrun script; the ``__main__`` block 
 is what each rank runs. A BN-free model is used, since batch norm computes its
 statistics per process and would differ from a single-process run without SyncBN.
 """
+import gc
 import os
 import socket
 import subprocess
@@ -94,5 +95,6 @@ if __name__ == "__main__":  # one rank, started by torchrun
     trainer = train(loader, checkpoint_dir=out / f"ckpt_rank{rank}", progress=True)
     torch.save({"params": trainer.model.state_dict(), "history": trainer.history, "step": trainer.step,
                 "rank": trainer.dist.rank, "world_size": trainer.dist.world_size}, out / f"rank{rank}.pt")
-    del trainer  # the DDP wrapper holds the process group: drop it before the group goes
+    del trainer  # the DDP wrapper holds the process group: free it before the group goes
+    gc.collect()
     cleanup()
