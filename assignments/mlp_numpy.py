@@ -10,7 +10,6 @@ import copy
 
 import matplotlib.pyplot as plt
 import numpy as np
-from threadpoolctl import threadpool_limits
 import torch
 
 import minidl as md
@@ -23,6 +22,8 @@ import minidl.train  # noqa: F401
 from reference_torch.data import make_loader
 from reference_torch.mlp_twin import MLP as TorchMLP
 from reference_torch.train import Callback, Trainer
+
+from .runner import small_model_threads
 
 NAME = "mlp_numpy"
 COURSE = "UvA DL1"
@@ -249,13 +250,8 @@ def plot_fbeta(report, classes):
 def run(ctx):
     # Small matrices: one BLAS (and torch) thread beats several that fight over a busy
     # machine's cores (measured: torch's 10 digits epochs 0.3 s on one thread, 6 s on two).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1, user_api="blas"):
-            return experiment(ctx)
-    finally:
-        torch.set_num_threads(threads)
+    with small_model_threads(ctx):
+        return experiment(ctx)
 
 
 def experiment(ctx):

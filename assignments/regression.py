@@ -13,13 +13,14 @@ separate validation set).
 """
 import matplotlib.pyplot as plt
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import minidl as md
 import minidl.data  # noqa: F401
 import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
+
+from .runner import small_model_threads
 
 NAME = "regression"
 COURSE = "ITU advanced ML"
@@ -137,7 +138,7 @@ def plot_curves(fits):
 # ------------------------------------------------------------------------- run
 def run(ctx):
     # Small matrices: one BLAS thread beats several that fight over a busy machine's cores.
-    with threadpool_limits(1, user_api="blas"):
+    with small_model_threads(ctx):
         return experiment(ctx)
 
 

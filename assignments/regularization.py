@@ -8,7 +8,6 @@ on a validation set of 360 images one image is 0.3 percentage points.
 """
 import matplotlib.pyplot as plt
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import minidl as md
 import minidl.data  # noqa: F401
@@ -16,6 +15,8 @@ import minidl.models  # noqa: F401
 import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
+
+from .runner import small_model_threads
 
 NAME = "regularization"
 COURSE = "ITU advanced ML"
@@ -183,7 +184,7 @@ def plot_dropout(curves, baseline):
 # ------------------------------------------------------------------------- run
 def run(ctx):
     # Small matrices: one BLAS thread beats several that fight over a busy machine's cores.
-    with threadpool_limits(1, user_api="blas"):
+    with small_model_threads(ctx):
         return experiment(ctx)
 
 
