@@ -149,15 +149,16 @@ def save_model(model, splits, path):
     save_checkpoint({"model": model.state_dict(), "arch": _arch(model, splits, WIDTHS)}, path)
 
 
-def load_model(path, splits):
-    """A model saved by ``save_model``; checks that it fits the dataset."""
+def load_model(path, splits, option="--checkpoint"):
+    """A model saved by ``save_model``; checks that it fits the dataset. ``option`` names
+    the command-line option the path came from, for the error messages."""
     if not Path(path).is_file():
-        raise SystemExit(f"--checkpoint {path}: no such file; pass the model.pt that an earlier run wrote "
+        raise SystemExit(f"{option} {path}: no such file; pass the model.pt that an earlier run wrote "
                          "into its output folder (e.g. runs/explanations/model.pt)")
     try:
         state = load_checkpoint(path)
     except Exception as error:  # not a torch file, or one holding arbitrary Python objects
-        raise SystemExit(f"--checkpoint {path}: cannot be read as a model.pt ({type(error).__name__}: "
+        raise SystemExit(f"{option} {path}: cannot be read as a model.pt ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from error
     if not isinstance(state, dict) or "model" not in state or "arch" not in state:
         raise SystemExit(f"{path}: not a model.pt of the interpretability drivers (it needs 'model' and "

@@ -6,7 +6,9 @@ attributions alone.
              (``minidl.data.add_bias_patch``); the images are otherwise the same
     models   the same small CNN trained twice, on the clean and on the artifact images,
              with the same settings; shown as "model A" and "model B" in an order drawn
-             from --seed, so that the analysis cannot use which is which
+             from --seed, so that the analysis cannot use which is which; saved as
+             model_A.pt and model_B.pt, the files of the detective task: with
+             ``--models A B`` the driver investigates two given models, truth unknown
     verdict  the five attribution methods on artifact test images; the model whose
              attributions put the larger share of their mass on the patch is named the
              biased one; only then is the truth looked up and the verdict checked
@@ -14,6 +16,8 @@ attributions alone.
              another class's colour): the biased model fails without its shortcut
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -60,7 +64,11 @@ PATCH_OUTLINE = "cyan"  # the patch colours are tab10, so none of them is cyan
 
 
 def add_arguments(parser):
-    C.add_model_arguments(parser, checkpoint=False)  # two models, both trained here
+    C.add_model_arguments(parser, checkpoint=False)  # two models: trained here, or --models
+    parser.add_argument("--models", nargs=2, default=None, metavar=("A", "B"),
+                        help="investigate two model.pt files as model A and model B instead of training "
+                             "them, e.g. the model_A.pt and model_B.pt a teacher's run wrote; the driver "
+                             "then does not know which one is biased and gives its verdict unchecked")
     parser.add_argument("--scored-images", type=int, default=None,
                         help="artifact test images for the attribution shares (default 64)")
 
@@ -152,13 +160,24 @@ def analyse(ctx):
     assert np.array_equal(clean.train.y, biased.train.y), "the two datasets must hold the same images"
     area_fraction = float(biased.test.patch_mask.mean())
 
-    # Train both, then hide which is which behind a seeded coin flip: from here until the
-    # verdict the analysis only sees "model A" and "model B".
-    trained = {"clean": C.get_model(ctx, clean, label="model trained on clean images", save_as=None),
-               "artifact": C.get_model(ctx, biased, label="model trained with the artifact", save_as=None)}
-    shuffled = ctx.rng(101).permutation(["clean", "artifact"])
-    trained_on = {"model A": str(shuffled[0]), "model B": str(shuffled[1])}  # looked at again only at the end
-    models = {letter: trained[trained_on[letter]][0] for letter in ("model A", "model B")}
+    letters = ("model A", "model B")
+    if ctx.args.models:  # the detective task: two given models, the truth unknown here
+        trained_on = None
+        models = {letter: C.load_model(path, clean, option="--models")
+                  for letter, path in zip(letters, ctx.args.models)}
+        infos = {letter: {"source": f"file {path}"} for letter, path in zip(letters, ctx.args.models)}
+        ctx.log(f"investigating model A ({ctx.args.models[0]}) and model B ({ctx.args.models[1]})")
+    else:
+        # Train both, then hide which is which behind a seeded coin flip: from here until the
+        # verdict the analysis only sees "model A" and "model B".
+        trained = {"clean": C.get_model(ctx, clean, label="model trained on clean images", save_as=None),
+                   "artifact": C.get_model(ctx, biased, label="model trained with the artifact", save_as=None)}
+        shuffled = ctx.rng(101).permutation(["clean", "artifact"])
+        trained_on = {"model A": str(shuffled[0]), "model B": str(shuffled[1])}  # looked at only at the end
+        models = {letter: trained[trained_on[letter]][0] for letter in letters}
+        infos = {letter: trained[trained_on[letter]][1] for letter in letters}
+        for letter in letters:  # the two files a teacher hands out for --models
+            C.save_model(models[letter], clean, Path(ctx.out) / f"model_{letter[-1]}.pt")
 
     misleading_x, wrong = misleading_copy(clean, ctx.seed + 1)
     acc = {letter: accuracies(model, clean, biased, misleading_x, wrong) for letter, model in models.items()}
@@ -226,41 +245,52 @@ def analyse(ctx):
                     "images with the artifact (cyan square); each model explains its own prediction "
                     "('A says', 'B says'). A map concentrated on the patch gives the shortcut away.")
 
-    # --- only now: the truth
-    truth = next(letter for letter, kind in trained_on.items() if kind == "artifact")
-    clean_letter = next(letter for letter, kind in trained_on.items() if kind == "clean")
-    correct = verdict == truth
+    # --- only now: the truth (unknown when the models were given with --models)
     gap = {letter: acc[letter]["artifact"] - acc[letter]["clean"] for letter in models}
-    ctx.table("verdict", [
-        {"model": letter, "mean share on the patch (%)": round(100 * mean_share[letter], 1),
-         "verdict": "biased" if letter == verdict else "not biased",
-         "trained on": "images with the artifact" if trained_on[letter] == "artifact" else "clean images",
-         "artifact - clean accuracy (points)": round(100 * gap[letter], 1)}
-        for letter in models],
-        f"The verdict names the model whose attributions put the larger share on the patch (mean over the "
-        f"five methods; {votes} of {len(METHOD_NAMES)} methods agree). The 'trained on' column is looked up "
-        "only after the verdict.")
+    rows = [{"model": letter, "mean share on the patch (%)": round(100 * mean_share[letter], 1),
+             "verdict": "biased" if letter == verdict else "not biased",
+             "artifact - clean accuracy (points)": round(100 * gap[letter], 1)} for letter in models]
     enrichment = mean_share[verdict] / area_fraction
-    ctx.note(f"Verdict from the attributions alone: {verdict} is biased. On artifact images it puts "
-             f"{100 * mean_share[verdict]:.1f} % of its relevance on the patch ({enrichment:.0f}x the patch's "
-             f"{100 * area_fraction:.1f} % of the pixels), {other} {100 * mean_share[other]:.1f} %; "
-             f"{votes} of {len(METHOD_NAMES)} methods agree.")
-    biased_acc, clean_acc = acc[truth], acc[clean_letter]
-    ctx.note(f"Truth: {truth} was trained with the artifact, so the verdict is "
-             f"{'right' if correct else 'WRONG'}. "
-             f"Its accuracy is {100 * biased_acc['artifact']:.1f} % with the patch, "
-             f"{100 * biased_acc['clean']:.1f} % without it and {100 * biased_acc['misleading artifact']:.1f} % "
-             f"with another class's patch (it follows the patch's colour in "
-             f"{100 * biased_acc['follows the patch']:.0f} % of those); the clean-trained model "
-             f"({clean_letter}): {100 * clean_acc['clean']:.1f} % on clean images, "
-             f"{100 * clean_acc['artifact']:.1f} % with the patch.")
+    verdict_note = (f"Verdict from the attributions alone: {verdict} is biased. On artifact images it puts "
+                    f"{100 * mean_share[verdict]:.1f} % of its relevance on the patch ({enrichment:.0f}x the "
+                    f"patch's {100 * area_fraction:.1f} % of the pixels), {other} {100 * mean_share[other]:.1f} %; "
+                    f"{votes} of {len(METHOD_NAMES)} methods agree.")
+    caption = (f"The verdict names the model whose attributions put the larger share on the patch (mean over "
+               f"the five methods; {votes} of {len(METHOD_NAMES)} methods agree).")
+    if trained_on is None:
+        truth = clean_letter = correct = None
+        ctx.table("verdict", rows, caption + " The models were given, so which one was trained with the "
+                  "artifact is not known here.")
+        ctx.note(verdict_note)
+        ctx.note("The models came from files (--models), so the verdict cannot be checked here. The accuracy "
+                 "table is the independent evidence: a model that reads the patch scores far higher with it "
+                 f"than without it ({verdict}: {100 * gap[verdict]:+.1f} points, {other}: "
+                 f"{100 * gap[other]:+.1f}).")
+    else:
+        truth = next(letter for letter, kind in trained_on.items() if kind == "artifact")
+        clean_letter = next(letter for letter, kind in trained_on.items() if kind == "clean")
+        correct = verdict == truth
+        for row, letter in zip(rows, models):
+            row["trained on"] = ("images with the artifact" if trained_on[letter] == "artifact"
+                                 else "clean images")
+        ctx.table("verdict", rows, caption + " The 'trained on' column is looked up only after the verdict.")
+        ctx.note(verdict_note)
+        biased_acc, clean_acc = acc[truth], acc[clean_letter]
+        ctx.note(f"Truth: {truth} was trained with the artifact, so the verdict is "
+                 f"{'right' if correct else 'WRONG'}. "
+                 f"Its accuracy is {100 * biased_acc['artifact']:.1f} % with the patch, "
+                 f"{100 * biased_acc['clean']:.1f} % without it and "
+                 f"{100 * biased_acc['misleading artifact']:.1f} % with another class's patch (it follows "
+                 f"the patch's colour in {100 * biased_acc['follows the patch']:.0f} % of those); the "
+                 f"clean-trained model ({clean_letter}): {100 * clean_acc['clean']:.1f} % on clean images, "
+                 f"{100 * clean_acc['artifact']:.1f} % with the patch.")
 
     def model_summary(letter):
-        info = trained[trained_on[letter]][1]
-        return {"trained_with_artifact": trained_on[letter] == "artifact", "accuracy": acc[letter],
-                "artifact_minus_clean_accuracy": gap[letter], "patch_share": shares[letter],
-                "mean_patch_share": mean_share[letter], "object_share": object_shares[letter] or None,
-                "training": {k: v for k, v in info.items() if k not in ("test_accuracy", "chance")}}
+        return {"trained_with_artifact": None if trained_on is None else trained_on[letter] == "artifact",
+                "accuracy": acc[letter], "artifact_minus_clean_accuracy": gap[letter],
+                "patch_share": shares[letter], "mean_patch_share": mean_share[letter],
+                "object_share": object_shares[letter] or None,
+                "training": {k: v for k, v in infos[letter].items() if k not in ("test_accuracy", "chance")}}
 
     return {
         "dataset": ctx.dataset, "chance": chance, "scored_images": len(order),
@@ -269,6 +299,6 @@ def analyse(ctx):
         "verdict": {"biased_model": verdict, "methods_agreeing": votes,
                     "mean_patch_share": mean_share, "truth": truth, "correct": correct},
         "verdict_correct": correct,
-        "biased_model_accuracy_gap": gap[truth],
-        "clean_model_accuracy_gap": gap[clean_letter],
+        "biased_model_accuracy_gap": None if truth is None else gap[truth],
+        "clean_model_accuracy_gap": None if clean_letter is None else gap[clean_letter],
     }

@@ -2,7 +2,8 @@
 its declared figures, tables and metrics; the quick model beats chance and at least one
 attribution method beats a random pixel order at deletion; model_bias names the model
 trained with the artifact from its attributions alone, and that model loses more
-accuracy without its shortcut; a wrong --checkpoint fails with a message that says why."""
+accuracy without its shortcut, and judges the two model files it wrote when they come back
+through --models; a wrong --checkpoint fails with a message that says why."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -60,8 +61,14 @@ def test_explanations_rejects_a_wrong_checkpoint(tmp_path):
         main(["run", "explanations", "--quick", "--out", str(tmp_path / "c"), "--scored-images", "0"])
 
 
-def test_model_bias_quick_verdict(tmp_path):
-    metrics, manifest = run_quick("model_bias", tmp_path / "bias")
+@pytest.fixture(scope="module")
+def model_bias(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model_bias")
+    return out, *run_quick("model_bias", out)
+
+
+def test_model_bias_quick_verdict(model_bias):
+    out, metrics, manifest = model_bias
     assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "artifact_share.png",
                                                         "attributions.png"}
     assert [t["name"] for t in manifest["tables"]] == ["accuracy", "attribution_shares", "verdict"]
@@ -78,3 +85,24 @@ def test_model_bias_quick_verdict(tmp_path):
     assert metrics["biased_model_accuracy_gap"] > metrics["clean_model_accuracy_gap"] + 0.1
     clean_model = next(name for name in models if name != truth)
     assert models[clean_model]["accuracy"]["clean"] > 1.5 * metrics["chance"]
+
+
+def test_model_bias_investigates_given_models(model_bias, tmp_path):
+    """The detective task: the two files a run wrote, handed over in swapped order, are
+    judged without the truth, and the verdict follows the biased model to its new letter."""
+    out, first, _ = model_bias
+    truth = first["verdict"]["truth"]
+    files = [out / "model_A.pt", out / "model_B.pt"]
+    metrics, manifest = run_quick("model_bias", tmp_path / "given", "--models", *map(str, files[::-1]))
+    verdict = metrics["verdict"]
+    assert verdict["truth"] is None and metrics["verdict_correct"] is None
+    assert all(m["trained_with_artifact"] is None for m in metrics["models"].values())
+    swapped = {"model A": "model B", "model B": "model A"}
+    assert verdict["biased_model"] == swapped[truth]
+    # the same models on the same images: the same evidence under the other letter
+    assert metrics["models"][swapped[truth]]["mean_patch_share"] == pytest.approx(
+        first["models"][truth]["mean_patch_share"], rel=1e-4)
+    assert "trained on" not in manifest["tables"][-1]["rows"][0]
+    with pytest.raises(SystemExit, match="--models .*no such file"):
+        main(["run", "model_bias", "--quick", "--out", str(tmp_path / "bad"), "--models",
+              str(files[0]), str(tmp_path / "missing.pt")])
