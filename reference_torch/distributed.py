@@ -49,9 +49,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 def cleanup() -> None:
     """Leave the process group (call once at the end of a torchrun script).
 
-    The barrier first: a rank that tears its gloo connections down while a peer is still
-    finishing its last collective can abort the process ("terminate called without an
-    active exception"), which we saw once in CI on a loaded 2-core machine.
+    The barrier first, so that no rank tears its gloo connections down while a peer is
+    still in its last collective: one CI run on a loaded 2-core machine saw a rank abort
+    at the end ("terminate called without an active exception"), after training.
     """
     if dist.is_available() and dist.is_initialized():
         if dist.get_world_size() > 1:
