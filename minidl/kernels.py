@@ -86,13 +86,15 @@ class _Blas:
 
     def single_threaded(self):
         previous = [lib.num_threads for lib in self.libs]
-        for lib in self.libs:
-            lib.set_num_threads(1)
+        for lib, count in zip(self.libs, previous):
+            if count != 1:  # (a switch costs a microsecond: too much for tiny products)
+                lib.set_num_threads(1)
         return previous
 
     def restore(self, previous):
         for lib, count in zip(self.libs, previous):
-            lib.set_num_threads(count)
+            if count != 1:
+                lib.set_num_threads(count)
 
 
 _blas = None

@@ -363,9 +363,13 @@ def test_parallel_for_runs_every_task_once_and_reraises():
 def test_matmul_gives_small_products_one_blas_thread_and_restores_it():
     """kernels.matmul equals numpy's product, small or large, and leaves BLAS's
     thread count as it found it; a product below SMALL_MATMUL sees one thread."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    rng = np.random.default_rng(5)
+    with threadpool_limits(limits=2, user_api="blas"):  # so that there is a switch to undo
+        check_small_products_switch_blas(np.random.default_rng(5), threadpool_info)
+
+
+def check_small_products_switch_blas(rng, threadpool_info):
     blas = kernels._blas_control()
     before = blas.threads()
     for shape in ((64, 1568, 10), (512, 1024, 16)):
