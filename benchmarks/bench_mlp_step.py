@@ -168,6 +168,10 @@ def main(argv=None):
     print(f"minidl / torch = {ratio:.3f}   (target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})")
     print(f"minidl / numpy = {median['minidl'] / median['numpy']:.3f}   "
           f"numpy / torch = {median['numpy'] / median['torch']:.3f}")
+    if args.threads > 1 and 2 * args.threads > (os.cpu_count() or 1):
+        print(f"caution: torch's OpenMP threads and numpy's BLAS threads ({args.threads} each) share this "
+              f"process and {os.cpu_count()} CPUs; they spin against each other, which slows torch most, "
+              "so this ratio flatters minidl. Compare on one thread, or with more cores than threads.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "ms_per_step": {k: v * 1e3 for k, v in median.items()},
