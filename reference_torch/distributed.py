@@ -47,7 +47,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def cleanup() -> None:
-    """Leave the process group (call once at the end of a torchrun script).
+    """Leave the process group (call once at the end of a torchrun script, after
+    dropping the Trainer: its DistributedDataParallel wrapper holds the group, which would
+    otherwise only be freed while the interpreter shuts down).
 
     The barrier first, so that no rank tears its gloo connections down while a peer is
     still in its last collective: one CI run on a loaded 2-core machine saw a rank abort
