@@ -365,19 +365,8 @@ def test_matmul_gives_small_products_one_blas_thread_and_restores_it():
     thread count as it found it; a product below SMALL_MATMUL sees one thread."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    with threadpool_limits(limits=2, user_api="blas"):  # so that there is a switch to undo
-        check_small_products_switch_blas(np.random.default_rng(5), threadpool_info)
-
-
-def check_small_products_switch_blas(rng, threadpool_info):
+    rng = np.random.default_rng(5)
     blas = kernels._blas_control()
-    before = blas.threads()
-    for shape in ((64, 1568, 10), (512, 1024, 16)):
-        m, k, n = shape
-        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
-        np.testing.assert_allclose(kernels.matmul(a, b), a @ b, rtol=1e-12)
-        assert (m * k * n < kernels.SMALL_MATMUL) == (shape == (64, 1568, 10))
-    assert blas.threads() == before
     seen = []
     original = blas.single_threaded
 
@@ -385,9 +374,18 @@ def check_small_products_switch_blas(rng, threadpool_info):
         previous = original()
         seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
         return previous
-    blas.single_threaded = spy
-    try:
-        kernels.matmul(np.ones((4, 3)), np.ones((3, 2)))
-    finally:
-        del blas.single_threaded
+    with threadpool_limits(limits=2, user_api="blas"):  # two threads, so there is a switch to undo
+        before = blas.threads()
+        for shape in ((64, 1568, 10), (512, 1024, 16)):
+            m, k, n = shape
+            a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+            np.testing.assert_allclose(kernels.matmul(a, b), a @ b, rtol=1e-12)
+            assert (m * k * n < kernels.SMALL_MATMUL) == (shape == (64, 1568, 10))
+        assert blas.threads() == before
+        blas.single_threaded = spy
+        try:
+            kernels.matmul(np.ones((4, 3)), np.ones((3, 2)))
+        finally:
+            del blas.single_threaded
+        assert blas.threads() == before
     assert seen == [{1}] or not blas.libs
