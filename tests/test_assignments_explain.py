@@ -14,10 +14,15 @@ from driver_run import run_quick  # noqa: E402
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
+def quick_run_in(tmp_path_factory, name):
+    """(output folder, metrics, manifest) of a --quick run, shared by a module's tests."""
+    out = tmp_path_factory.mktemp(name)
+    return out, *run_quick(name, out)
+
+
 @pytest.fixture(scope="module")
 def explanations(tmp_path_factory):
-    out = tmp_path_factory.mktemp("explanations")
-    return out, *run_quick("explanations", out)
+    return quick_run_in(tmp_path_factory, "explanations")
 
 
 def test_explanations_quick(explanations):
@@ -63,8 +68,7 @@ def test_explanations_rejects_a_wrong_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_bias(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model_bias")
-    return out, *run_quick("model_bias", out)
+    return quick_run_in(tmp_path_factory, "model_bias")
 
 
 def test_model_bias_quick_verdict(model_bias):
