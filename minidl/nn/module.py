@@ -407,7 +407,21 @@ def _current(module, name):
 
 
 # ---------------------------------------------------------------- containers
-class Sequential(Module):
+class _Container(Module):
+    """What Sequential and ModuleList share: children in order, numbered "0", "1", ..."""
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+
+class Sequential(_Container):
     """Modules applied one after the other; children are named "0", "1", ...
     (or by the keys of an OrderedDict), as in torch."""
 
@@ -434,18 +448,8 @@ class Sequential(Module):
             return Sequential(OrderedDict(modules[index]))
         return modules[_check_index(index, len(modules), "Sequential")][1]
 
-    def __len__(self):
-        return len(self._modules)
 
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        self.add_module(str(len(self)), module)
-        return self
-
-
-class ModuleList(Module):
+class ModuleList(_Container):
     """A list of modules whose parameters are registered (a plain Python list would
     hide them from ``parameters()`` and the optimiser)."""
 
@@ -462,16 +466,6 @@ class ModuleList(Module):
     def __setitem__(self, index, module):
         index = _check_index(index, len(self), "ModuleList")
         self.add_module(str(index), module)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        self.add_module(str(len(self)), module)
-        return self
 
     def extend(self, modules):
         for module in modules:
