@@ -14,28 +14,11 @@ import minidl as md
 import minidl.nn as nn
 import minidl.optim as optim
 import minidl.train as train
+from batches import Loader
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 HIDDEN, LR, EPOCHS, BATCH = 128, 3e-3, 20, 32
-
-
-class Loader:
-    """Shuffled (x, y) batches from a seeded generator: the same seed gives the same
-    batches in both engines."""
-
-    def __init__(self, x, y, batch_size, seed=None):
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.rng = None if seed is None else np.random.default_rng(seed)
-
-    def __iter__(self):
-        order = np.arange(len(self.x)) if self.rng is None else self.rng.permutation(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            yield self.x[index], self.y[index]
-
-
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,7 @@ import minidl as md
 import minidl.nn as nn
 import minidl.optim as optim
 import minidl.train as train
-
-
-class Loader:
-    """Batches of (x, y) ndarrays; shuffled per epoch from its own seeded generator,
-    or in a fixed order. Re-iterable, like a DataLoader."""
-
-    def __init__(self, x, y, batch_size, seed=None):
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.rng = None if seed is None else np.random.default_rng(seed)
-
-    def __iter__(self):
-        order = np.arange(len(self.x)) if self.rng is None else self.rng.permutation(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            yield self.x[index], self.y[index]
-
-    def __len__(self):
-        return -(-len(self.x) // self.batch_size)
+from batches import Loader
 
 
 def blobs(n=240, seed=0):
