@@ -21,9 +21,9 @@ max-pool. Then one training epoch of the small CNN on 8,000 real MNIST images
 --quick, the test accuracy after three epochs on the 2,000 held-out images.
 
 --threads-check measures the alternatives to minidl's thread guard (see
-minidl/kernels.py): a prange kernel beside BLAS's threads, convolution chunks
+minidl/threads.py): a prange kernel beside BLAS's threads, convolution chunks
 on one thread with multi-threaded GEMMs instead of on several threads, and a
-small GEMM on BLAS's threads against one thread (``kernels.matmul``).
+small GEMM on BLAS's threads against one thread (``minidl.threads.matmul``).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import minidl as md  # noqa: E402
 import minidl.nn.functional as F  # noqa: E402
 import minidl.optim  # noqa: E402,F401
-from minidl import conv, kernels, nn  # noqa: E402
+from minidl import conv, kernels, nn, threads as md_threads  # noqa: E402
 from minidl.nn.conv import Conv2d, MaxPool2d  # noqa: E402
 
 
@@ -228,7 +228,7 @@ def threads_check(repeats):
        against minidl's single-threaded kernel;
     2. a conv 32->64 forward+backward split into chunks over minidl's threads
        (BLAS single-threaded inside), against the same chunks on one thread with
-       BLAS's threads in every GEMM (``kernels.set_num_threads(1)``).
+       BLAS's threads in every GEMM (``minidl.threads.set_num_threads(1)``).
     """
     import numba
     from numba import njit, prange
@@ -278,14 +278,14 @@ def threads_check(repeats):
 
     print("\n2. conv 32->64 28x28 forward+backward, batch 64")
     run_md, run_torch = conv_case(32, 64, 28, first=False)
-    threads = kernels.num_threads()
+    threads = md_threads.num_threads()
 
     def one_thread():
-        kernels.set_num_threads(1)
+        md_threads.set_num_threads(1)
         try:
             run_md()
         finally:
-            kernels.set_num_threads(threads)
+            md_threads.set_num_threads(threads)
 
     t_chunks, t_one, ratio = race(run_md, one_thread, repeats)
     print(f"   chunks on {threads} threads, single-threaded GEMMs: {t_chunks * 1e3:7.2f} ms")
@@ -293,24 +293,24 @@ def threads_check(repeats):
           f"({1 / ratio:.2f}x the time)")
 
     print("\n3. an epoch of the small CNN on 2,000 images: small products (the linear head) on one "
-          "BLAS thread (kernels.matmul), or on BLAS's threads, which the convolutions have just "
+          "BLAS thread (minidl.threads.matmul), or on BLAS's threads, which the convolutions have just "
           "switched off and on again")
     x = rng.random((2000, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 2000)
     model = CNN()
     opt = md.optim.Adam(model.parameters(), lr=2e-3)
-    small = kernels.SMALL_MATMUL
+    small = md_threads.SMALL_MATMUL
 
     def blas_threads_everywhere():
-        kernels.SMALL_MATMUL = 0
+        md_threads.SMALL_MATMUL = 0
         try:
             md_epoch(model, opt, x, y, rng.permutation(len(x)))
         finally:
-            kernels.SMALL_MATMUL = small
+            md_threads.SMALL_MATMUL = small
 
     t_guard, t_blas, ratio = race(lambda: md_epoch(model, opt, x, y, rng.permutation(len(x))),
                                   blas_threads_everywhere, max(3, repeats // 4), warmup=1)
-    print(f"   kernels.matmul for small products: {t_guard:6.3f} s")
+    print(f"   threads.matmul for small products: {t_guard:6.3f} s")
     print(f"   BLAS's threads for every product:  {t_blas:6.3f} s ({1 / ratio:.2f}x the time)")
 
 
@@ -332,7 +332,7 @@ def main():
     if args.cpu_time:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1, user_api="blas")
-        kernels.set_num_threads(1)
+        md_threads.set_num_threads(1)
         CLOCK = time.thread_time
     threads = blas_threads()
     torch.set_num_threads(threads)
@@ -340,7 +340,7 @@ def main():
     print(f"minidl vs torch {torch.__version__}, float32, batch 64, {threads} threads each "
           f"(BLAS and torch), {os.cpu_count()} CPUs, load average {load:.1f}"
           + (", CPU time of one thread" if args.cpu_time else ", wall-clock time"))
-    print(kernels.thread_report())
+    print(md_threads.thread_report())
     if args.threads_check:
         threads_check(repeats)
         return

@@ -5,9 +5,27 @@ Three pieces:
 * ``Tensor``: an ndarray (``.data``) plus, when it needs a gradient, a link to the
   ``Function`` node that produced it (``.grad_fn``) and a ``.grad`` slot.
 * ``Function``: one differentiable operation, with ``forward`` on raw ndarrays and
-  ``backward`` right beside it (see ``minidl/ops.py`` for the whole collection).
-* ``backward``: walks the recorded graph from the output to the leaves without
-  recursion, in dependency order, freeing each node's saved arrays as it goes.
+  ``backward`` right beside it.
+* ``run_backward``: walks the recorded graph from the output to the leaves without
+  recursion, in dependency order, checking each gradient's shape, summing
+  broadcast gradients back (``unbroadcast``, the one place), and freeing each
+  node's saved arrays as it goes.
+
+Where the ops are. Imports go one way, each module using only those before it:
+
+    autograd  <-  ops (arithmetic, reductions, shapes)  <-  conv (convolution, pooling)
+              <-  nn.functional (activations, linear, dropout, batch norm, losses)  <-  nn
+
+(``threads`` and ``kernels`` sit below them all and know nothing of tensors.) Each
+op is one block in one file: its Function class, then its user-facing function,
+which ``@tensor_method`` also attaches to ``Tensor`` where torch has a method
+(``x.exp()``, ``x + y``). This module therefore defines no op methods itself.
+
+Naming rule. A Function class is the op's name in CamelCase with the suffix
+``Fn``: ``AddFn``, ``MatMulFn``, ``ReLUFn``, ``LinearFn``, ``Conv2dFn``,
+``BatchNormFn``. The name without the suffix belongs to the nn Module (``nn.ReLU``,
+``nn.Linear``: a layer holding parameters and settings) and the lower-case name to
+the function you call (``F.relu``, ``md.exp``). Name your own Functions the same way.
 """
 from __future__ import annotations
 
@@ -89,8 +107,18 @@ def _as_array(data, dtype=None):
     return array
 
 
+def _comparison(ufunc):
+    def compare(self, other):
+        return Tensor(ufunc(self.data, _as_array(other)))
+    return compare
+
+
 class Tensor:
-    """An n-dimensional array that can record the operations applied to it."""
+    """An n-dimensional array that can record the operations applied to it.
+
+    The differentiable methods (``+``, ``@``, ``exp``, ``sum``, ``reshape``,
+    ``relu``, ...) are attached by the modules that define the ops, with
+    ``tensor_method`` (see the module docstring)."""
 
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
 
@@ -156,18 +184,6 @@ class Tensor:
         """The same data, cut from the graph (shares memory, like torch)."""
         return Tensor(self.data)
 
-    def clone(self):
-        return ops.clone(self)
-
-    def astype(self, dtype):
-        return ops.cast(self, dtype)
-
-    def float(self):
-        return self.astype(np.float32)
-
-    def double(self):
-        return self.astype(np.float64)
-
     def __array__(self, dtype=None, copy=None):
         return self.data if dtype is None else self.data.astype(dtype)
 
@@ -177,10 +193,19 @@ class Tensor:
         if self.data.dtype != DEFAULT_DTYPE and np.issubdtype(self.data.dtype, np.floating):
             extra += f", dtype={self.data.dtype}"
         if self.grad_fn is not None:
-            extra += f", grad_fn=<{type(self.grad_fn).__name__}Backward>"
+            extra += f", grad_fn=<{type(self.grad_fn).__name__}>"
         elif self.requires_grad:
             extra += ", requires_grad=True"
         return f"tensor({body}{extra})"
+
+    # Comparisons give boolean tensors outside the graph: they have no gradient.
+    __eq__ = _comparison(np.equal)
+    __ne__ = _comparison(np.not_equal)
+    __lt__ = _comparison(np.less)
+    __le__ = _comparison(np.less_equal)
+    __gt__ = _comparison(np.greater)
+    __ge__ = _comparison(np.greater_equal)
+    __hash__ = object.__hash__  # defining __eq__ would otherwise make tensors unhashable
 
     # ------------------------------------------------------------------ in place
     def _bump(self):
@@ -257,8 +282,19 @@ class Tensor:
                 raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
         run_backward(self, gradient, retain_graph)
 
-    # Operators and methods are defined in ops.py and attached below the imports at the
-    # end of this file, so that each op's forward and backward stay together there.
+
+def tensor_method(*names, reflected=None):
+    """Attach the decorated op function to ``Tensor`` under ``names`` (its own name
+    when none is given); ``reflected`` names the swapped operator, e.g.
+    ``__radd__`` for ``2 + x``. Used beside each op, so that autograd needs no
+    import of the modules above it."""
+    def attach(fn):
+        for name in names or (fn.__name__,):
+            setattr(Tensor, name, fn)
+        if reflected:
+            setattr(Tensor, reflected, lambda self, other: fn(other, self))
+        return fn
+    return attach
 
 
 def _unwrap_index(index):
@@ -274,15 +310,32 @@ class Function:
     """One differentiable operation.
 
     Subclasses define ``forward(self, *arrays, **options) -> ndarray`` and
-    ``backward(self, grad) -> gradient or tuple of gradients`` (one per positional
-    input, None where no gradient is needed). Whatever backward needs is saved as an
-    attribute of ``self`` in forward. Gradients of broadcast inputs are summed back
-    to the input's shape by the engine, so ops need not do it.
+    ``backward(self, grad) -> gradient or tuple of gradients``: one per positional
+    input, None where no gradient is needed (``self.needs_input_grad`` says which
+    are). Whatever backward needs is saved as an attribute of ``self`` in forward.
+
+    The gradient rule, which the engine checks for every input that needs a
+    gradient: backward returns an array either
+
+    1. of the input's own shape, or
+    2. of the shape the input was broadcast to in forward, which the engine then
+       sums back to the input's shape (``unbroadcast``), so no op need do it.
+       That shape is the output's (``grad.shape``: elementwise ops such as
+       ``a * b``), provided the input's shape broadcasts to it; an op that
+       broadcasts its inputs to other shapes lists them, one per input, in
+       ``self.broadcast_shapes`` during forward (``MatMulFn``: the batch
+       dimensions only).
+
+    Any other shape is a bug in backward and raises ``RuntimeError`` naming the
+    Function, the input and both shapes, instead of a bare NumPy reshape error or
+    a silently summed, wrong gradient (e.g. a (4, 4) gradient for an input of
+    shape (4, 1) whose op had a (4, 1) output).
     """
 
     needs_input_grad = ()
     inputs = ()
     saves_inputs = True  # False for ops whose backward never reads their inputs
+    broadcast_shapes = None  # rule 2 above: None means the output's shape for every input
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError
@@ -352,6 +405,25 @@ def unbroadcast(grad, shape):
     return grad.reshape(shape)
 
 
+def _broadcasts_to(shape, target):
+    """Whether NumPy broadcasting stretches ``shape`` to exactly ``target``."""
+    return len(shape) <= len(target) and all(
+        n == m or n == 1 for n, m in zip(shape[::-1], target[::-1]))
+
+
+def _to_input_shape(node, i, g, shape, out_shape):
+    """Input ``i``'s gradient ``g`` summed back to its ``shape``, after checking it
+    against the gradient rule (see ``Function``)."""
+    target = out_shape if node.broadcast_shapes is None else tuple(node.broadcast_shapes[i])
+    fits = _broadcasts_to(shape, target)
+    if g.shape == target and fits:
+        return unbroadcast(g, shape)
+    expected = f"{shape}" + (f" or {target}, the shape it was broadcast to in forward"
+                             if fits and target != shape else "")
+    raise RuntimeError(f"{type(node).__name__}.backward returned a gradient of shape {g.shape} "
+                       f"for input {i} of shape {shape}; expected {expected}")
+
+
 _SECOND_BACKWARD = (
     "trying to backward through the graph a second time (through {name}): the saved "
     "arrays were freed after the first backward; pass retain_graph=True to the first "
@@ -402,8 +474,10 @@ def run_backward(root, gradient, retain_graph=False):
                 continue
             g = grads[i] if grads else None
             if g is not None:
+                if not isinstance(g, np.ndarray):  # a NumPy or Python scalar
+                    g = np.asarray(g)
                 if g.shape != t.data.shape:
-                    g = unbroadcast(g, t.data.shape)
+                    g = _to_input_shape(node, i, g, t.data.shape, grad.shape)
                 if g.dtype != t.data.dtype:
                     g = g.astype(t.data.dtype)
                 if _anomaly_mode:
@@ -476,6 +550,3 @@ def arange(start, end=None, step=1, dtype=None, requires_grad=False):
         is_int = all(isinstance(v, numbers.Integral) for v in (start, end, step))
         dtype = np.int64 if is_int else DEFAULT_DTYPE
     return Tensor(np.arange(start, end, step, dtype=dtype), requires_grad=requires_grad)
-
-
-from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)

@@ -1,5 +1,6 @@
-"""Convolution, transposed convolution, pooling and 2-D batch norm, with torch's
-``F`` signatures (``minidl.nn.functional`` re-exports the functions below).
+"""Convolution, transposed convolution and pooling, with torch's ``F`` signatures
+(``minidl.nn.functional`` re-exports the functions below). One block per op: its
+Function class, then the function you call.
 
 How a convolution is computed (im2col + GEMM)
 ---------------------------------------------
@@ -31,11 +32,11 @@ Why chunks of B images, not the whole batch at once: the column matrix of a
 whole batch is large (58 MB for 64 images of 32 channels at 28x28), and
 writing it to main memory and reading it back costs as much as the GEMM. A
 chunk of about 1 MB stays in the core's cache between im2col and the GEMM,
-and the chunks are independent, so ``kernels.parallel_for`` gives them to
-several threads, each with a single-threaded GEMM (see ``kernels`` on why this
-beats multi-threaded BLAS calls). Backward recomputes each chunk's columns
-rather than keeping them from the forward pass: cheaper than the memory
-traffic, and it saves C*kh*kw copies of the input.
+and the chunks are independent, so ``threads.parallel_for`` gives them to
+several threads, each with a single-threaded GEMM (``minidl/threads.py`` says
+why this beats multi-threaded BLAS calls). Backward recomputes each chunk's
+columns rather than keeping them from the forward pass: cheaper than the
+memory traffic, and it saves C*kh*kw copies of the input.
 
 A transposed convolution is the same machinery run backwards: its forward is a
 convolution's input gradient and its input gradient is a convolution.
@@ -48,11 +49,10 @@ import numpy as np
 
 from . import kernels
 from .autograd import Function, Tensor, _as_array
-from .kernels import parallel_for, scratch
+from .threads import num_threads, parallel_for, scratch
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-           "batch_norm2d", "Conv2dFn", "ConvTranspose2dFn", "MaxPool2dFn", "AvgPool2dFn",
-           "AdaptiveAvgPool2dFn", "BatchNorm2dFn"]
+           "Conv2dFn", "ConvTranspose2dFn", "MaxPool2dFn", "AvgPool2dFn", "AdaptiveAvgPool2dFn"]
 
 
 # ------------------------------------------------------------------ helpers
@@ -127,7 +127,7 @@ def _chunks(n, bytes_per_image):
     """Split n images into chunks: small enough for the cache, and at least four
     per thread so that the threads stay balanced. Returns (size, count)."""
     size = min(max(1, CHUNK_BYTES // max(bytes_per_image, 1)),
-               -(-n // (4 * kernels.num_threads())))
+               -(-n // (4 * num_threads())))
     size = max(1, size)
     return size, -(-n // size)
 
@@ -212,7 +212,7 @@ class Conv2dFn(Function):
         o, c_group, kh, kw = self.w_shape
         groups, plane, dtype = self.groups, self.plane, grad.dtype
         grad3 = _contiguous(grad, dtype).reshape(n, o, plane)
-        threads = kernels.num_threads()
+        threads = num_threads()
         # One accumulator per thread for the sums over the batch: no locking.
         grad_w = np.zeros((threads, o, c_group * kh * kw), dtype=dtype) if need_w else None
         grad_b = np.zeros((threads, o if need_b else 0))  # float64
@@ -367,7 +367,7 @@ class ConvTranspose2dFn(Function):
         _, cout_group, kh, kw = self.w_shape
         groups, plane, dtype = self.groups, self.plane, grad.dtype
         grad = _contiguous(grad, dtype)
-        threads = kernels.num_threads()
+        threads = num_threads()
         grad_w = np.zeros((threads, c_in, cout_group * kh * kw), dtype=dtype) if need_w else None
         grad_x = np.empty(self.x_shape, dtype=dtype) if need_x else None
 
@@ -589,105 +589,3 @@ def adaptive_avg_pool2d(input, output_size):  # noqa: A002
         raise ValueError(f"adaptive_avg_pool2d: output size {out_hw} and input {x.shape} "
                          "must both be at least 1")
     return AdaptiveAvgPool2dFn.apply(input, out_hw=out_hw)
-
-
-# ----------------------------------------------------------------- batch norm
-
-
-class BatchNorm2dFn(Function):
-    """Batch norm of (N, C, H, W) maps with given per-channel statistics (float64
-    mean and biased var). The running statistics are not touched here; see
-    ``batch_norm2d``."""
-
-    def forward(self, x, weight, bias, *, mean, var, eps, training):
-        dtype = x.dtype
-        x = _contiguous(x, dtype)
-        n, c = x.shape[:2]
-        inv_std = 1.0 / np.sqrt(var + eps)
-        w = np.ones(c) if weight is None else weight.astype(np.float64)
-        b = np.zeros(c) if bias is None else bias.astype(np.float64)
-        out = np.empty_like(x)
-        x3 = x.reshape(n, c, -1)
-        # y = (x - mean) * (w / std) + b: one pass, one multiply-add per value.
-        kernels.channel_normalize(x3, mean.astype(dtype), (w * inv_std).astype(dtype),
-                                  b.astype(dtype), out.reshape(n, c, -1))
-        self.x3, self.mean, self.inv_std, self.w = x3, mean, inv_std, w
-        self.training, self.x_shape = training, x.shape
-        return out
-
-    def backward(self, grad):
-        need_x, need_w, need_b = self.needs_input_grad
-        n, c = self.x_shape[:2]
-        g3 = _contiguous(grad, grad.dtype).reshape(n, c, -1)
-        count = g3.shape[0] * g3.shape[2]
-        grad_x = grad_w = grad_b = None
-        if need_w or need_b or (need_x and self.training):
-            sum_g, sum_gxc = kernels.channel_grad_sums(g3, self.x3, self.mean)
-            sum_gxhat = sum_gxc * self.inv_std  # sum of g * x_hat per channel
-            grad_w = sum_gxhat.astype(grad.dtype) if need_w else None
-            grad_b = sum_g.astype(grad.dtype) if need_b else None
-        if need_x:
-            # dx = w/std * (g - mean(g) - x_hat * mean(g * x_hat)) in training (the
-            # batch statistics depend on x too), and just w/std * g in evaluation:
-            # written as g*a + (x - mean)*b + d with per-channel a, b, d.
-            a = self.w * self.inv_std
-            if self.training:
-                b = -a * self.inv_std * sum_gxhat / count
-                d = -a * sum_g / count
-            else:
-                b = d = np.zeros(c)
-            dx = np.empty(self.x_shape, dtype=grad.dtype)
-            kernels.batch_norm_input_grad(g3, self.x3, self.mean.astype(grad.dtype),
-                                          a.astype(grad.dtype), b.astype(grad.dtype),
-                                          d.astype(grad.dtype), dx.reshape(n, c, -1))
-            grad_x = dx
-        return grad_x, grad_w, grad_b
-
-
-def update_running_stats(running_mean, running_var, mean, var, count, momentum):
-    """Move the running statistics (ndarrays, in place; None: none kept) towards a
-    batch's mean and variance over ``count`` values per channel. The variance is
-    made unbiased (count / (count - 1)) as torch does; ``var`` itself is biased.
-    Shared by ``F.batch_norm`` and ``batch_norm2d``."""
-    if running_mean is None:
-        return
-    rm, rv = _as_array(running_mean), _as_array(running_var)
-    rm *= 1 - momentum
-    rm += momentum * mean
-    rv *= 1 - momentum
-    rv += momentum * var * count / (count - 1)
-
-
-def batch_norm2d(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
-                 training=False, momentum=0.1, eps=1e-5):
-    """torch's ``F.batch_norm`` for (N, C, H, W) maps (statistics over N, H, W).
-
-    In training the batch's mean and biased variance normalise, and the running
-    statistics (ndarrays, updated in place; None to keep none) move towards the
-    batch mean and the *unbiased* variance, as in torch. In evaluation the
-    running statistics normalise.
-    """
-    x = _as_array(input)
-    if x.ndim != 4:
-        raise ValueError(f"batch_norm2d expects (N, C, H, W) input, got shape {x.shape}")
-    _floating(x, "batch_norm2d input")
-    n, c, h, w = x.shape
-    for name, array in (("running_mean", running_mean), ("running_var", running_var),
-                        ("weight", weight), ("bias", bias)):
-        if array is not None and _as_array(array).shape != (c,):
-            raise ValueError(f"batch_norm2d: input of shape {x.shape} has {c} channels but "
-                             f"{name} has shape {_as_array(array).shape}")
-    if training:
-        count = n * h * w
-        if count < 2:
-            raise ValueError(f"batch_norm2d in training needs more than one value per channel, "
-                             f"got input of shape {x.shape}")
-        mean, var = kernels.channel_mean_var(_contiguous(x, x.dtype).reshape(n, c, -1))
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm2d in evaluation needs running_mean and running_var")
-        mean = _as_array(running_mean).astype(np.float64)
-        var = _as_array(running_var).astype(np.float64)
-    return BatchNorm2dFn.apply(input, weight, bias, mean=mean, var=var, eps=eps,
-                               training=bool(training))

@@ -27,7 +27,11 @@ left on them. Both are restored afterwards. Every method evaluates the model in
 pieces of at most ``batch_size`` inputs, whatever the number of images, path steps
 or noisy copies: there is no Python loop over images.
 
-How channels become one number per pixel (as in the torch version):
+What does not depend on the engine (the integration rules, the table of channel
+reductions, finding a layer, the eval-mode guard) is written once, in
+``minidl._explain_common``, and the torch version calls the same code.
+
+How channels become one number per pixel (CHANNEL_REDUCTIONS, shared with torch):
     Saliency            max over channels of |gradient|, or "l2" / "sum"
     InputXGradient      sum over channels of x * gradient
     IntegratedGradients sum over channels, so relevance.sum((1, 2)) is the whole
@@ -44,6 +48,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import _explain_common as common
+from ._explain_common import CHANNEL_REDUCTIONS, RULES, check_batch_size, integration_points
 from .autograd import Tensor, enable_grad, no_grad
 from .nn import Conv2d, Module
 
@@ -73,26 +79,9 @@ class Attribution:
 
 
 # --------------------------------------------------------------------------- shared helpers
-@contextmanager
-def inspecting(model: Module) -> Iterator[Module]:
-    """Eval mode and frozen parameters for the duration of an explanation; both restored.
-
-    Per module, because a model may mix train and eval parts. Frozen parameters mean
-    no operation records a gradient for them: no work, and no ``.grad`` left behind.
-    """
-    modes = {m: m.training for m in model.modules()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in trainable:
-        p.requires_grad = False
-    try:
-        with enable_grad():  # the caller may sit inside md.no_grad()
-            yield model
-    finally:
-        for p in trainable:
-            p.requires_grad = True
-        for m, training in modes.items():
-            m.training = training
+def inspecting(model: Module):
+    """Eval mode and frozen parameters while ``model`` is explained; both restored after."""
+    return common.inspecting(model, enable_grad)
 
 
 def check_images(x, who: str) -> np.ndarray:
@@ -122,12 +111,6 @@ def resolve_target(target, logits: np.ndarray) -> np.ndarray:
     if t.min() < 0 or t.max() >= classes:
         raise ValueError(f"target {t.tolist()} is out of range for a model with {classes} outputs")
     return t
-
-
-def check_batch_size(batch_size: int) -> int:
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive number of images per pass, got {batch_size}")
-    return int(batch_size)
 
 
 def chunks(total: int, batch_size: int) -> Iterator[np.ndarray]:
@@ -169,18 +152,9 @@ def input_gradients(model: Module, x: np.ndarray, target: np.ndarray, batch_size
     return grads
 
 
-CHANNEL_REDUCTIONS = {
-    "max": lambda t: np.abs(t).max(1),         # Simonyan et al.: the largest |value| over channels
-    "l2": lambda t: np.sqrt((t * t).sum(1)),   # the length of the pixel's vector of values
-    "sum": lambda t: t.sum(1),                 # signed: for contributions that add up
-}
-
-
 def channel_reduction(name: str):
     """The function (B, C, H, W) -> (B, H, W) called ``name`` in CHANNEL_REDUCTIONS."""
-    if name not in CHANNEL_REDUCTIONS:
-        raise ValueError(f"channel_reduce must be one of {sorted(CHANNEL_REDUCTIONS)}, got {name!r}")
-    return CHANNEL_REDUCTIONS[name]
+    return common.channel_reduction(name, np)
 
 
 class AttributionMethod:
@@ -240,35 +214,6 @@ class InputXGradient(AttributionMethod):
 
 
 # --------------------------------------------------------------------------- integrated gradients
-RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-
-
-def integration_points(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    """Points ``alphas`` on [0, 1] and weights that sum to 1, for a rule with n_steps points.
-
-    The trapezoid rule puts its points at 0, 1/(n-1), ..., 1, so each interval is
-    1/(n-1) wide: weights 1/(n-1), halved at both ends. (captum 0.9 uses 1/n here, so
-    its weights sum to (n-1)/n; the torch reference and this module do not.)
-    """
-    n = int(n_steps)
-    if n < 2:
-        raise ValueError(f"n_steps must be at least 2, got {n_steps}")
-    if rule == "riemann_trapezoid":
-        alphas = np.linspace(0, 1, n)
-        weights = np.full(n, 1 / (n - 1))
-        weights[[0, -1]] /= 2
-    elif rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)  # on [-1, 1], weights sum to 2
-        alphas, weights = (nodes + 1) / 2, weights / 2
-    elif rule in ("riemann_left", "riemann_right", "riemann_middle"):
-        shift = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[rule]
-        alphas = (np.arange(n) + shift) / n
-        weights = np.full(n, 1 / n)
-    else:
-        raise ValueError(f"unknown integration rule {rule!r}; choose one of {RULES}")
-    return alphas, weights
-
-
 class IntegratedGradients(AttributionMethod):
     """Integrated gradients (Sundararajan et al. 2017), summed over channels:
 
@@ -330,21 +275,7 @@ class IntegratedGradients(AttributionMethod):
 # --------------------------------------------------------------------------- layer methods
 def resolve_layer(model: Module, layer) -> tuple[str, Module]:
     """(name, module) for a dotted name like ``"body.4"``, a module, or None: the last Conv2d."""
-    named = dict(model.named_modules())
-    if layer is None:
-        convs = [name for name, m in named.items() if isinstance(m, Conv2d)]
-        if not convs:
-            raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer= explicitly")
-        return convs[-1], named[convs[-1]]
-    if isinstance(layer, str):
-        if layer not in named:
-            raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; "
-                             f"some names it has: {[n for n in named if n][:12]}")
-        return layer, named[layer]
-    for name, module in named.items():
-        if module is layer:
-            return name, module
-    raise ValueError(f"the module {type(layer).__name__} given as layer is not part of the model")
+    return common.resolve_layer(model, layer, Conv2d)
 
 
 @contextmanager

@@ -1,11 +1,14 @@
-"""Differentiable tensor operations: each forward with its backward beside it.
+"""Differentiable tensor operations, one block per op: the Function class (forward
+with its backward beside it), then the function you call, which ``tensor_method``
+also makes a ``Tensor`` method where torch has one.
 
 Rules every op here follows (the engine in autograd.py relies on them):
   * forward receives ndarrays (and plain Python values) and returns an ndarray;
   * backward returns one gradient per positional input, None where
     ``self.needs_input_grad`` says nobody needs it;
   * backward never modifies ``grad`` in place (it may be shared or read-only);
-  * broadcasting is undone by the engine (``autograd.unbroadcast``), not here.
+  * broadcasting is undone by the engine (``autograd.unbroadcast``), not here:
+    a gradient may come back in the broadcast shape (see ``Function``).
 """
 from __future__ import annotations
 
@@ -14,13 +17,18 @@ from collections import namedtuple
 
 import numpy as np
 
-from .autograd import Function, Tensor, _as_array, _unwrap_index
-from .kernels import matmul as _matmul  # numpy's, on one BLAS thread when small
+from .autograd import Function, Tensor, _as_array, _unwrap_index, tensor_method
+from .threads import matmul as _matmul  # numpy's, on one BLAS thread when small
+
+
+def _tensor(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
 
 # ------------------------------------------------------------------ arithmetic
 
 
-class Add(Function):
+class AddFn(Function):
     saves_inputs = False
 
     def forward(self, a, b):
@@ -30,7 +38,12 @@ class Add(Function):
         return grad, grad
 
 
-class Sub(Function):
+@tensor_method("add", "__add__", reflected="__radd__")
+def add(a, b):
+    return AddFn.apply(a, b)
+
+
+class SubFn(Function):
     saves_inputs = False
 
     def forward(self, a, b):
@@ -40,7 +53,12 @@ class Sub(Function):
         return grad, (-grad if self.needs_input_grad[1] else None)
 
 
-class Mul(Function):
+@tensor_method("sub", "__sub__", reflected="__rsub__")
+def sub(a, b):
+    return SubFn.apply(a, b)
+
+
+class MulFn(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         return np.multiply(a, b)
@@ -50,7 +68,12 @@ class Mul(Function):
         return (grad * self.b if need_a else None), (grad * self.a if need_b else None)
 
 
-class Div(Function):
+@tensor_method("mul", "__mul__", reflected="__rmul__")
+def mul(a, b):
+    return MulFn.apply(a, b)
+
+
+class DivFn(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         return np.divide(a, b)
@@ -62,7 +85,12 @@ class Div(Function):
         return grad_a, grad_b
 
 
-class Pow(Function):
+@tensor_method("div", "__truediv__", reflected="__rtruediv__")
+def div(a, b):
+    return DivFn.apply(a, b)
+
+
+class PowFn(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         self.out = np.power(a, b)
@@ -80,7 +108,12 @@ class Pow(Function):
         return grad_a, grad_b
 
 
-class Neg(Function):
+@tensor_method("pow", "__pow__", reflected="__rpow__")
+def pow(a, b):  # noqa: A001  (torch's name)
+    return PowFn.apply(a, b)
+
+
+class NegFn(Function):
     saves_inputs = False
 
     def forward(self, a):
@@ -90,12 +123,23 @@ class Neg(Function):
         return -grad
 
 
-class MatMul(Function):
+@tensor_method("__neg__")
+def neg(a):
+    return NegFn.apply(a)
+
+
+class MatMulFn(Function):
     def forward(self, a, b):
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul needs tensors of at least one dimension; use * for scalars")
         self.a, self.b = a, b
-        return _matmul(a, b)
+        out = _matmul(a, b)
+        if a.ndim > 2 or b.ndim > 2:
+            # The batch dimensions broadcast; each gradient comes back with all of
+            # them and the engine sums it to its input's shape.
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            self.broadcast_shapes = (batch + a.shape[-2:], batch + b.shape[-2:])
+        return out
 
     def backward(self, grad):
         a, b = self.a, self.b
@@ -114,20 +158,23 @@ class MatMul(Function):
         if need_a:
             grad_a = _matmul(g2, np.swapaxes(b2, -1, -2))
             if a.ndim == 1:
-                grad_a = grad_a.sum(axis=tuple(range(grad_a.ndim - 2))).reshape(a.shape) \
-                    if grad_a.ndim > 2 else grad_a.reshape(a.shape)
+                grad_a = grad_a[..., 0, :]
         if need_b:
             grad_b = _matmul(np.swapaxes(a2, -1, -2), g2)
             if b.ndim == 1:
-                grad_b = grad_b.sum(axis=tuple(range(grad_b.ndim - 2))).reshape(b.shape) \
-                    if grad_b.ndim > 2 else grad_b.reshape(b.shape)
+                grad_b = grad_b[..., 0]
         return grad_a, grad_b
+
+
+@tensor_method("matmul", "__matmul__", reflected="__rmatmul__")
+def matmul(a, b):
+    return MatMulFn.apply(a, b)
 
 
 # --------------------------------------------------------------- elementwise
 
 
-class Exp(Function):
+class ExpFn(Function):
     def forward(self, a):
         self.out = np.exp(a)
         return self.out
@@ -136,7 +183,12 @@ class Exp(Function):
         return grad * self.out
 
 
-class Log(Function):
+@tensor_method()
+def exp(a):
+    return ExpFn.apply(a)
+
+
+class LogFn(Function):
     def forward(self, a):
         self.a = a
         return np.log(a)
@@ -145,7 +197,12 @@ class Log(Function):
         return grad / self.a
 
 
-class Sqrt(Function):
+@tensor_method()
+def log(a):
+    return LogFn.apply(a)
+
+
+class SqrtFn(Function):
     def forward(self, a):
         self.out = np.sqrt(a)
         return self.out
@@ -154,7 +211,12 @@ class Sqrt(Function):
         return grad / (2 * self.out)
 
 
-class Abs(Function):
+@tensor_method()
+def sqrt(a):
+    return SqrtFn.apply(a)
+
+
+class AbsFn(Function):
     def forward(self, a):
         self.a = a
         return np.abs(a)
@@ -163,7 +225,12 @@ class Abs(Function):
         return grad * np.sign(self.a)  # torch's choice at 0: gradient 0
 
 
-class Clip(Function):
+@tensor_method()
+def abs(a):  # noqa: A001
+    return AbsFn.apply(a)
+
+
+class ClipFn(Function):
     def forward(self, a, low=None, high=None):
         self.a, self.low, self.high = a, low, high
         return np.clip(a, low, high)
@@ -177,7 +244,17 @@ class Clip(Function):
         return grad * inside
 
 
-class Maximum(Function):
+@tensor_method("clip", "clamp")
+def clip(a, min=None, max=None):  # noqa: A002  (torch's names)
+    if min is None and max is None:
+        raise ValueError("clip needs at least one of min and max")
+    return ClipFn.apply(a, low=min, high=max)
+
+
+clamp = clip
+
+
+class MaximumFn(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         return np.maximum(a, b)
@@ -189,7 +266,11 @@ class Maximum(Function):
         return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
 
 
-class Minimum(Function):
+def maximum(a, b):
+    return MaximumFn.apply(a, b)
+
+
+class MinimumFn(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         return np.minimum(a, b)
@@ -200,7 +281,11 @@ class Minimum(Function):
         return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
 
 
-class Where(Function):
+def minimum(a, b):
+    return MinimumFn.apply(a, b)
+
+
+class WhereFn(Function):
     def forward(self, condition, a, b):
         self.condition = condition
         return np.where(condition, a, b)
@@ -213,7 +298,11 @@ class Where(Function):
                 np.where(self.condition, zero, grad) if need_b else None)
 
 
-class Cast(Function):
+def where(condition, a, b):
+    return WhereFn.apply(_as_array(condition).astype(bool), a, b)
+
+
+class CastFn(Function):
     saves_inputs = False
 
     def forward(self, a, dtype):
@@ -223,7 +312,22 @@ class Cast(Function):
         return grad  # the engine casts it back to the input's dtype
 
 
-class Clone(Function):
+@tensor_method("astype")
+def cast(a, dtype):
+    return CastFn.apply(a, dtype=np.dtype(dtype))
+
+
+@tensor_method("float")
+def _to_float32(a):
+    return cast(a, np.float32)
+
+
+@tensor_method("double")
+def _to_float64(a):
+    return cast(a, np.float64)
+
+
+class CloneFn(Function):
     saves_inputs = False
 
     def forward(self, a):
@@ -231,6 +335,11 @@ class Clone(Function):
 
     def backward(self, grad):
         return grad
+
+
+@tensor_method()
+def clone(a):
+    return CloneFn.apply(a)
 
 
 # ----------------------------------------------------------------- reductions
@@ -247,6 +356,11 @@ def _axes(dim, ndim):
     return tuple(sorted(d % builtins.max(ndim, 1) for d in dims))
 
 
+def _dim(dim, axis):
+    """``dim`` (torch's name) or ``axis`` (numpy's), whichever was given."""
+    return axis if dim is None else dim
+
+
 def _expand_back(grad, shape, axes, keepdim):
     """Broadcast a reduced gradient back over the reduced axes (a read-only view)."""
     if not keepdim:
@@ -254,7 +368,7 @@ def _expand_back(grad, shape, axes, keepdim):
     return np.broadcast_to(grad, shape)
 
 
-class Sum(Function):
+class SumFn(Function):
     saves_inputs = False
 
     def forward(self, a, axes, keepdim):
@@ -265,7 +379,13 @@ class Sum(Function):
         return _expand_back(grad, self.shape, self.axes, self.keepdim)
 
 
-class Mean(Function):
+@tensor_method()
+def sum(a, dim=None, keepdim=False, axis=None):  # noqa: A001
+    a = _tensor(a)
+    return SumFn.apply(a, axes=_axes(_dim(dim, axis), a.ndim), keepdim=keepdim)
+
+
+class MeanFn(Function):
     saves_inputs = False
 
     def forward(self, a, axes, keepdim):
@@ -277,7 +397,13 @@ class Mean(Function):
         return _expand_back(grad / self.count, self.shape, self.axes, self.keepdim)
 
 
-class Var(Function):
+@tensor_method()
+def mean(a, dim=None, keepdim=False, axis=None):
+    a = _tensor(a)
+    return MeanFn.apply(a, axes=_axes(_dim(dim, axis), a.ndim), keepdim=keepdim)
+
+
+class VarFn(Function):
     def forward(self, a, axes, keepdim, correction):
         self.shape, self.axes, self.keepdim = a.shape, axes, keepdim
         self.centered = a - a.mean(axis=axes, keepdims=True)
@@ -289,7 +415,22 @@ class Var(Function):
         return grad * (2.0 / self.dof) * self.centered
 
 
-class AMax(Function):
+@tensor_method()
+def var(a, dim=None, keepdim=False, correction=1, unbiased=None, axis=None):
+    """Variance; like torch, the unbiased estimate (divide by n - 1) by default."""
+    a = _tensor(a)
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    return VarFn.apply(a, axes=_axes(_dim(dim, axis), a.ndim), keepdim=keepdim,
+                       correction=correction)
+
+
+@tensor_method()
+def std(a, dim=None, keepdim=False, correction=1, unbiased=None, axis=None):
+    return sqrt(var(a, dim, keepdim, correction, unbiased, axis))
+
+
+class AMaxFn(Function):
     """Max (or min) over all elements or over several axes; ties share the gradient."""
 
     def forward(self, a, axes, keepdim, largest=True):
@@ -304,7 +445,13 @@ class AMax(Function):
         return grad * self.winners / count
 
 
-class ArgReduce(Function):
+@tensor_method()
+def amax(a, dim=None, keepdim=False):
+    a = _tensor(a)
+    return AMaxFn.apply(a, axes=_axes(dim, a.ndim), keepdim=keepdim, largest=True)
+
+
+class ArgReduceFn(Function):
     """Max (or min) along one dimension; the gradient goes to the chosen index."""
 
     def forward(self, a, axis, keepdim, indices):
@@ -320,10 +467,53 @@ class ArgReduce(Function):
         return full
 
 
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
+
+
+def _extreme(a, dim, keepdim, largest):
+    a = _tensor(a)
+    if dim is None:
+        return AMaxFn.apply(a, axes=_axes(None, a.ndim), keepdim=False, largest=largest)
+    if not isinstance(dim, (int, np.integer)):  # several axes: values only, like torch.amax
+        return AMaxFn.apply(a, axes=_axes(dim, a.ndim), keepdim=keepdim, largest=largest)
+    axis = _axes(dim, a.ndim)[0]
+    indices = np.argmax(a.data, axis=axis) if largest else np.argmin(a.data, axis=axis)
+    values = ArgReduceFn.apply(a, axis=axis, keepdim=keepdim, indices=indices)
+    return ValuesIndices(values, Tensor(np.expand_dims(indices, axis) if keepdim else indices))
+
+
+@tensor_method()
+def max(a, dim=None, keepdim=False, axis=None):  # noqa: A001
+    """Without ``dim`` the largest element; with an int ``dim`` (values, indices) as in torch."""
+    return _extreme(a, _dim(dim, axis), keepdim, largest=True)
+
+
+@tensor_method()
+def min(a, dim=None, keepdim=False, axis=None):  # noqa: A001
+    return _extreme(a, _dim(dim, axis), keepdim, largest=False)
+
+
+# argmax and argmin have no gradient: plain functions on the data.
+@tensor_method()
+def argmax(a, dim=None, keepdim=False):
+    data = _as_array(a)
+    if dim is None:
+        return Tensor(np.asarray(np.argmax(data)))
+    return Tensor(np.argmax(data, axis=dim, keepdims=keepdim))
+
+
+@tensor_method()
+def argmin(a, dim=None, keepdim=False):
+    data = _as_array(a)
+    if dim is None:
+        return Tensor(np.asarray(np.argmin(data)))
+    return Tensor(np.argmin(data, axis=dim, keepdims=keepdim))
+
+
 # --------------------------------------------------------------------- shape
 
 
-class Reshape(Function):
+class ReshapeFn(Function):
     saves_inputs = False
 
     def forward(self, a, shape):
@@ -334,7 +524,41 @@ class Reshape(Function):
         return np.reshape(grad, self.in_shape)
 
 
-class Permute(Function):
+@tensor_method("reshape", "view")
+def reshape(a, *shape):
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return ReshapeFn.apply(a, shape=shape)
+
+
+@tensor_method()
+def flatten(a, start_dim=0, end_dim=-1):
+    a = _tensor(a)
+    if a.ndim == 0:
+        return reshape(a, 1)
+    start, end = start_dim % a.ndim, end_dim % a.ndim
+    shape = a.shape[:start] + (-1,) + a.shape[end + 1:]
+    return reshape(a, shape)
+
+
+@tensor_method()
+def squeeze(a, dim=None):
+    a = _tensor(a)
+    if dim is None:
+        shape = tuple(n for n in a.shape if n != 1)
+    else:
+        axes = _axes(dim, a.ndim)
+        shape = tuple(n for i, n in enumerate(a.shape) if not (i in axes and n == 1))
+    return reshape(a, shape)
+
+
+@tensor_method()
+def unsqueeze(a, dim):
+    a = _tensor(a)
+    dim = dim % (a.ndim + 1)
+    return reshape(a, a.shape[:dim] + (1,) + a.shape[dim:])
+
+
+class PermuteFn(Function):
     saves_inputs = False
 
     def forward(self, a, axes):
@@ -345,12 +569,32 @@ class Permute(Function):
         return np.transpose(grad, self.inverse)
 
 
+@tensor_method()
+def permute(a, *dims):
+    dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+    a = _tensor(a)
+    if sorted(d % a.ndim for d in dims) != list(range(a.ndim)):
+        raise ValueError(f"permute: {dims} is not a permutation of the {a.ndim} dimensions")
+    return PermuteFn.apply(a, axes=tuple(d % a.ndim for d in dims))
+
+
+@tensor_method()
+def transpose(a, dim0, dim1):
+    a = _tensor(a)
+    axes = list(range(a.ndim))
+    axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
+    return PermuteFn.apply(a, axes=tuple(axes))
+
+
+Tensor.T = property(lambda self: permute(self, tuple(range(self.ndim))[::-1]))
+
+
 def _is_basic_index(index):
     items = index if isinstance(index, tuple) else (index,)
     return all(isinstance(i, (int, np.integer, slice, type(None), type(Ellipsis))) for i in items)
 
 
-class GetItem(Function):
+class GetItemFn(Function):
     saves_inputs = False
 
     def forward(self, a, index):
@@ -367,7 +611,12 @@ class GetItem(Function):
         return full
 
 
-class Cat(Function):
+@tensor_method("__getitem__")
+def getitem(a, index):
+    return GetItemFn.apply(a, index=_unwrap_index(index))
+
+
+class CatFn(Function):
     saves_inputs = False
 
     def forward(self, *arrays, axis=0):
@@ -379,7 +628,14 @@ class Cat(Function):
         return tuple(np.split(grad, self.splits, axis=self.axis))
 
 
-class Stack(Function):
+def cat(tensors, dim=0):
+    tensors = [_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("cat needs at least one tensor")
+    return CatFn.apply(*tensors, axis=dim % tensors[0].ndim)
+
+
+class StackFn(Function):
     saves_inputs = False
 
     def forward(self, *arrays, axis=0):
@@ -390,11 +646,18 @@ class Stack(Function):
         return tuple(np.moveaxis(grad, self.axis, 0))
 
 
-class Pad(Function):
-    saves_inputs = False
+def stack(tensors, dim=0):
+    tensors = [_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack needs at least one tensor")
+    return StackFn.apply(*tensors, axis=dim % (tensors[0].ndim + 1))
 
+
+class PadFn(Function):
     """Constant padding with torch's ``F.pad`` order: (left, right) of the last
     dimension first, then (top, bottom) of the one before, and so on."""
+
+    saves_inputs = False
 
     def forward(self, a, pad, value=0.0):
         if len(pad) % 2 or len(pad) // 2 > a.ndim:
@@ -412,274 +675,5 @@ class Pad(Function):
         return grad[self.slices]
 
 
-# ------------------------------------------------------- user-facing functions
-
-
-def _tensor(x):
-    return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def add(a, b):
-    return Add.apply(a, b)
-
-
-def sub(a, b):
-    return Sub.apply(a, b)
-
-
-def mul(a, b):
-    return Mul.apply(a, b)
-
-
-def div(a, b):
-    return Div.apply(a, b)
-
-
-def pow(a, b):  # noqa: A001  (torch's name)
-    return Pow.apply(a, b)
-
-
-def neg(a):
-    return Neg.apply(a)
-
-
-def matmul(a, b):
-    return MatMul.apply(a, b)
-
-
-def exp(a):
-    return Exp.apply(a)
-
-
-def log(a):
-    return Log.apply(a)
-
-
-def sqrt(a):
-    return Sqrt.apply(a)
-
-
-def abs(a):  # noqa: A001
-    return Abs.apply(a)
-
-
-def clip(a, min=None, max=None):  # noqa: A002  (torch's names)
-    if min is None and max is None:
-        raise ValueError("clip needs at least one of min and max")
-    return Clip.apply(a, low=min, high=max)
-
-
-clamp = clip
-
-
-def maximum(a, b):
-    return Maximum.apply(a, b)
-
-
-def minimum(a, b):
-    return Minimum.apply(a, b)
-
-
-def where(condition, a, b):
-    return Where.apply(_as_array(condition).astype(bool), a, b)
-
-
-def cast(a, dtype):
-    return Cast.apply(a, dtype=np.dtype(dtype))
-
-
-def clone(a):
-    return Clone.apply(a)
-
-
-def _dim(dim, axis):
-    return axis if dim is None else dim
-
-
-def sum(a, dim=None, keepdim=False, axis=None):  # noqa: A001
-    a = _tensor(a)
-    return Sum.apply(a, axes=_axes(_dim(dim, axis), a.ndim), keepdim=keepdim)
-
-
-def mean(a, dim=None, keepdim=False, axis=None):
-    a = _tensor(a)
-    return Mean.apply(a, axes=_axes(_dim(dim, axis), a.ndim), keepdim=keepdim)
-
-
-def var(a, dim=None, keepdim=False, correction=1, unbiased=None, axis=None):
-    """Variance; like torch, the unbiased estimate (divide by n - 1) by default."""
-    a = _tensor(a)
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
-    return Var.apply(a, axes=_axes(_dim(dim, axis), a.ndim), keepdim=keepdim, correction=correction)
-
-
-def std(a, dim=None, keepdim=False, correction=1, unbiased=None, axis=None):
-    return sqrt(var(a, dim, keepdim, correction, unbiased, axis))
-
-
-ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
-
-
-def _extreme(a, dim, keepdim, largest):
-    a = _tensor(a)
-    if dim is None:
-        return AMax.apply(a, axes=_axes(None, a.ndim), keepdim=False, largest=largest)
-    if not isinstance(dim, (int, np.integer)):  # several axes: values only, like torch.amax
-        return AMax.apply(a, axes=_axes(dim, a.ndim), keepdim=keepdim, largest=largest)
-    axis = _axes(dim, a.ndim)[0]
-    indices = np.argmax(a.data, axis=axis) if largest else np.argmin(a.data, axis=axis)
-    values = ArgReduce.apply(a, axis=axis, keepdim=keepdim, indices=indices)
-    return ValuesIndices(values, Tensor(np.expand_dims(indices, axis) if keepdim else indices))
-
-
-def max(a, dim=None, keepdim=False, axis=None):  # noqa: A001
-    """Without ``dim`` the largest element; with an int ``dim`` (values, indices) as in torch."""
-    return _extreme(a, _dim(dim, axis), keepdim, largest=True)
-
-
-def min(a, dim=None, keepdim=False, axis=None):  # noqa: A001
-    return _extreme(a, _dim(dim, axis), keepdim, largest=False)
-
-
-def amax(a, dim=None, keepdim=False):
-    a = _tensor(a)
-    return AMax.apply(a, axes=_axes(dim, a.ndim), keepdim=keepdim, largest=True)
-
-
-def argmax(a, dim=None, keepdim=False):
-    data = _as_array(a)
-    if dim is None:
-        return Tensor(np.asarray(np.argmax(data)))
-    return Tensor(np.argmax(data, axis=dim, keepdims=keepdim))
-
-
-def argmin(a, dim=None, keepdim=False):
-    data = _as_array(a)
-    if dim is None:
-        return Tensor(np.asarray(np.argmin(data)))
-    return Tensor(np.argmin(data, axis=dim, keepdims=keepdim))
-
-
-def reshape(a, *shape):
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Reshape.apply(a, shape=shape)
-
-
-def permute(a, *dims):
-    dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-    a = _tensor(a)
-    if sorted(d % a.ndim for d in dims) != list(range(a.ndim)):
-        raise ValueError(f"permute: {dims} is not a permutation of the {a.ndim} dimensions")
-    return Permute.apply(a, axes=tuple(d % a.ndim for d in dims))
-
-
-def transpose(a, dim0, dim1):
-    a = _tensor(a)
-    axes = list(range(a.ndim))
-    axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
-    return Permute.apply(a, axes=tuple(axes))
-
-
-def flatten(a, start_dim=0, end_dim=-1):
-    a = _tensor(a)
-    if a.ndim == 0:
-        return reshape(a, 1)
-    start, end = start_dim % a.ndim, end_dim % a.ndim
-    shape = a.shape[:start] + (-1,) + a.shape[end + 1:]
-    return reshape(a, shape)
-
-
-def squeeze(a, dim=None):
-    a = _tensor(a)
-    if dim is None:
-        shape = tuple(n for n in a.shape if n != 1)
-    else:
-        axes = _axes(dim, a.ndim)
-        shape = tuple(n for i, n in enumerate(a.shape) if not (i in axes and n == 1))
-    return reshape(a, shape)
-
-
-def unsqueeze(a, dim):
-    a = _tensor(a)
-    dim = dim % (a.ndim + 1)
-    return reshape(a, a.shape[:dim] + (1,) + a.shape[dim:])
-
-
-def getitem(a, index):
-    return GetItem.apply(a, index=_unwrap_index(index))
-
-
-def cat(tensors, dim=0):
-    tensors = [_tensor(t) for t in tensors]
-    if not tensors:
-        raise ValueError("cat needs at least one tensor")
-    return Cat.apply(*tensors, axis=dim % tensors[0].ndim)
-
-
-concatenate = cat
-
-
-def stack(tensors, dim=0):
-    tensors = [_tensor(t) for t in tensors]
-    if not tensors:
-        raise ValueError("stack needs at least one tensor")
-    return Stack.apply(*tensors, axis=dim % (tensors[0].ndim + 1))
-
-
 def pad(a, pad, value=0.0):  # noqa: A002
-    return Pad.apply(a, pad=tuple(pad), value=value)
-
-
-# ------------------------------------------------------- Tensor methods
-
-
-def _comparison(ufunc):
-    def compare(self, other):
-        return Tensor(ufunc(self.data, _as_array(other)))
-    return compare
-
-
-def _nn(name):
-    """Activations live in nn.functional; imported late to avoid a cycle."""
-    def method(self, *args, **kwargs):
-        from .nn import functional as F
-        return getattr(F, name)(self, *args, **kwargs)
-    method.__name__ = name
-    return method
-
-
-_METHODS = {
-    "__add__": lambda s, o: Add.apply(s, o),
-    "__radd__": lambda s, o: Add.apply(o, s),
-    "__sub__": lambda s, o: Sub.apply(s, o),
-    "__rsub__": lambda s, o: Sub.apply(o, s),
-    "__mul__": lambda s, o: Mul.apply(s, o),
-    "__rmul__": lambda s, o: Mul.apply(o, s),
-    "__truediv__": lambda s, o: Div.apply(s, o),
-    "__rtruediv__": lambda s, o: Div.apply(o, s),
-    "__pow__": lambda s, o: Pow.apply(s, o),
-    "__rpow__": lambda s, o: Pow.apply(o, s),
-    "__matmul__": lambda s, o: MatMul.apply(s, o),
-    "__rmatmul__": lambda s, o: MatMul.apply(o, s),
-    "__neg__": lambda s: Neg.apply(s),
-    "__getitem__": getitem,
-    "__eq__": _comparison(np.equal),
-    "__ne__": _comparison(np.not_equal),
-    "__lt__": _comparison(np.less),
-    "__le__": _comparison(np.less_equal),
-    "__gt__": _comparison(np.greater),
-    "__ge__": _comparison(np.greater_equal),
-    "__hash__": object.__hash__,  # defining __eq__ would otherwise make tensors unhashable
-    "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "matmul": matmul,
-    "exp": exp, "log": log, "sqrt": sqrt, "abs": abs, "clip": clip, "clamp": clip,
-    "sum": sum, "mean": mean, "var": var, "std": std, "max": max, "min": min, "amax": amax,
-    "argmax": argmax, "argmin": argmin,
-    "reshape": reshape, "view": reshape, "permute": permute, "transpose": transpose,
-    "flatten": flatten, "squeeze": squeeze, "unsqueeze": unsqueeze,
-    "relu": _nn("relu"), "sigmoid": _nn("sigmoid"), "tanh": _nn("tanh"),
-    "softmax": _nn("softmax"), "log_softmax": _nn("log_softmax"),
-}
-for _name, _method in _METHODS.items():
-    setattr(Tensor, _name, _method)
-Tensor.T = property(lambda self: permute(self, tuple(range(self.ndim))[::-1]))
+    return PadFn.apply(a, pad=tuple(pad), value=value)

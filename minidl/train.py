@@ -17,18 +17,39 @@ Per epoch, ``fit`` records the training loss and metrics averaged over samples
 metrics with the prefix ``val_`` and the learning rate ``lr`` used, then steps the
 scheduler (once per epoch) and calls the callbacks.
 
+Callbacks speak one vocabulary with ``reference_torch.train``, whose Trainer takes
+these very classes (its Checkpoint differs only in what it writes):
+
+    Callback         hooks on_train_begin(trainer), on_batch_end(trainer, logs),
+                     on_epoch_end(trainer, logs), on_train_end(trainer); state_dict()
+                     and load_state_dict() give what a resumable checkpoint keeps of it
+    EarlyStopping(monitor="val_loss", *, mode="auto", patience=5, min_delta=0.0,
+                  restore_best=True)
+    Checkpoint(path, monitor="val_loss", *, mode="auto", save_best_only=True)
+
+``trainer`` is what runs the loop (here a ``TrainState``, there the ``Trainer``), with
+``model``, ``eval_model`` (the model the validation numbers are measured on: the torch
+Trainer's EMA copy when it keeps one), ``optimizer``, ``scheduler``, ``history``,
+``epoch``, ``step`` and ``should_stop`` (set it to end training after this epoch).
+``logs`` is the epoch's numbers ("loss", metrics, their "val_" twins, "lr"), or after
+a batch that batch's {"loss": ...} (0-d tensors in torch, not yet synchronised).
+mode "auto" means "min" when the monitor's name contains loss, mse, mae or error,
+else "max". Both callbacks record ``best`` and ``best_epoch``; EarlyStopping also
+``stopped_epoch``, Checkpoint ``saved_epochs``. Epochs are numbered as each engine's
+history numbers them: from 0 here (``history.epochs``), from 1 in the torch Trainer.
+
 Checkpoints are ``.npz`` archives (model arrays under ``model/``, optimiser arrays
-under ``optimizer/``, everything else as one JSON string), written to a temporary
-file and renamed, so an interrupted save never leaves a half-written file; they
-load with ``allow_pickle=False``, so a checkpoint cannot run code.
+under ``optimizer/``, everything else as one JSON string), written through
+``minidl.fileio.atomic_open``, so an interrupted save never leaves a half-written
+file; they load with ``allow_pickle=False``, so a checkpoint cannot run code.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
 import os
-import tempfile
 from collections import defaultdict
 
 import numpy as np
@@ -36,6 +57,7 @@ from tqdm.auto import tqdm
 
 from . import autograd
 from .autograd import Tensor
+from .fileio import atomic_open
 
 __all__ = ["fit", "evaluate", "predict", "History", "TrainState", "Callback", "EarlyStopping",
            "Checkpoint", "save_checkpoint", "load_checkpoint", "accuracy"]
@@ -145,15 +167,17 @@ class History:
 
 
 class TrainState:
-    """What callbacks see: the model, optimiser, scheduler, history, the current
-    ``epoch`` and its ``logs``, the global ``step`` and the last ``batch_loss``.
-    Setting ``stop_training = True`` ends training after this epoch."""
+    """What callbacks get as ``trainer`` from ``fit``, with the torch Trainer's names:
+    the model (also as ``eval_model``), optimiser, scheduler, history, the current
+    ``epoch`` (from 0), the global ``step`` and ``epochs``, the number asked for.
+    Setting ``should_stop = True`` ends training after this epoch."""
 
     def __init__(self, model, optimizer, scheduler, history, epochs):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.model = self.eval_model = model  # minidl keeps no EMA copy to evaluate
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.history, self.epochs = history, epochs
-        self.epoch, self.step, self.logs, self.batch_loss = 0, 0, {}, None
-        self.stop_training = False
+        self.epoch, self.step = 0, 0
+        self.should_stop = False
 
 
 # ------------------------------------------------------------------------ fit
@@ -199,11 +223,10 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, sche
                 totals[name] += fn(out.data, y) * n
             count += n
             state.step += 1
-            state.batch_loss = value
             if not bar.disable:
                 bar.set_postfix(loss=f"{value:.4f}")
             for callback in callbacks:
-                callback.on_batch_end(state)
+                callback.on_batch_end(state, {"loss": value})
         if count == 0:
             again = " (a generator is empty after the first epoch: pass a list or a DataLoader)" \
                 if epoch > 0 else ""
@@ -216,12 +239,11 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, sche
         if scheduler is not None:
             scheduler.step()
         history.append(epoch, logs)
-        state.logs = logs
         if not bar.disable:
             tqdm.write(f"epoch {epoch + 1}/{epochs}  {_format(logs)}")
         for callback in callbacks:
-            callback.on_epoch_end(state)
-        if state.stop_training:
+            callback.on_epoch_end(state, logs)
+        if state.should_stop:
             break
     for callback in callbacks:
         callback.on_train_end(state)
@@ -275,23 +297,32 @@ def predict(model, x, batch_size=256):
 
 # ------------------------------------------------------------------ callbacks
 class Callback:
-    """Override any of these; each receives the ``TrainState``."""
+    """Override any hook. Both engines' loops call them (see the module docstring):
+    ``trainer`` is minidl's TrainState or reference_torch's Trainer, ``logs`` a dict."""
 
-    def on_train_begin(self, state):
+    def on_train_begin(self, trainer):
         pass
 
-    def on_batch_end(self, state):
+    def on_batch_end(self, trainer, logs):
         pass
 
-    def on_epoch_end(self, state):
+    def on_epoch_end(self, trainer, logs):
         pass
 
-    def on_train_end(self, state):
+    def on_train_end(self, trainer):
+        pass
+
+    def state_dict(self):
+        """What a checkpoint keeps of this callback, so that a resumed run goes on as if
+        it had never stopped (the torch Trainer saves it; plain data and tensors only)."""
+        return {}
+
+    def load_state_dict(self, state):
         pass
 
 
 # Metrics where smaller is better; anything else (accuracy, f1, ...) is maximised.
-_ERROR_WORDS = ("loss", "mse", "mae", "error", "rmse")
+_ERROR_WORDS = ("loss", "mse", "mae", "error")
 
 
 def _mode(monitor, mode):
@@ -302,91 +333,124 @@ def _mode(monitor, mode):
     return mode
 
 
-def _monitored(state, monitor, who):
-    if monitor not in state.logs:
-        hint = " (pass val_loader to fit)" if monitor.startswith("val_") else ""
-        raise KeyError(f"{who} monitors {monitor!r}, but the logs hold only "
-                       f"{', '.join(state.logs)}{hint}")
-    return state.logs[monitor]
-
-
-class _Improvement:
-    """Tracks the best value of a monitored quantity."""
+class _Monitoring(Callback):
+    """What EarlyStopping and Checkpoint share: the best value of ``monitor`` so far
+    (``best``) and the epoch it came from (``best_epoch``), reset when training begins."""
 
     def __init__(self, monitor, mode, min_delta):
         self.monitor, self.mode, self.min_delta = monitor, _mode(monitor, mode), abs(min_delta)
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self._reset()
 
-    def improved(self, value):
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = None
+
+    def on_train_begin(self, trainer):
+        self._reset()
+
+    def _improved(self, trainer, logs):
+        """Whether ``logs[monitor]`` beats the best by more than ``min_delta`` (NaN never
+        does); if it does, it becomes the best."""
+        if self.monitor not in logs:
+            hint = "; pass val_loader to fit" if self.monitor.startswith("val_") else ""
+            raise KeyError(f"{type(self).__name__} monitors {self.monitor!r}, but the logs hold "
+                           f"only {', '.join(logs)}{hint}")
+        value = float(logs[self.monitor])
         if math.isnan(value):
             return False
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            better = value < self.best - self.min_delta
+        else:
+            better = value > self.best + self.min_delta
+        if better:
+            self.best, self.best_epoch = value, trainer.epoch
+        return better
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
 
 
-class EarlyStopping(Callback):
+class EarlyStopping(_Monitoring):
     """Stop when ``monitor`` has not improved (by more than ``min_delta``) for
-    ``patience`` epochs; with ``restore_best`` the model gets back the weights of the
-    best epoch at the end. After training: ``best_epoch``, ``best``, ``stopped_epoch``
-    (None if it never stopped early)."""
+    ``patience`` epochs in a row; with ``restore_best`` the evaluated model gets back
+    the weights of its best epoch when training ends. After training: ``best``,
+    ``best_epoch``, ``stopped_epoch`` (None if it never stopped early).
 
-    def __init__(self, monitor="val_loss", patience=5, mode="auto", min_delta=0.0,
+    The arguments after ``monitor`` are keywords: their order differed between the
+    engines once, and a silent swap of patience and mode is worse than an error."""
+
+    def __init__(self, monitor="val_loss", *, mode="auto", patience=5, min_delta=0.0,
                  restore_best=True):
         if patience < 1:
             raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}")
-        self.monitor, self.patience, self.restore_best = monitor, patience, restore_best
-        self.mode, self.min_delta = mode, min_delta
+        super().__init__(monitor, mode, min_delta)
+        self.patience, self.restore_best = patience, restore_best
 
-    def on_train_begin(self, state):
-        self._tracker = _Improvement(self.monitor, self.mode, self.min_delta)
-        self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
-        self.best_state = None
+    def _reset(self):
+        super()._reset()
+        self.wait, self.stopped_epoch, self.best_state = 0, None, None
 
-    @property
-    def best(self):
-        return self._tracker.best
-
-    def on_epoch_end(self, state):
-        value = _monitored(state, self.monitor, "EarlyStopping")
-        if self._tracker.improved(value):
-            self._tracker.best, self.best_epoch, self.wait = value, state.epoch, 0
+    def on_epoch_end(self, trainer, logs):
+        if self._improved(trainer, logs):
+            self.wait = 0
             if self.restore_best:
-                self.best_state = state.model.state_dict()  # copies
+                # a copy: torch's state_dict() holds the live tensors, which training changes
+                self.best_state = copy.deepcopy(trainer.eval_model.state_dict())
         else:
             self.wait += 1
             if self.wait >= self.patience:
-                self.stopped_epoch = state.epoch
-                state.stop_training = True
+                self.stopped_epoch = trainer.epoch
+                trainer.should_stop = True
 
-    def on_train_end(self, state):
-        last = state.history.epochs[-1] if state.history.epochs else None
-        if self.restore_best and self.best_state is not None and last != self.best_epoch:
-            state.model.load_state_dict(self.best_state)
+    def on_train_end(self, trainer):
+        if self.best_state is not None:
+            trainer.eval_model.load_state_dict(self.best_state)
+
+    def state_dict(self):
+        return {**super().state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.wait, self.stopped_epoch, self.best_state = (state["wait"], state["stopped_epoch"],
+                                                          state["best_state"])
 
 
-class Checkpoint(Callback):
-    """Save the model (and optimiser and scheduler, for resuming) to ``path``, an
-    ``.npz`` file, whenever ``monitor`` improves (or every epoch when
-    ``save_best_only=False``). Load it with ``load_checkpoint``."""
+class Checkpoint(_Monitoring):
+    """Save to ``path`` whenever ``monitor`` improves (every epoch with
+    ``save_best_only=False``), with the meta ``epoch``, ``monitor``, ``value`` and
+    ``logs``. Here the file is an ``.npz`` of the model, optimiser and scheduler (for
+    resuming; read it with ``load_checkpoint``); reference_torch's Checkpoint writes
+    the evaluated model's weights to a ``.pt`` file. After training: ``best``,
+    ``best_epoch``, ``saved_epochs``."""
 
-    def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True):
-        self.path, self.monitor, self.mode, self.save_best_only = path, monitor, mode, save_best_only
+    def __init__(self, path, monitor="val_loss", *, mode="auto", save_best_only=True):
+        super().__init__(monitor, mode, 0.0)
+        self.path, self.save_best_only = path, save_best_only
+
+    def _reset(self):
+        super()._reset()
         self.saved_epochs = []
 
-    def on_train_begin(self, state):
-        self._tracker = _Improvement(self.monitor, self.mode, 0.0)
+    def on_epoch_end(self, trainer, logs):
+        if self._improved(trainer, logs) or not self.save_best_only:
+            self._save(trainer, {"epoch": trainer.epoch, "monitor": self.monitor,
+                                 "value": float(logs[self.monitor]), "logs": dict(logs)})
+            self.saved_epochs.append(trainer.epoch)
 
-    def on_epoch_end(self, state):
-        value = _monitored(state, self.monitor, "Checkpoint")
-        improved = self._tracker.improved(value)
-        if improved:
-            self._tracker.best = value
-        if improved or not self.save_best_only:
-            save_checkpoint(self.path, state.model, state.optimizer, state.scheduler,
-                            epoch=state.epoch, monitor=self.monitor, value=float(value),
-                            logs=state.logs)
-            self.saved_epochs.append(state.epoch)
+    def _save(self, trainer, meta):
+        """Write the file: the one part that depends on the engine."""
+        save_checkpoint(self.path, trainer.model, trainer.optimizer, trainer.scheduler, **meta)
+
+    def state_dict(self):
+        return {**super().state_dict(), "saved_epochs": list(self.saved_epochs)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.saved_epochs = list(state["saved_epochs"])
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -425,24 +489,8 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, **meta):
     if scheduler is not None:
         info["scheduler"] = {k: _jsonable(v) for k, v in scheduler.state_dict().items()}
     arrays["info.json"] = np.array(json.dumps(info))
-    _atomic_savez(path, arrays)
-
-
-def _atomic_savez(path, arrays):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:  # readers see the old file or the new one
+        np.savez(f, **arrays)
 
 
 def load_checkpoint(model, path, optimizer=None, scheduler=None, strict=True):

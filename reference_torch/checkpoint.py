@@ -8,33 +8,19 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
+from minidl.fileio import atomic_open
+
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so that a crash never leaves a half-written file.
-
-    The data goes to a temporary file in the same directory, is flushed to disk,
-    and then replaces ``path`` in one ``os.replace`` (atomic on POSIX and Windows).
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``obj`` to ``path`` so that a crash never leaves a half-written file
+    (``minidl.fileio.atomic_open``: a temporary file, flushed, then renamed over ``path``)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """One training loop for every torch driver.
 
     trainer = Trainer(model, optimizer, scheduler=warmup_cosine(optimizer, total_steps, 500),
-                      ema=0.999, callbacks=[EarlyStopping("val_loss")], checkpoint_dir="runs/x")
+                      ema=0.999, callbacks=[EarlyStopping("val_loss"), Checkpoint("runs/x/best.pt")],
+                      checkpoint_dir="runs/x")
     history = trainer.fit(train_loader, epochs=30, val_loader=val_loader)
 
 What a step does is pluggable: ``training_step(model, batch, *extra_batches)`` returns
@@ -16,6 +17,22 @@ scheduler, grad scaler, EMA, RNG states, callback states, epoch and step), so a 
 resumed from a checkpoint ends with the same weights as one that never stopped.
 Under torchrun the model is wrapped in DistributedDataParallel, loaders are sharded
 with a DistributedSampler, and only rank 0 prints and writes files.
+
+Callbacks are minidl's, so both engines' loops speak one vocabulary (the whole of it
+is in ``minidl.train``'s docstring): ``Callback`` with the hooks ``on_train_begin``,
+``on_batch_end``, ``on_epoch_end`` and ``on_train_end``; ``EarlyStopping(monitor,
+*, mode, patience, min_delta, restore_best)``; ``Checkpoint(path, monitor, *, mode,
+save_best_only)``, with the same defaults in both. Here:
+
+- ``trainer`` is the Trainer: ``model``, ``eval_model`` (the EMA copy when it is the one
+  evaluated), ``optimizer``, ``scheduler``, ``history``, ``epoch``, ``step``, ``should_stop``;
+- a batch's ``logs`` are its loss and metrics as 0-d tensors on the device (``.item()``
+  waits for the GPU: read them only now and then), an epoch's are the history row;
+- epochs count from 1 (the ``"epoch"`` of each history row, ``best_epoch``), from 0 in minidl;
+- Checkpoint writes ``{"model": eval_model's state_dict, "epoch", "monitor", "value",
+  "logs"}`` to a ``.pt`` file, and ``restore_best`` restores ``eval_model``;
+- a callback's ``state_dict()`` goes into every checkpoint; on a resume ``on_train_begin``
+  runs first, then the checkpoint puts back what it reset.
 """
 from __future__ import annotations
 
@@ -33,6 +50,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from minidl import train as minidl_train
+from minidl.train import Callback, EarlyStopping  # noqa: F401  (the callbacks of both engines)
 
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import all_gather_object, all_reduce_sum, distribute_loader, init_distributed
@@ -167,77 +187,21 @@ class ModelEMA:
 
 
 # --------------------------------------------------------------------------- callbacks
-class Callback:
-    """Hooks called by the Trainer; state_dict() is saved in checkpoints for exact resume."""
+class Checkpoint(minidl_train.Checkpoint):
+    """``minidl.train.Checkpoint`` writing a torch file: ``{"model": the evaluated model's
+    state_dict, "epoch", "monitor", "value", "logs"}`` at ``path``, from rank 0 only;
+    read it with ``reference_torch.checkpoint.load_checkpoint``."""
 
-    def on_fit_start(self, trainer: "Trainer") -> None: ...
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Tensor]) -> None: ...
-    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
-    def state_dict(self) -> dict[str, Any]: return {}
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def _save(self, trainer: "Trainer", meta: dict[str, Any]) -> None:
+        if trainer.is_main:
+            save_checkpoint({"model": trainer.eval_model.state_dict(), **meta}, self.path)
 
-
-class _Monitor(Callback):
-    """Tracks the best value of one history metric, e.g. "val_loss" (min) or "val_accuracy" (max)."""
-
-    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
-        self.best_metric: float | None = None
-        self.best_epoch: int | None = None
-
-    def _improved(self, metrics: dict[str, float]) -> bool:
-        if self.monitor not in metrics:
-            raise KeyError(f"{type(self).__name__} monitors {self.monitor!r}, but the epoch metrics are "
-                           f"{sorted(metrics)}; pass a val_loader for 'val_*' metrics or pick one of these")
-        value = metrics[self.monitor]
-        better = (self.best_metric is None or
-                  (value < self.best_metric - self.min_delta if self.mode == "min"
-                   else value > self.best_metric + self.min_delta))
-        if better:
-            self.best_metric, self.best_epoch = value, int(metrics["epoch"])
-        return better
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+    @property
+    def best_metric(self) -> float:  # BestCheckpoint's name; assignments/transfer_learning.py reads it
+        return self.best
 
 
-class EarlyStopping(_Monitor):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
-
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
-                 min_delta: float = 0.0) -> None:
-        super().__init__(monitor, mode, min_delta)
-        self.patience, self.bad_epochs = patience, 0
-
-    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
-        self.bad_epochs = 0 if self._improved(metrics) else self.bad_epochs + 1
-        if self.bad_epochs >= self.patience:
-            trainer.should_stop = True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.bad_epochs = state["bad_epochs"]
-
-
-class BestCheckpoint(_Monitor):
-    """Keep the weights of the best epoch (of the evaluated model: the EMA one if used) in ``path``."""
-
-    def __init__(self, path: str | os.PathLike, monitor: str = "val_accuracy", mode: str = "max") -> None:
-        super().__init__(monitor, mode)
-        self.path = os.fspath(path)
-
-    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
-        if self._improved(metrics) and trainer.is_main:
-            save_checkpoint({"model": trainer.eval_model.state_dict(), "epoch": self.best_epoch,
-                             self.monitor: self.best_metric}, self.path)
+BestCheckpoint = Checkpoint  # the old name, until assignments/transfer_learning.py imports Checkpoint
 
 
 # --------------------------------------------------------------------------- trainer
@@ -378,7 +342,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v.float().mean() * n
                 count += n
                 for cb in self.callbacks:
-                    cb.on_step_end(self, metrics)
+                    cb.on_batch_end(self, metrics)
                 bar.update(1)
                 if self.batch_in_epoch % 20 == 1:  # .item() waits for the GPU, so look at the loss only now and then
                     loss = metrics["loss"].item()
@@ -406,19 +370,21 @@ class Trainer:
         batch. ``resume=True`` continues from ``checkpoint_dir/last.pt`` if it exists; a path
         resumes from that file.
         """
+        path = None
         if resume:
             path = self._last_path() if resume is True else os.fspath(resume)
             if path is None:
                 raise ValueError("resume=True needs checkpoint_dir; or pass the checkpoint path as resume=")
-            if os.path.isfile(path) or resume is not True:
-                self.load_checkpoint(path)
         if len(train_loader) == 0:
             raise ValueError("train_loader yields no batches (dataset smaller than batch_size with "
                              "drop_last=True?)")
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        # after on_train_begin, so that what the callbacks reset there, the checkpoint puts back
+        if path is not None and (os.path.isfile(path) or resume is not True):
+            self.load_checkpoint(path)
         train_loader = distribute_loader(train_loader, self.dist, self.seed)
         extra_loaders = [distribute_loader(x, self.dist, self.seed) for x in extra_loaders]
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
         while self.epoch < epochs and not self.should_stop:
             metrics = {"epoch": self.epoch + 1, **self._train_epoch(train_loader, extra_loaders)}
             if val_loader is not None:
@@ -440,6 +406,8 @@ class Trainer:
                 tqdm.write(f"epoch {self.epoch}/{epochs}  " +
                            "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
             self.save_checkpoint()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
         return self.history
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import minidl as md
 import minidl.nn.functional as F
+from minidl.autograd import Function
 
 
 def test_gradient_accumulates_when_a_tensor_is_used_twice():
@@ -224,3 +225,89 @@ def test_broadcasting_gradients_match_torch(data):
     assert ma.grad.shape == shape_a and mb.grad.shape == shape_b
     np.testing.assert_allclose(ma.grad, ta.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mb.grad, tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------- the gradient rule (Function)
+# Student-written Functions with the two classic shape bugs. The engine must name
+# the Function, the input and both shapes, not fail in a NumPy reshape (or, worse,
+# reshape or sum the gradient silently into a wrong one).
+
+
+class RowSumFn(Function):
+    """x.sum(axis=1), with a bug: the gradient is not expanded back over the rows."""
+
+    def forward(self, x):
+        return x.sum(axis=1)
+
+    def backward(self, grad):
+        return grad  # should be np.broadcast_to(grad[:, None], (3, 4))
+
+
+class TwiceTransposedFn(Function):
+    """2x, with a bug that keeps the size: the gradient comes back transposed."""
+
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, grad):
+        return (2 * grad).T
+
+
+class ScaleFn(Function):
+    """x * s for two (4, 1) columns, with a bug: s.T broadcasts x's gradient to (4, 4)."""
+
+    def forward(self, x, s):
+        self.x, self.s = x, s
+        return x * s
+
+    def backward(self, grad):
+        return grad * self.s.T, grad * self.x
+
+
+class OuterFn(Function):
+    """a * b for a (4, 1) and b (1, 3): both gradients come back in the output's
+    shape (4, 3), the shape both inputs were broadcast to, as the rule allows."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, grad):
+        return grad * self.b, grad * self.a
+
+
+class OuterTransposedFn(OuterFn):
+    def backward(self, grad):
+        grad_a, grad_b = super().backward(grad)
+        return grad_a.T, grad_b
+
+
+def test_gradient_of_a_wrong_shape_names_function_input_and_both_shapes():
+    x = md.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"RowSumFn\.backward returned a gradient of shape "
+                                           r"\(3,\) for input 0 of shape \(3, 4\)"):
+        RowSumFn.apply(x).sum().backward()
+    # The same size in another shape is caught too (a reshape would hide it).
+    with pytest.raises(RuntimeError, match=r"TwiceTransposedFn.*\(4, 3\).*input 0.*\(3, 4\)"):
+        TwiceTransposedFn.apply(x).sum().backward()
+
+
+def test_over_broadcast_gradient_raises_instead_of_being_summed():
+    x, s = md.randn(4, 1, requires_grad=True), md.randn(4, 1, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"ScaleFn\.backward returned a gradient of shape "
+                                           r"\(4, 4\) for input 0 of shape \(4, 1\)"):
+        ScaleFn.apply(x, s).backward(np.ones((4, 1), dtype=np.float32))
+
+
+def test_gradient_in_the_broadcast_shape_is_summed_back_by_the_engine():
+    a = md.tensor(np.arange(4.0).reshape(4, 1), requires_grad=True)
+    b = md.tensor(np.arange(3.0).reshape(1, 3), requires_grad=True)
+    upstream = np.random.default_rng(0).standard_normal((4, 3))
+    OuterFn.apply(a, b).backward(upstream)
+    np.testing.assert_allclose(a.grad, (upstream * b.data).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(b.grad, (upstream * a.data).sum(axis=0, keepdims=True))
+    # Anything else is refused, and the message offers both allowed shapes.
+    with pytest.raises(RuntimeError, match=r"OuterTransposedFn.*\(3, 4\) for input 0 of shape "
+                                           r"\(4, 1\); expected \(4, 1\) or \(4, 3\), the "
+                                           r"shape it was broadcast to in forward"):
+        OuterTransposedFn.apply(a, b).backward(upstream)

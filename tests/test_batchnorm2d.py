@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as TF
 
 import minidl as md
-import minidl.conv as C
+import minidl.nn.functional as F
 from minidl.gradcheck import gradcheck
 from minidl.nn.conv import BatchNorm2d
 
@@ -31,7 +31,7 @@ def test_functional_batch_norm2d_matches_torch(training, affine):
         else (None, None)
     tw, tb = (torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) \
         if affine else (None, None)
-    mo = C.batch_norm2d(mx, md_rm, md_rv, mw, mb, training=training, momentum=0.3, eps=1e-4)
+    mo = F.batch_norm(mx, md_rm, md_rv, mw, mb, training=training, momentum=0.3, eps=1e-4)
     to = TF.batch_norm(tx, th_rm, th_rv, tw, tb, training=training, momentum=0.3, eps=1e-4)
     np.testing.assert_allclose(mo.data, to.detach().numpy(), rtol=1e-10, atol=1e-11)
     np.testing.assert_allclose(md_rm, th_rm.numpy(), rtol=1e-12)
@@ -51,9 +51,9 @@ def test_gradcheck_train_and_eval():
     w = md.Tensor(rng.standard_normal(2), requires_grad=True)
     b = md.Tensor(rng.standard_normal(2), requires_grad=True)
     rm, rv = np.zeros(2), np.ones(2)
-    assert gradcheck(lambda x, w, b: C.batch_norm2d(x, None, None, w, b, training=True),
+    assert gradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
                      [x, w, b])
-    assert gradcheck(lambda x, w, b: C.batch_norm2d(x, rm, rv, w, b, training=False), [x, w, b])
+    assert gradcheck(lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=False), [x, w, b])
 
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
@@ -133,6 +133,6 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match=r"\(2, 3\)"):
         layer(md.Tensor(np.zeros((2, 3), dtype=np.float32)))
     with pytest.raises(ValueError, match="more than one value"):
-        C.batch_norm2d(np.zeros((1, 3, 1, 1)), None, None, training=True)
+        F.batch_norm(np.zeros((1, 3, 1, 1)), None, None, training=True)
     with pytest.raises(ValueError, match=r"running_mean has shape \(2,\)"):
-        C.batch_norm2d(np.zeros((2, 3, 4, 4)), np.zeros(2), np.ones(2))
+        F.batch_norm(np.zeros((2, 3, 4, 4)), np.zeros(2), np.ones(2))

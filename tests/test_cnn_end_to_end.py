@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 import minidl as md
 import minidl.optim
 import minidl.nn.functional as F
-from minidl import kernels, nn
+from minidl import nn, threads
 from minidl.nn.conv import BatchNorm2d, Conv2d, MaxPool2d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -67,15 +67,15 @@ class TorchCNN(torch.nn.Module):
 def train(model, x, y, epochs, lr, batch_size=64, seed=0):
     """Adam on shuffled minibatches; x (N, 1, H, W) float32, y (N,) int.
 
-    The convolutions use minidl's threads (kernels.num_threads()); the other
+    The convolutions use minidl's threads (threads.num_threads()); the other
     GEMMs (the linear layer) run with BLAS single-threaded here, because on a
     machine shared with other jobs multi-threaded BLAS makes such tiny products
-    up to 500 times slower (see minidl/kernels.py), and this test's duration
+    up to 500 times slower (see minidl/threads.py), and this test's duration
     should not depend on the neighbours."""
     opt = md.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     model.train()
-    kernels.num_threads()  # fix minidl's thread count before limiting BLAS
+    threads.num_threads()  # fix minidl's thread count before limiting BLAS
     with threadpool_limits(1, user_api="blas"):
         for _ in range(epochs):
             order = rng.permutation(len(x))

@@ -14,7 +14,7 @@ import torch.nn.functional as TF
 
 import minidl as md
 import minidl.conv as C
-from minidl import kernels
+from minidl import kernels, threads
 from minidl.gradcheck import gradcheck
 from minidl.nn.conv import Conv2d, ConvTranspose2d
 
@@ -320,29 +320,29 @@ def test_threaded_chunks_agree_with_one_thread_and_blas_is_restored():
     rng = np.random.default_rng(13)
     x, w, b = rng.standard_normal((6, 4, 9, 8)), rng.standard_normal((6, 4, 3, 3)), \
         rng.standard_normal(6)
-    blas_before = kernels._blas_control().threads()
+    blas_before = threads._blas_control().threads()
     results = []
-    threads = kernels.num_threads()
+    before = threads.num_threads()
     try:
         for count in (1, 3):
-            kernels.set_num_threads(count)
+            threads.set_num_threads(count)
             inputs = [md.Tensor(a, requires_grad=True) for a in (x, w, b)]
             out = C.conv2d(*inputs, padding=1)
             out.backward(np.cos(out.data))
             results.append([out.data] + [t.grad for t in inputs])
     finally:
-        kernels.set_num_threads(threads)
+        threads.set_num_threads(before)
     for one, many in zip(*results):
         np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12)
-    assert kernels._blas_control().threads() == blas_before
+    assert threads._blas_control().threads() == blas_before
 
 
 def test_parallel_for_runs_every_task_once_and_reraises():
-    threads = kernels.num_threads()
-    kernels.set_num_threads(3)
+    before = threads.num_threads()
+    threads.set_num_threads(3)
     try:
         seen = []
-        kernels.parallel_for(10, lambda worker, i: seen.append((worker, i)))
+        threads.parallel_for(10, lambda worker, i: seen.append((worker, i)))
         assert sorted(i for _, i in seen) == list(range(10))
         assert {worker for worker, _ in seen} <= {0, 1, 2}
 
@@ -350,23 +350,23 @@ def test_parallel_for_runs_every_task_once_and_reraises():
             if i == 7:
                 raise RuntimeError("task 7 failed")
         with pytest.raises(RuntimeError, match="task 7"):
-            kernels.parallel_for(10, failing)
+            threads.parallel_for(10, failing)
         nested = []
-        kernels.parallel_for(4, lambda w, i: kernels.parallel_for(2, lambda v, j: nested.append(j)))
+        threads.parallel_for(4, lambda w, i: threads.parallel_for(2, lambda v, j: nested.append(j)))
         assert sorted(nested) == [0] * 4 + [1] * 4
     finally:
-        kernels.set_num_threads(threads)
+        threads.set_num_threads(before)
     with pytest.raises(ValueError):
-        kernels.set_num_threads(0)
+        threads.set_num_threads(0)
 
 
 def test_matmul_gives_small_products_one_blas_thread_and_restores_it():
-    """kernels.matmul equals numpy's product, small or large, and leaves BLAS's
+    """threads.matmul equals numpy's product, small or large, and leaves BLAS's
     thread count as it found it; a product below SMALL_MATMUL sees one thread."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     rng = np.random.default_rng(5)
-    blas = kernels._blas_control()
+    blas = threads._blas_control()
     seen = []
     original = blas.single_threaded
 
@@ -379,12 +379,12 @@ def test_matmul_gives_small_products_one_blas_thread_and_restores_it():
         for shape in ((64, 1568, 10), (512, 1024, 16)):
             m, k, n = shape
             a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
-            np.testing.assert_allclose(kernels.matmul(a, b), a @ b, rtol=1e-12)
-            assert (m * k * n < kernels.SMALL_MATMUL) == (shape == (64, 1568, 10))
+            np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-12)
+            assert (m * k * n < threads.SMALL_MATMUL) == (shape == (64, 1568, 10))
         assert blas.threads() == before
         blas.single_threaded = spy
         try:
-            kernels.matmul(np.ones((4, 3)), np.ones((3, 2)))
+            threads.matmul(np.ones((4, 3)), np.ones((3, 2)))
         finally:
             del blas.single_threaded
         assert blas.threads() == before

@@ -6,9 +6,12 @@ import hashlib
 import http.server
 import io
 import socket
+import sys
 import tarfile
 import threading
+from pathlib import Path
 
+import platformdirs
 import pytest
 
 from minidl.data import DatasetNotFoundError, DownloadError, data_root
@@ -120,9 +123,19 @@ def test_data_root_order(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDL_DATA_DIR", str(tmp_path / "env"))
     assert data_root(tmp_path / "arg") == tmp_path / "arg"
     assert data_root() == tmp_path / "env"
+    monkeypatch.setenv("MINIDL_DATA_DIR", "")  # set but empty counts as unset
+    assert data_root() == Path(platformdirs.user_cache_dir("minidl", appauthor=False))
     monkeypatch.delenv("MINIDL_DATA_DIR")
+    assert data_root() == Path(platformdirs.user_cache_dir("minidl", appauthor=False))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG_CACHE_HOME is a Linux convention")
+def test_data_root_follows_xdg_cache_home_on_linux(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIDL_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert data_root() == tmp_path / "cache" / "minidl"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data_root() == Path.home() / ".cache" / "minidl"
 
 
 # --------------------------------------------------------------------------- archives

@@ -121,14 +121,20 @@ def test_upsampling_matches_torch_interpolate_bilinear_without_aligned_corners()
         np.testing.assert_allclose(mx.upsample_bilinear(maps, size), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_integration_points_are_the_torch_versions():
-    from reference_torch.explain.attribution import integration_points as torch_points
-    for rule in mx.RULES:
-        alphas, weights = mx.integration_points(7, rule)
-        torch_alphas, torch_weights = torch_points(7, rule)
-        np.testing.assert_allclose(alphas, torch_alphas.numpy(), rtol=1e-14)
-        np.testing.assert_allclose(weights, torch_weights.numpy(), rtol=1e-14)
-        assert abs(weights.sum() - 1) < 1e-12
+def test_both_engines_share_one_copy_of_the_engine_free_code():
+    from reference_torch.explain import _common as tcommon
+    from reference_torch.explain import attribution as tattr
+    assert tattr.integration_points is mx.integration_points and tattr.RULES is mx.RULES
+    assert tattr.CHANNEL_REDUCTIONS is mx.CHANNEL_REDUCTIONS
+    assert tcommon.check_batch_size is mx.check_batch_size
+    # one table, two array modules: the same numbers from numpy and from torch
+    t = images(b=2, c=3, h=4, w=5, seed=3)
+    for name in mx.CHANNEL_REDUCTIONS:
+        np.testing.assert_allclose(mx.channel_reduction(name)(t),
+                                   tattr.channel_reduction(name)(torch.from_numpy(t)).numpy(), rtol=1e-14)
+    # one layer lookup: the twins' layers have the same names
+    model, twin = twin_cnns()
+    assert mx.resolve_layer(model, None)[0] == tcommon.resolve_layer(twin, None)[0] == "body.4"
 
 
 # --------------------------------------------------------------------------- exact answers

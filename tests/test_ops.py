@@ -142,6 +142,8 @@ ROWS = [
     Row("linear_nobias_3d", F.linear, TF.linear, [(2, 5, 3), (4, 3)]),
     Row("batch_norm_train", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
         lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True), [(6, 3), (3,), (3,)]),
+    Row("batch_norm_train_positions", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+        lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True), [(4, 3, 5), (3,), (3,)]),
     Row("batch_norm_eval", lambda x, w, b: F.batch_norm(x, np.linspace(-1, 1, 3), np.linspace(0.5, 2, 3), w, b),
         lambda x, w, b: TF.batch_norm(x, torch.linspace(-1, 1, 3, dtype=torch.float64),
                                       torch.linspace(0.5, 2, 3, dtype=torch.float64), w, b),
@@ -226,7 +228,7 @@ def _graph_nodes(tensor):
 
 
 # Ops that cannot match torch value for value, with where they are tested instead.
-TESTED_ELSEWHERE = {"Dropout": "random mask; test_autograd.py::test_dropout"}
+TESTED_ELSEWHERE = {"DropoutFn": "random mask; test_autograd.py::test_dropout"}
 
 
 def test_every_function_is_in_the_table():

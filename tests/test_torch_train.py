@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from reference_torch.augment import Compose, RandomCrop, RandomHorizontalFlip
 from reference_torch.checkpoint import load_checkpoint, save_checkpoint
-from reference_torch.train import (BestCheckpoint, Callback, EarlyStopping, ModelEMA, Trainer,
+from reference_torch.train import (Callback, Checkpoint, EarlyStopping, ModelEMA, Trainer,
                                    classification_step, evaluate, fit, select_device, warmup_cosine)
 
 HAS_CUDA = torch.cuda.is_available()
@@ -62,7 +62,7 @@ class StopAtStep(Callback):
     def __init__(self, at=None):
         self.at = at
 
-    def on_step_end(self, trainer, metrics):
+    def on_batch_end(self, trainer, logs):
         if trainer.step == self.at:
             raise Interrupt
 
@@ -163,24 +163,42 @@ class Snapshots(Callback):
     def __init__(self):
         self.weights = {}
 
-    def on_epoch_end(self, trainer, metrics):
-        self.weights[int(metrics["epoch"])] = params(trainer.eval_model)
+    def on_epoch_end(self, trainer, logs):
+        self.weights[int(logs["epoch"])] = params(trainer.eval_model)
 
 
-def test_best_checkpoint_keeps_the_best_epoch(tmp_path):
+def test_checkpoint_keeps_the_best_epoch(tmp_path):
     x, y = blobs()
     vx, vy = blobs(48, seed=5)
     model = tiny_net()
-    snaps, best = Snapshots(), BestCheckpoint(tmp_path / "best.pt", monitor="val_loss", mode="min")
+    snaps, best = Snapshots(), Checkpoint(tmp_path / "best.pt", monitor="val_loss")
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.8, momentum=0.9),
                       callbacks=[snaps, best], progress=False, device="cpu")
     history = trainer.fit(loader(x, y), 6, val_loader=loader(vx, vy, shuffle=False))
     losses = [e["val_loss"] for e in history]
-    assert best.best_metric == min(losses)
+    assert best.best == min(losses)
     assert best.best_epoch == 1 + losses.index(min(losses))
     saved = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert saved["epoch"] == best.best_epoch
+    assert (saved["epoch"], saved["monitor"], saved["value"]) == (best.best_epoch, "val_loss", best.best)
     assert all(torch.equal(saved["model"][k], v) for k, v in snaps.weights[best.best_epoch].items())
+
+
+def test_early_stopping_restores_the_best_epochs_weights():
+    x, y = blobs()
+    # Validation labels shifted by one class: the better the fit, the worse the validation
+    # loss, so the best epoch is an early one and restoring it changes the weights.
+    vx, vy = x[:48], (y[:48] + 1) % 3
+    model = tiny_net()
+    snaps, stopper = Snapshots(), EarlyStopping("val_loss", patience=6)  # never stops: 6 epochs
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.8, momentum=0.9),
+                      callbacks=[snaps, stopper], progress=False, device="cpu")
+    history = trainer.fit(loader(x, y), 6, val_loader=loader(vx, vy, shuffle=False))
+    losses = [e["val_loss"] for e in history]
+    assert stopper.best_epoch == 1 + losses.index(min(losses)) != 6, "the last epoch must not be the best"
+    assert stopper.stopped_epoch is None and not trainer.should_stop
+    final = params(model)
+    assert all(torch.equal(final[k], v) for k, v in snaps.weights[stopper.best_epoch].items())
+    assert not torch.equal(final["0.weight"], snaps.weights[6]["0.weight"])
 
 
 # ---------------------------------------------------------------- pluggable steps

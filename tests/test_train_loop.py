@@ -33,8 +33,8 @@ class RecordWeights(train.Callback):
     def __init__(self):
         self.states = {}
 
-    def on_epoch_end(self, state):
-        self.states[state.epoch] = state.model.state_dict()
+    def on_epoch_end(self, trainer, logs):
+        self.states[trainer.epoch] = trainer.model.state_dict()
 
 
 def test_fit_records_history_and_learns():

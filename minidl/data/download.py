@@ -1,27 +1,33 @@
 """Where datasets live, and how a missing file gets there: download, verify, rename.
 
 The data directory is, in order: the ``data_dir`` argument, the environment variable
-``MINIDL_DATA_DIR``, then a per-user cache (``$XDG_CACHE_HOME/minidl`` or
-``~/.cache/minidl``).
+``MINIDL_DATA_DIR``, then the platform's per-user cache folder for minidl, as
+``platformdirs`` knows it (``$XDG_CACHE_HOME/minidl`` or ``~/.cache/minidl`` on Linux,
+``~/Library/Caches/minidl`` on macOS, ``%LOCALAPPDATA%\\minidl\\Cache`` on Windows).
 
-A download streams into a temporary file beside its destination, checks the length
-and the official checksum, and only then renames the file into place. The rename is
-atomic, so an interrupted or failed download never leaves a file under the final
-name, and a file that exists under its final name was complete when it was written.
+A download streams into a temporary file beside its destination
+(``minidl.fileio.atomic_open``), checks the length and the official checksum, and
+only then renames the file into place. The rename is atomic, so an interrupted or
+failed download never leaves a file under the final name, and a file that exists
+under its final name was complete when it was written. An archive is extracted the
+same way, into a temporary folder that is renamed once every file in it is on disk.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
 import os
+import secrets
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
 from tqdm.auto import tqdm
+
+from ..fileio import atomic_open
 
 ENV_DATA_DIR = "MINIDL_DATA_DIR"
 TIMEOUT_S = 30  # per network operation, so an offline machine fails fast
@@ -46,13 +52,13 @@ class Remote:
 
 
 def data_root(data_dir=None):
-    """The data directory: the argument, then $MINIDL_DATA_DIR, then a per-user cache."""
+    """The data directory: the argument, then $MINIDL_DATA_DIR, then the user's cache folder."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
     if os.environ.get(ENV_DATA_DIR):
         return Path(os.environ[ENV_DATA_DIR]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "minidl"
+    # appauthor=False: no publisher folder above ours on Windows (AppData\Local\minidl\Cache)
+    return Path(platformdirs.user_cache_dir("minidl", appauthor=False))
 
 
 def file_digest(path, algorithm):
@@ -99,21 +105,21 @@ def download(remote, dest, progress=True):
 
 
 def _fetch_one(url, dest, algorithm, expected, progress):
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    # Raising inside atomic_open discards the temporary file: dest is never touched.
+    with atomic_open(dest, "wb", suffix=".part") as out, \
+            urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
         digest = hashlib.new(algorithm)
         received = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            length = int(length) if length is not None else None
-            bar = tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024,
-                       desc=dest.name, disable=None if progress else True, leave=False)
-            with bar:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
+        length = response.headers.get("Content-Length")
+        length = int(length) if length is not None else None
+        bar = tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=dest.name, disable=None if progress else True, leave=False)
+        with bar:
+            while block := response.read(CHUNK):
+                out.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
         # The connection can close early without an error being raised: check.
         if length is not None and received != length:
             raise ValueError(f"interrupted: received {received} of {length} bytes")
@@ -121,10 +127,6 @@ def _fetch_one(url, dest, algorithm, expected, progress):
         if found != expected:
             raise ValueError(f"checksum mismatch: expected {algorithm} {expected}, got {found} "
                              f"({received} bytes); the file is corrupt or not the official one")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are for every user
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # gone after the rename; removed after a failure
 
 
 def ensure_file(remote, folder, download_ok=True, hint=""):
@@ -156,7 +158,9 @@ def extract_tar(archive, root, folder, members):
     """
     root, archive = Path(root), Path(archive)
     target = root / folder
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder}.", suffix=".part"))
+    # mkdir, not mkdtemp: the folder gets the umask's permissions instead of 0700
+    tmp = root / f".{folder}.{secrets.token_hex(8)}.part"
+    tmp.mkdir()
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for name in members:
@@ -167,11 +171,12 @@ def extract_tar(archive, root, folder, members):
                                         "and download it again") from None
                 if not info.isfile():
                     raise DownloadError(f"{archive}: {folder}/{name} is not a regular file")
-                with tar.extractfile(info) as src, open(tmp / name, "wb") as dst:
+                # atomic_open for its fsync: the folder is renamed into place only
+                # once every file in it is on disk
+                with tar.extractfile(info) as src, atomic_open(tmp / name) as dst:
                     shutil.copyfileobj(src, dst)
         if target.exists():  # someone else finished first: keep theirs
             return target
-        tmp.chmod(0o755)  # mkdtemp makes it private
         os.replace(tmp, target)
         return target
     except DownloadError:

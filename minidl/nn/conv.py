@@ -2,7 +2,7 @@
 arguments, parameter layouts and default initialisation, so that a torch
 state_dict loads unchanged (and a minidl one loads into torch). Each layer holds
 its settings and parameters; the work is done by the functions of
-``minidl/conv.py``.
+``minidl.nn.functional`` (those of ``minidl/conv.py``, and ``batch_norm``).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numbers
 
 import numpy as np
 
-from .. import conv as F
 from ..autograd import DEFAULT_DTYPE
+from ..conv import _pair
+from . import functional as F
 from . import init
 from .layers import _BatchNorm
 from .module import Module, Parameter
@@ -44,12 +45,12 @@ class _ConvNd(Module):
             raise ValueError(f"{name}: only padding_mode='zeros' is implemented, got "
                              f"{padding_mode!r}; pad with F.pad first for other modes")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = F._pair(kernel_size, f"{name} kernel_size", 1)
-        self.stride = F._pair(stride, f"{name} stride", 1)
+        self.kernel_size = _pair(kernel_size, f"{name} kernel_size", 1)
+        self.stride = _pair(stride, f"{name} stride", 1)
         self.padding = padding if isinstance(padding, str) else \
-            F._pair(padding, f"{name} padding", 0)
-        self.dilation = F._pair(dilation, f"{name} dilation", 1)
-        self.output_padding = F._pair(output_padding, f"{name} output_padding", 0)
+            _pair(padding, f"{name} padding", 0)
+        self.dilation = _pair(dilation, f"{name} dilation", 1)
+        self.output_padding = _pair(output_padding, f"{name} output_padding", 0)
         self.transposed, self.padding_mode = transposed, padding_mode
         # torch's layouts: conv (out, in/groups, kh, kw); transposed (in, out/groups, kh, kw).
         shape = ((in_channels, out_channels // groups) if transposed
@@ -184,11 +185,7 @@ class AdaptiveAvgPool2d(Module):
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) maps, one mean and variance per channel
-    over N, H and W (torch.nn.BatchNorm2d, same parameters and buffers), with
-    minidl's fused kernels (``minidl.conv.batch_norm2d``)."""
+    over N, H and W (torch.nn.BatchNorm2d, same parameters and buffers); the
+    fused kernels of ``F.batch_norm``'s fast branch do the work."""
 
     ranks, shape_text = (4,), "(N, C, H, W)"
-
-    def _normalize(self, x, use_batch, momentum):
-        return F.batch_norm2d(x, self.running_mean, self.running_var, self.weight, self.bias,
-                              use_batch, momentum, self.eps)

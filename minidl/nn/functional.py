@@ -1,23 +1,27 @@
 """Neural-network functions (``import minidl.nn.functional as F``): activations,
-linear, dropout, normalisation and losses, each forward beside its backward.
+linear, dropout, batch norm and losses. One block per op, as in ``minidl/ops.py``:
+the Function class (forward with its backward beside it), then the function you
+call; activations with a torch ``Tensor`` method get it from ``tensor_method``.
 
-The convolution and pooling functions live in ``minidl/conv.py`` and are
-re-exported at the bottom of this file.
+Convolution and pooling live in ``minidl/conv.py`` and are re-exported here
+(``F.conv2d``, ``F.max_pool2d``, ...), as is ``F.pad`` from ``minidl/ops.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import special
 
-from .. import autograd
-from ..autograd import Function, Tensor, _as_array
-from ..kernels import matmul
-from ..ops import pad  # noqa: F401  (F.pad, as in torch)
+from .. import autograd, kernels
+from ..autograd import Function, Tensor, _as_array, tensor_method
+from ..conv import (adaptive_avg_pool2d, avg_pool2d, conv2d,  # noqa: F401  (torch's F names)
+                    conv_transpose2d, max_pool2d)
+from ..ops import pad  # noqa: F401
+from ..threads import matmul
 
 # ---------------------------------------------------------------- activations
 
 
-class ReLU(Function):
+class ReLUFn(Function):
     def forward(self, x):
         self.out = np.maximum(x, 0)
         return self.out
@@ -26,7 +30,12 @@ class ReLU(Function):
         return grad * (self.out > 0)
 
 
-class LeakyReLU(Function):
+@tensor_method()
+def relu(x):
+    return ReLUFn.apply(x)
+
+
+class LeakyReLUFn(Function):
     def forward(self, x, negative_slope):
         self.positive, self.slope = x > 0, negative_slope
         return np.where(self.positive, x, x * negative_slope)
@@ -35,7 +44,11 @@ class LeakyReLU(Function):
         return np.where(self.positive, grad, grad * self.slope)
 
 
-class ELU(Function):
+def leaky_relu(x, negative_slope=0.01):
+    return LeakyReLUFn.apply(x, negative_slope=negative_slope)
+
+
+class ELUFn(Function):
     def forward(self, x, alpha):
         self.positive, self.alpha = x > 0, alpha
         self.out = np.where(self.positive, x, alpha * np.expm1(np.minimum(x, 0)))
@@ -46,7 +59,11 @@ class ELU(Function):
         return np.where(self.positive, grad, grad * (self.out + self.alpha))
 
 
-class GELU(Function):
+def elu(x, alpha=1.0):
+    return ELUFn.apply(x, alpha=alpha)
+
+
+class GELUFn(Function):
     """x Φ(x) exactly (erf), or torch's tanh approximation."""
 
     def forward(self, x, approximate):
@@ -66,7 +83,13 @@ class GELU(Function):
         return grad * (self.cdf + x * pdf)
 
 
-class Sigmoid(Function):
+def gelu(x, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GELUFn.apply(x, approximate=approximate)
+
+
+class SigmoidFn(Function):
     def forward(self, x):
         self.out = special.expit(x)  # no overflow for large |x|
         return self.out
@@ -75,7 +98,12 @@ class Sigmoid(Function):
         return grad * self.out * (1 - self.out)
 
 
-class Tanh(Function):
+@tensor_method()
+def sigmoid(x):
+    return SigmoidFn.apply(x)
+
+
+class TanhFn(Function):
     def forward(self, x):
         self.out = np.tanh(x)
         return self.out
@@ -84,7 +112,12 @@ class Tanh(Function):
         return grad * (1 - self.out * self.out)
 
 
-class Softmax(Function):
+@tensor_method()
+def tanh(x):
+    return TanhFn.apply(x)
+
+
+class SoftmaxFn(Function):
     def forward(self, x, axis):
         shifted = np.exp(x - x.max(axis=axis, keepdims=True))  # the max trick: no overflow
         self.out, self.axis = shifted / shifted.sum(axis=axis, keepdims=True), axis
@@ -94,7 +127,12 @@ class Softmax(Function):
         return self.out * (grad - (grad * self.out).sum(axis=self.axis, keepdims=True))
 
 
-class LogSoftmax(Function):
+@tensor_method()
+def softmax(x, dim=-1):
+    return SoftmaxFn.apply(x, axis=dim)
+
+
+class LogSoftmaxFn(Function):
     def forward(self, x, axis):
         shifted = x - x.max(axis=axis, keepdims=True)
         self.out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
@@ -105,44 +143,15 @@ class LogSoftmax(Function):
         return grad - np.exp(self.out) * grad.sum(axis=self.axis, keepdims=True)
 
 
-def relu(x):
-    return ReLU.apply(x)
-
-
-def leaky_relu(x, negative_slope=0.01):
-    return LeakyReLU.apply(x, negative_slope=negative_slope)
-
-
-def elu(x, alpha=1.0):
-    return ELU.apply(x, alpha=alpha)
-
-
-def gelu(x, approximate="none"):
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELU.apply(x, approximate=approximate)
-
-
-def sigmoid(x):
-    return Sigmoid.apply(x)
-
-
-def tanh(x):
-    return Tanh.apply(x)
-
-
-def softmax(x, dim=-1):
-    return Softmax.apply(x, axis=dim)
-
-
+@tensor_method()
 def log_softmax(x, dim=-1):
-    return LogSoftmax.apply(x, axis=dim)
+    return LogSoftmaxFn.apply(x, axis=dim)
 
 
 # ------------------------------------------------------------ linear, dropout
 
 
-class Linear(Function):
+class LinearFn(Function):
     """x @ weight.T + bias in one node: two GEMMs backward, none wasted."""
 
     def forward(self, x, weight, bias=None):
@@ -167,11 +176,11 @@ class Linear(Function):
 
 def linear(x, weight, bias=None):
     if bias is None:
-        return Linear.apply(x, weight)
-    return Linear.apply(x, weight, bias)
+        return LinearFn.apply(x, weight)
+    return LinearFn.apply(x, weight, bias)
 
 
-class Dropout(Function):
+class DropoutFn(Function):
     def forward(self, x, p):
         keep = autograd.rng().random(x.shape, dtype=np.float32) >= p
         # Inverted dropout: scale at training time so evaluation needs no change.
@@ -189,78 +198,136 @@ def dropout(x, p=0.5, training=True):
         return x
     if p == 1:
         return x * 0
-    return Dropout.apply(x, p=p)
+    return DropoutFn.apply(x, p=p)
 
 
 # -------------------------------------------------------------- batch norm
 
 
-class BatchNorm(Function):
-    """Normalise over every axis but the channel axis 1: (N, C) or (N, C, H, W)."""
+class BatchNormFn(Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias per channel (axis 1), with
+    given float64 statistics of shape (C,); weight and bias may be None.
 
-    def forward(self, x, weight, bias, mean, var, eps, training):
-        self.axes = (0,) + tuple(range(2, x.ndim))
-        self.channel_shape = (1, -1) + (1,) * (x.ndim - 2)
-        self.inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype).reshape(self.channel_shape)
-        self.xhat = (x - mean.astype(x.dtype).reshape(self.channel_shape)) * self.inv_std
-        self.weight, self.training = weight, training
-        out = self.xhat if weight is None else self.xhat * weight.reshape(self.channel_shape)
-        if bias is not None:
-            out = out + bias.reshape(self.channel_shape)
-        return out
+    Written out in NumPy for (N, C). Inputs with positions, (N, C, L) or
+    (N, C, H, W), take a fast branch (as max-pool's 2x2 case does): numba
+    kernels on the (N, C, positions) view fold the statistics and the affine
+    parameters into one scale and one shift per channel and pass over memory
+    once, forward and backward. Both branches compute the same formulas.
+    """
+
+    def forward(self, x, weight, bias, *, mean, var, eps, training):
+        n, c = x.shape[:2]
+        self.fast, self.training = x.ndim > 2, training
+        self.inv_std = 1.0 / np.sqrt(var + eps)
+        self.w = np.ones(c) if weight is None else weight.astype(np.float64)
+        b = np.zeros(c) if bias is None else bias.astype(np.float64)
+        if not self.fast:  # (N, C): the (C,) arrays broadcast over the rows
+            self.xhat = (x - mean.astype(x.dtype)) * self.inv_std.astype(x.dtype)
+            return self.xhat * self.w.astype(x.dtype) + b.astype(x.dtype)
+        x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+        out = np.empty(x3.shape, dtype=x.dtype)
+        # y = (x - mean) * (w / std) + b: one multiply-add per value.
+        scale = (self.w * self.inv_std).astype(x.dtype)
+        kernels.channel_normalize(x3, mean.astype(x.dtype), scale, b.astype(x.dtype), out)
+        self.x3, self.mean, self.x_shape = x3, mean, x.shape
+        return out.reshape(x.shape)
 
     def backward(self, grad):
-        need_x, need_w, need_b = self.needs_input_grad[:3]
-        grad_w = (grad * self.xhat).sum(axis=self.axes) if need_w else None
-        grad_b = grad.sum(axis=self.axes) if need_b else None
+        # dx = w/std * (g - mean(g) - x_hat * mean(g * x_hat)) in training (the batch
+        # statistics depend on x too), just w/std * g in evaluation; dw = sum(g * x_hat)
+        # and db = sum(g); means and sums run over everything but the channel axis.
+        if self.fast:
+            return self._backward_fast(grad)
+        need_x, need_w, need_b = self.needs_input_grad
+        dtype = grad.dtype
+        grad_w = (grad * self.xhat).sum(axis=0) if need_w else None
+        grad_b = grad.sum(axis=0) if need_b else None
         grad_x = None
         if need_x:
-            g = grad if self.weight is None else grad * self.weight.reshape(self.channel_shape)
-            if self.training:  # the batch statistics depend on x too
-                count = grad.size // grad.shape[1]
-                g_mean = g.sum(axis=self.axes, keepdims=True) / count
-                gx_mean = (g * self.xhat).sum(axis=self.axes, keepdims=True) / count
-                g = g - g_mean - self.xhat * gx_mean
-            grad_x = g * self.inv_std
-        return grad_x, grad_w, grad_b, None, None
+            g = grad * self.w.astype(dtype)
+            if self.training:
+                g = g - g.mean(axis=0) - self.xhat * (g * self.xhat).mean(axis=0)
+            grad_x = g * self.inv_std.astype(dtype)
+        return grad_x, grad_w, grad_b
+
+    def _backward_fast(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad
+        dtype = grad.dtype
+        g3 = np.ascontiguousarray(grad).reshape(self.x3.shape)
+        count = g3.shape[0] * g3.shape[2]
+        grad_x = grad_w = grad_b = None
+        if need_w or need_b or (need_x and self.training):
+            sum_g, sum_gxc = kernels.channel_grad_sums(g3, self.x3, self.mean)
+            sum_gxhat = sum_gxc * self.inv_std  # sum of g * x_hat per channel
+            grad_w = sum_gxhat.astype(dtype) if need_w else None
+            grad_b = sum_g.astype(dtype) if need_b else None
+        if need_x:
+            # The formula above as g*a + (x - mean)*b + d with per-channel a, b, d.
+            a = self.w * self.inv_std
+            if self.training:
+                b = -a * self.inv_std * sum_gxhat / count
+                d = -a * sum_g / count
+            else:
+                b = d = np.zeros_like(a)
+            dx = np.empty(self.x3.shape, dtype=dtype)
+            kernels.batch_norm_input_grad(g3, self.x3, self.mean.astype(dtype), a.astype(dtype),
+                                          b.astype(dtype), d.astype(dtype), dx)
+            grad_x = dx.reshape(self.x_shape)
+        return grad_x, grad_w, grad_b
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """The running-statistics rule: move the running statistics (ndarrays, in
+    place; None: none kept) towards a batch's mean and variance over ``count``
+    values per channel. The variance is made unbiased (count / (count - 1)) as
+    torch does; ``var`` itself is biased."""
+    if running_mean is None:
+        return
+    rm, rv = _as_array(running_mean), _as_array(running_var)
+    rm *= 1 - momentum
+    rm += momentum * mean
+    rv *= 1 - momentum
+    rv += momentum * var * count / (count - 1)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
-    """torch's F.batch_norm. In training the batch statistics normalise and the
-    running statistics (ndarrays, updated in place) move towards them, the variance
-    unbiased as in torch; in evaluation the running statistics normalise."""
+    """torch's F.batch_norm for (N, C) or (N, C, ...) input, statistics per channel C.
+
+    In training the batch's mean and biased variance normalise, and the running
+    statistics (ndarrays, updated in place; None to keep none) move towards the
+    batch mean and the *unbiased* variance, as in torch. In evaluation the
+    running statistics normalise."""
     data = _as_array(x)
     if data.ndim < 2:
         raise ValueError(f"batch_norm expects (N, C) or (N, C, ...) input, got shape {data.shape}")
-    channels = data.shape[1]
-    if running_mean is not None and _as_array(running_mean).shape != (channels,):
-        raise ValueError(f"batch_norm: input has {channels} channels but running_mean has shape "
-                         f"{_as_array(running_mean).shape}")
+    if not np.issubdtype(data.dtype, np.floating):
+        raise ValueError(f"batch_norm input must hold floating-point numbers, got dtype "
+                         f"{data.dtype}")
+    n, c = data.shape[:2]
+    for name, array in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+        if array is not None and _as_array(array).shape != (c,):
+            raise ValueError(f"batch_norm: input of shape {data.shape} has {c} channels but "
+                             f"{name} has shape {_as_array(array).shape}")
     if training:
-        axes = (0,) + tuple(range(2, data.ndim))
-        count = data.size // channels
+        count = data.size // c
         if count < 2:
             raise ValueError(f"batch_norm in training needs more than one value per channel, "
                              f"got input of shape {data.shape}")
-        mean, var = data.mean(axis=axes), data.var(axis=axes)
+        # float64 sums in two passes, so that a large mean does not swallow a small variance
+        mean, var = kernels.channel_mean_var(np.ascontiguousarray(data).reshape(n, c, -1))
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
-        mean, var = _as_array(running_mean), _as_array(running_var)
-    return BatchNorm.apply(x, weight, bias, mean, var, eps=eps, training=training)
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm in evaluation needs running_mean and running_var")
+        mean = _as_array(running_mean).astype(np.float64)
+        var = _as_array(running_var).astype(np.float64)
+    return BatchNormFn.apply(x, weight, bias, mean=mean, var=var, eps=eps,
+                             training=bool(training))
 
 
 # -------------------------------------------------------------------- losses
-
-
-def _reduce(loss, reduction):
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def _check_reduction(reduction):
@@ -268,7 +335,14 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-class CrossEntropy(Function):
+def _reduce(loss, reduction):
+    _check_reduction(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+class CrossEntropyFn(Function):
     """log-softmax and negative log-likelihood fused: the gradient is simply
     (softmax - one_hot), and nothing overflows."""
 
@@ -325,12 +399,12 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
         logits = logits.permute(0, *range(2, logits.ndim), 1).reshape(-1, classes)
         target = target.reshape(-1)
     w = None if weight is None else _as_array(weight)
-    loss = CrossEntropy.apply(logits, target, w, reduction=reduction,
+    loss = CrossEntropyFn.apply(logits, target, w, reduction=reduction,
                               label_smoothing=float(label_smoothing), ignore_index=ignore_index)
     return loss.reshape(out_shape) if reduction == "none" else loss
 
 
-class NLLLoss(Function):
+class NLLLossFn(Function):
     def forward(self, log_p, target, weight, reduction, ignore_index):
         keep = target != ignore_index
         self.target = np.where(keep, target, 0)
@@ -356,7 +430,7 @@ def nll_loss(log_probs, target, weight=None, reduction="mean", ignore_index=-100
         raise ValueError(f"nll_loss expects log-probabilities (N, C) and targets (N,), got "
                          f"{shape} and {target.shape}")
     w = None if weight is None else _as_array(weight)
-    return NLLLoss.apply(log_probs, target, w, reduction=reduction, ignore_index=ignore_index)
+    return NLLLossFn.apply(log_probs, target, w, reduction=reduction, ignore_index=ignore_index)
 
 
 def _same_shape(name, a, b):
@@ -377,7 +451,7 @@ def l1_loss(input, target, reduction="mean"):  # noqa: A002
     return _reduce((input - target).abs(), reduction)
 
 
-class BinaryCrossEntropy(Function):
+class BinaryCrossEntropyFn(Function):
     def forward(self, p, target):
         self.p, self.target = p, target
         # torch clamps the logarithms at -100 so that p = 0 or 1 gives a finite loss.
@@ -394,13 +468,13 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa:
     if data.size and (data.min() < 0 or data.max() > 1):
         raise ValueError("binary_cross_entropy expects probabilities in [0, 1]; for logits use "
                          "binary_cross_entropy_with_logits")
-    loss = BinaryCrossEntropy.apply(input, target)
+    loss = BinaryCrossEntropyFn.apply(input, target)
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction)
 
 
-class BCEWithLogits(Function):
+class BCEWithLogitsFn(Function):
     def forward(self, z, target, pos_weight):
         self.z, self.target, self.pos_weight = z, target, pos_weight
         softplus_neg = np.logaddexp(0, -z)  # log(1 + e^-z) without overflow
@@ -416,7 +490,7 @@ class BCEWithLogits(Function):
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",  # noqa: A002
                                      pos_weight=None):
     _same_shape("binary_cross_entropy_with_logits", input, target)
-    loss = BCEWithLogits.apply(input, _as_array(target), None if pos_weight is None
+    loss = BCEWithLogitsFn.apply(input, _as_array(target), None if pos_weight is None
                                else _as_array(pos_weight))
     if weight is not None:
         loss = loss * weight
@@ -426,9 +500,3 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 def one_hot(target, num_classes):
     target = _as_array(target)
     return Tensor(np.eye(num_classes, dtype=np.int64)[target])
-
-
-# Convolution and pooling (minidl/conv.py) belong to F as in torch; conv.py also
-# holds the running-statistics rule both batch norms follow.
-from ..conv import (adaptive_avg_pool2d, avg_pool2d, conv2d,  # noqa: F401,E402
-                    conv_transpose2d, max_pool2d, update_running_stats)

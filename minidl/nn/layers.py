@@ -176,8 +176,8 @@ class _BatchNorm(Module):
 
     In training it normalises with the batch's mean and (biased) variance and moves
     the running statistics towards them (``momentum``; None means a cumulative
-    average); in evaluation it normalises with the running statistics. A subclass
-    names the input ranks it accepts and the function that normalises.
+    average); in evaluation it normalises with the running statistics. The work is
+    ``F.batch_norm``'s; a subclass names only the input ranks it accepts.
     """
 
     ranks, shape_text = (), ""
@@ -222,9 +222,6 @@ class _BatchNorm(Module):
             if self.has_bias:
                 self.bias.data[...] = 0
 
-    def _normalize(self, x, use_batch, momentum):
-        raise NotImplementedError
-
     def forward(self, x):
         shape = np.shape(x.data if hasattr(x, "data") else x)
         if len(shape) not in self.ranks:
@@ -240,7 +237,8 @@ class _BatchNorm(Module):
         # Batch statistics in training, and always when no running statistics are kept;
         # the functions update the running statistics in place when they use batch ones.
         use_batch = self.training or self.running_mean is None
-        return self._normalize(x, use_batch, momentum)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            use_batch, momentum, self.eps)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -252,10 +250,6 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation of (N, C) or (N, C, L) inputs over everything but C."""
 
     ranks, shape_text = (2, 3), "(N, C) or (N, C, L)"
-
-    def _normalize(self, x, use_batch, momentum):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch, momentum, self.eps)
 
 
 # ---------------------------------------------------------------------- losses

@@ -1,39 +1,26 @@
-"""Small helpers every explanation module shares: model state, targets, layers, batching."""
+"""Small helpers every explanation module shares: model state, targets, layers, batching.
+
+What is not torch-specific (the eval-mode guard, finding a layer, the batch-size check)
+is minidl's code in ``minidl._explain_common``, so both engines behave alike.
+"""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from minidl import _explain_common as common
+from minidl._explain_common import check_batch_size  # noqa: F401  (re-exported for the methods)
+
 Target = int | Sequence[int] | Tensor | np.ndarray | None
 Layer = str | nn.Module | None
 
 
-@contextmanager
-def inspecting(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and frozen parameters for the duration of an explanation; both restored.
-
-    Eval mode because an explanation must not depend on dropout or update batch-norm
-    statistics. Frozen parameters because we only ever want gradients with respect to
-    inputs or activations: with ``requires_grad=False`` autograd neither computes nor
-    stores anything for the weights, and no ``.grad`` is left on them afterwards.
-    """
-    modes = {m: m.training for m in model.modules()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():  # callers may sit inside torch.no_grad()
-            yield model
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-        for m, training in modes.items():
-            m.training = training  # per module: a model may mix train and eval parts
+def inspecting(model: nn.Module):
+    """Eval mode and frozen parameters while ``model`` is explained; both restored after."""
+    return common.inspecting(model, torch.enable_grad)
 
 
 def check_images(x: Tensor, who: str) -> Tensor:
@@ -64,21 +51,7 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
 
 def resolve_layer(model: nn.Module, layer: Layer) -> tuple[str, nn.Module]:
     """(name, module) for a dotted name like ``"layer4"``, a module, or None: the last Conv2d."""
-    named = dict(model.named_modules())
-    if layer is None:
-        convs = [name for name, m in named.items() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer= explicitly")
-        return convs[-1], named[convs[-1]]
-    if isinstance(layer, str):
-        if layer not in named:
-            raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; "
-                             f"some names it has: {[n for n in named if n][:12]}")
-        return layer, named[layer]
-    for name, module in named.items():
-        if module is layer:
-            return name, module
-    raise ValueError(f"the module {type(layer).__name__} given as layer is not part of the model")
+    return common.resolve_layer(model, layer, nn.Conv2d)
 
 
 def forward_in_chunks(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
@@ -96,9 +69,3 @@ def chunks(total: int, batch_size: int, device: torch.device) -> Iterator[Tensor
     """
     for start in range(0, total, batch_size):
         yield torch.arange(start, min(start + batch_size, total), device=device)
-
-
-def check_batch_size(batch_size: int) -> int:
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive number of images per pass, got {batch_size}")
-    return int(batch_size)

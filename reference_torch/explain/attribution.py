@@ -15,7 +15,7 @@ most ``batch_size`` images, whatever the number of images, steps, patches or noi
 samples: 50-step integrated gradients over 64 images is 3200 model inputs, run as
 ``ceil(3200 / batch_size)`` forward/backward passes, with no Python loop over images.
 
-How channels become one number per pixel:
+How channels become one number per pixel (CHANNEL_REDUCTIONS, minidl.explain's table):
     Saliency            max over channels of |gradient| (Simonyan et al. 2014), or
                         channel_reduce="l2" for the gradient's norm
     InputXGradient      sum over channels of x * gradient
@@ -32,10 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from minidl import _explain_common as common
+# The same rules and reductions as minidl.explain: one table, one set of weights.
+from minidl._explain_common import CHANNEL_REDUCTIONS, RULES, integration_points  # noqa: F401
 
 from ._common import (Layer, Target, check_batch_size, check_images, chunks, forward_in_chunks,
                       inspecting, resolve_layer, resolve_target)
@@ -62,18 +65,9 @@ class Attribution:
     delta: Tensor | None = None
 
 
-CHANNEL_REDUCTIONS = {
-    "max": lambda t: t.abs().amax(1),  # Simonyan et al.: the largest |value| over channels
-    "l2": lambda t: t.norm(dim=1),     # the length of the pixel's vector of values
-    "sum": lambda t: t.sum(1),         # signed: for contributions that add up
-}
-
-
 def channel_reduction(name: str):
     """The function (B, C, H, W) -> (B, H, W) called ``name`` in CHANNEL_REDUCTIONS."""
-    if name not in CHANNEL_REDUCTIONS:
-        raise ValueError(f"channel_reduce must be one of {sorted(CHANNEL_REDUCTIONS)}, got {name!r}")
-    return CHANNEL_REDUCTIONS[name]
+    return common.channel_reduction(name, torch)
 
 
 def _score(logits: Tensor, target: Tensor) -> Tensor:
@@ -143,35 +137,6 @@ class InputXGradient(AttributionMethod):
 
 
 # --------------------------------------------------------------------------- integrated gradients
-RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-
-
-def integration_points(n_steps: int, rule: str) -> tuple[Tensor, Tensor]:
-    """Points ``alphas`` on [0, 1] and weights that sum to 1, for a rule with n_steps points.
-
-    The trapezoid rule puts its points at 0, 1/(n-1), ..., 1, so each interval is
-    1/(n-1) wide: weights 1/(n-1), halved at both ends. (captum 0.9 uses 1/n here,
-    so its weights sum to (n-1)/n and its trapezoid integrals are that much too small.)
-    """
-    n = int(n_steps)
-    if n < 2:
-        raise ValueError(f"n_steps must be at least 2, got {n_steps}")
-    if rule == "riemann_trapezoid":
-        alphas = np.linspace(0, 1, n)
-        weights = np.full(n, 1 / (n - 1))
-        weights[[0, -1]] /= 2
-    elif rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)  # on [-1, 1], weights sum to 2
-        alphas, weights = (nodes + 1) / 2, weights / 2
-    elif rule in ("riemann_left", "riemann_right", "riemann_middle"):
-        shift = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[rule]
-        alphas = (np.arange(n) + shift) / n
-        weights = np.full(n, 1 / n)
-    else:
-        raise ValueError(f"unknown integration rule {rule!r}; choose one of {RULES}")
-    return torch.tensor(alphas), torch.tensor(weights)
-
-
 class IntegratedGradients(AttributionMethod):
     """Integrated gradients (Sundararajan et al. 2017), summed over channels.
 
@@ -190,7 +155,7 @@ class IntegratedGradients(AttributionMethod):
     def __init__(self, model: nn.Module, n_steps: int = 50, baseline: float | Tensor = 0.0,
                  rule: str = "riemann_trapezoid", batch_size: int = 64) -> None:
         super().__init__(model, batch_size)
-        self.alphas, self.weights = integration_points(n_steps, rule)
+        self.alphas, self.weights = (torch.from_numpy(a) for a in integration_points(n_steps, rule))
         self.n_steps, self.baseline, self.rule = int(n_steps), baseline, rule
 
     def attribute(self, x: Tensor, target: Target = None) -> Attribution:

@@ -19,6 +19,17 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+def init_conv_bn(model: nn.Module, nonlinearity: str = "relu") -> None:
+    """torchvision's initialisation, shared with the wide ResNet: He-normal convolutions
+    (fan_out, for the ``nonlinearity`` that follows them), batch norms as the identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a skip connection: relu(F(x) + shortcut(x))."""
 
@@ -73,12 +84,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(512 * BasicBlock.expansion, num_classes)
 
         # The same initialisation as torchvision, so from-scratch runs behave alike.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, "relu")
         if zero_init_residual:
             # Each block then starts as the identity, which helps very deep/large-batch runs.
             for m in self.modules():

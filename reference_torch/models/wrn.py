@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .resnet import init_conv_bn
+
 
 def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=momentum)
@@ -63,13 +65,9 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(widths[-1], num_classes)
         self.out_features = widths[-1]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+        init_conv_bn(self, "leaky_relu")
+        for m in self.modules():  # FixMatch's code also gives the classifier Glorot weights
+            if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
