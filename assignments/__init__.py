@@ -65,7 +65,7 @@ def available(default_only=False):
 
 @dataclass
 class Result:
-    """What a run made: its metrics (as in metrics.json), its folder and its figures."""
+    """What a run made: its metrics (as metrics.json holds them), its folder and its figures."""
     metrics: dict
     out: Path
     figures: list
@@ -75,7 +75,7 @@ def run(name, profile="default", out=None, **options):
     """Run driver ``name`` as ``python -m assignments run`` would, with the same
     validation: ``options`` are its command-line options by their Python names
     (``batch_size=64``, ``dataset="mnist"``, ``resume=True``). Returns a Result."""
-    from .runner import parser_for, run_driver
+    from .runner import parser_for, run_driver, to_jsonable
 
     driver = get(name)
     argv = ["--profile", profile] + (["--out", str(out)] if out is not None else [])
@@ -96,4 +96,4 @@ def run(name, profile="default", out=None, **options):
         else:
             argv += [flag, str(value)]
     metrics, ctx = run_driver(driver, vars(parser_for(driver).parse_args(argv)))
-    return Result(metrics=metrics, out=ctx.out, figures=[ctx.out / f["file"] for f in ctx.figures])
+    return Result(metrics=to_jsonable(metrics), out=ctx.out, figures=[ctx.out / f["file"] for f in ctx.figures])

@@ -23,9 +23,10 @@ def _axes(ax, figsize):
     return fig, ax
 
 
-def _finish(fig, ax, title, xlabel, ylabel, legend=True):
+def _finish(fig, ax, title, xlabel, ylabel, legend=True, grid=True):
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
+    if grid:
+        ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -111,14 +112,15 @@ def confusion_matrix(matrix, classes, title, ax=None):
             if rates[i, j] >= 0.5:
                 ax.text(j, i, f"{rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 55 else "black")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    long = max(len(str(c)) for c in classes) > 2
+    ax.set_xticks(range(n), classes, rotation=45 if long else 0, ha="right" if long else "center", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
-    return _finish(fig, ax, title, "predicted class", "true class", legend=False)
+    return _finish(fig, ax, title, "predicted class", "true class", legend=False, grid=False)
 
 
 def heatmap(matrix, title, xlabel, ylabel, ax=None, x_labels=None, y_labels=None, signed=None,
-            colorbar="value", annotate=None, figsize=(6, 4.8)):
+            colorbar="value", annotate=None, figsize=(6, 4.8), fontsize=7):
     """A matrix as colours. Signed values (``signed``, or any value below zero) use a
     diverging map with white at zero and limits symmetric about it, so that red and blue
     of the same depth mean the same size; others a sequential map. ``annotate`` is a
@@ -136,14 +138,15 @@ def heatmap(matrix, title, xlabel, ylabel, ax=None, x_labels=None, y_labels=None
                       ha="right" if max(map(len, map(str, x_labels))) > 3 else "center", fontsize=8)
     if y_labels is not None:
         ax.set_yticks(range(len(y_labels)), y_labels, fontsize=8)
-    if annotate:
-        middle = np.nanmean(matrix)
+    if annotate:  # white on the dark cells: the deep ends of a diverging map, the low end of viridis
+        low, high = np.nanmin(matrix), np.nanmax(matrix)
         for (i, j), value in np.ndenumerate(matrix):
-            ax.text(j, i, annotate.format(value), ha="center", va="center", fontsize=7,
-                    color="black" if signed or value > middle else "white")
+            dark = abs(value) > 0.6 * top if signed else value < low + 0.5 * (high - low)
+            ax.text(j, i, annotate.format(value), ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark else "black")
     if colorbar:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
-    return _finish(fig, ax, title, xlabel, ylabel, legend=False)
+    return _finish(fig, ax, title, xlabel, ylabel, legend=False, grid=False)
 
 
 # --------------------------------------------------------------- images
@@ -191,11 +194,12 @@ def image_grid(images, title, captions=None, columns=8, row_labels=None, size=1.
 
 # ----------------------------------------------------------------- bars
 def bar_chart(values, title, ylabel, ax=None, errors=None, fmt="{:.1f}", chance=None, baseline=None,
-              colors=None, xlabel="", rotation=0, figsize=None, ylim=None):
+              colors=None, xlabel="", rotation=0, figsize=None, ylim=None, unit=""):
     """Bars with their values written on them. ``values`` maps a bar's label to its
     height, or a group's label to ``{series: height}`` (grouped bars, one colour per
     series, a legend). ``errors`` has the same shape (standard deviations, drawn as
-    error bars); ``chance`` and ``baseline`` are horizontal reference lines."""
+    error bars); ``chance`` and ``baseline`` are horizontal reference lines, the chance
+    level labelled with ``unit`` (" %")."""
     grouped = isinstance(next(iter(values.values())), dict)
     groups = list(values)
     series = list(dict.fromkeys(s for g in groups for s in values[g])) if grouped else [None]
@@ -215,7 +219,7 @@ def bar_chart(values, title, ylabel, ax=None, errors=None, fmt="{:.1f}", chance=
                      padding=2)
         top = max(top, np.nanmax(np.asarray(heights, dtype=float) + (np.asarray(errs) if errs else 0)))
     if chance is not None:
-        ax.axhline(chance, color="0.5", ls=":", lw=1, label=f"chance ({fmt.format(chance)})")
+        ax.axhline(chance, color="0.5", ls=":", lw=1, label=f"chance ({fmt.format(chance)}{unit})")
     if baseline is not None:
         label, level = baseline
         ax.axhline(level, color="0.3", ls="--", lw=1, label=label)

@@ -76,7 +76,7 @@ def _bounded(kind, low, what):
         if not (value > low if what == "positive" else value >= low):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
-    parse.__name__ = f"{what} {kind.__name__}"
+    parse.__name__ = kind.__name__  # argparse: "invalid int value: 'x'"
     return parse
 
 
@@ -183,7 +183,7 @@ def parser_for(driver):
     for action in parser._actions:
         shown = [f"{name}: {_show(profiles[name][action.dest])}" for name in ("default", "quick", "full")
                  if action.dest in profiles.get(name, {})]
-        if shown and action.help:
+        if shown and action.help and action.nargs != 0:  # not on flags such as --no-sweep
             action.help += f" [{'; '.join(shown)}]"
     return parser
 
@@ -243,10 +243,7 @@ def cpu_threads(count):
         return
     from threadpoolctl import threadpool_limits
 
-    try:  # TODO(wave 2): minidl.threads once the engine split lands
-        from minidl import threads
-    except ImportError:
-        from minidl import kernels as threads
+    from minidl import threads
     torch = sys.modules.get("torch")  # only drivers that use torch have imported it
     before = (threads.num_threads(), torch.get_num_threads() if torch else None)
     threads.set_num_threads(count)
@@ -419,7 +416,8 @@ class Run:
         checkpointing into ``<out>/checkpoints/<label>`` so that --resume can continue."""
         from reference_torch.train import Trainer
         options.setdefault("checkpoint_dir", self.out / "checkpoints" / label)
-        trainer = Trainer(model, optimizer, device=self.device, amp=self.config.amp, seed=self.seed,
+        options.setdefault("seed", self.seed)
+        trainer = Trainer(model, optimizer, device=self.device, amp=self.config.amp,
                           progress=self.is_main and sys.stderr.isatty(), **options)
         trainer.label = label
         return trainer
@@ -495,7 +493,10 @@ def prepare(driver, given):
     if run["tensorboard"]:
         tensorboard_writer()
     if getattr(driver, "TORCH", False) and config.device != "auto":
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise SystemExit(f"--device {config.device} needs torch: pip install 'minidl-labkit[torch]'") from None
         kind = config.device.split(":")[0]
         present = {"cpu": True, "cuda": torch.cuda.is_available(),
                    "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}

@@ -55,7 +55,7 @@ def test_help_shows_the_profiles_values(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--width", "0"], "argument --width: must be at least 1, got 0"),
-    (["--width", "two"], "argument --width: invalid at least 1 int value: 'two'"),
+    (["--width", "two"], "argument --width: invalid int value: 'two'"),
     (["--names", "a,z"], "unknown 'z'; choose from a, b, c"),
     (["--lr", "-1"], "argument --lr: must be positive, got -1"),
     (["--device", "gpu"], "'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
