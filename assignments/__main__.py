@@ -1,7 +1,8 @@
-"""The front door:
+"""The front door (also installed as the command ``minidl-lab``):
 
     python -m assignments list
     python -m assignments run regression --quick
+    python -m assignments run regression --help  # that driver's options and profiles
     python -m assignments run --default          # the set `make demo` runs
     python -m assignments run --all --quick
     python -m assignments report                 # runs/index.html
@@ -10,70 +11,68 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import available, get
-from .report import build_report
-from .runner import RUNS_DIR, common_arguments, parser_for, run_driver
+from . import catalogue, get
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m assignments", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="the drivers, one line each")
-    run = commands.add_parser("run", help="run drivers (options after the names)")
-    run.add_argument("names", nargs="*", help="driver names")
-    which = run.add_mutually_exclusive_group()
-    which.add_argument("--all", action="store_true", help="every driver")
-    which.add_argument("--default", action="store_true", help="the drivers of `make demo`")
-    common_arguments(run)
-    report = commands.add_parser("report", help="gather every run into runs/index.html")
-    report.add_argument("--runs", default=str(RUNS_DIR), help="folder holding the runs (default runs)")
-
-    if argv[:1] == ["run"] and len(argv) > 1 and not argv[1].startswith("-") \
-            and {"-h", "--help"} & set(argv):  # `run NAME --help`: that driver's options
-        parser_for(get(argv[1])).print_help()
-        return 0
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "list":
-        for d in available():
-            marker = "*" if getattr(d, "DEFAULT", False) else " "
-            print(f"{marker} {d.NAME:22s} {d.COURSE}, {d.TASK}: {d.SUMMARY}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command == "list":
+        for entry in catalogue():
+            marker = "*" if entry["DEFAULT"] else " "
+            print(f"{marker} {entry['NAME']:22s} {entry['COURSE']}, {entry['TASK']}: {entry['SUMMARY']}")
         print("\n* runs in `python -m assignments run --default` (make demo)")
         return 0
-    if args.command == "report":
-        path = build_report(Path(args.runs))
+    if command == "report":
+        from .report import build_report
+        parser = argparse.ArgumentParser(prog="python -m assignments report")
+        parser.add_argument("--runs", default="runs", help="folder holding the runs (default runs)")
+        path = build_report(Path(parser.parse_args(rest).runs))
         print(f"report: {path.resolve()}")
         return 0
+    if command == "run":
+        return run_command(rest)
+    print(__doc__.strip(), file=sys.stderr)
+    return 0 if command in ("-h", "--help") else 2
 
-    if args.all:
-        drivers = available()
-    elif args.default:
-        drivers = [d for d in available() if getattr(d, "DEFAULT", False)]
-    elif args.names:
-        drivers = [get(name) for name in args.names]
-    else:
-        parser.error("run: name one or more drivers, or use --all or --default")
-    if rest and len(drivers) > 1:
-        parser.error(f"options {rest} belong to one driver; run that driver alone")
+
+def run_command(rest):
+    """``run NAME [options]`` for one driver; ``run --all|--default [options]`` for the set,
+    where only the options every driver has may be given."""
+    from .runner import Parser, common_arguments, parser_for, run_driver
+
+    names = []
+    while rest and not rest[0].startswith("-"):
+        names.append(rest.pop(0))
+    which = {"--all", "--default"} & set(rest)
+    if len(which) + bool(names) != 1:
+        raise SystemExit("run: name one or more drivers, or use --all or --default (not both)")
+    rest = [a for a in rest if a not in which]
+    if which:
+        entries = [e for e in catalogue() if "--all" in which or e["DEFAULT"]]
+        names = [e["NAME"] for e in entries]
+    drivers = [get(name) for name in names]
+    shared = {}
+    if len(drivers) > 1:  # the options that every driver has, parsed once for the set
+        common = Parser(prog="python -m assignments run", argument_default=argparse.SUPPRESS)
+        common_arguments(common)
+        shared = vars(common.parse_args(rest))
     failures = []
     for i, driver in enumerate(drivers, 1):
-        print(f"==> [{i}/{len(drivers)}] {driver.NAME}", file=sys.stderr, flush=True)
-        driver_args = parser_for(driver).parse_args(rest)
-        for key in ("dataset", "data_dir", "quick", "seed", "out", "threads"):
-            setattr(driver_args, key, getattr(args, key))
-        if args.out and len(drivers) > 1:
-            driver_args.out = str(Path(args.out) / driver.NAME)
-        if args.dataset and args.dataset not in driver.DATASETS:
-            if len(drivers) > 1:  # a shared --dataset applies to the drivers that know it
-                driver_args.dataset = None
-        try:
-            run_driver(driver, driver_args)
-        except Exception as error:  # one broken driver must not hide the others' results
-            if len(drivers) == 1:
-                raise
-            print(f"!! {driver.NAME} failed: {type(error).__name__}: {error}", file=sys.stderr)
-            failures.append(driver.NAME)
+        if len(drivers) > 1:
+            print(f"==> [{i}/{len(drivers)}] {driver.NAME}", file=sys.stderr, flush=True)
+            given = dict(shared)
+            if "out" in given:
+                given["out"] = str(Path(given["out"]) / driver.NAME)
+            if given.get("dataset") not in (None, *driver.DATASETS):
+                del given["dataset"]  # a shared --dataset applies to the drivers that know it
+            try:
+                run_driver(driver, given)
+            except Exception as error:  # one broken driver must not hide the others' results
+                print(f"!! {driver.NAME} failed: {type(error).__name__}: {error}", file=sys.stderr)
+                failures.append(driver.NAME)
+        else:
+            run_driver(driver, vars(parser_for(driver).parse_args(rest)))
     if failures:
         print(f"failed: {', '.join(failures)}", file=sys.stderr)
         return 1

@@ -11,15 +11,16 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.manifold import TSNE
 from sklearn.neighbors import KNeighborsClassifier
-from threadpoolctl import threadpool_limits
 
 import minidl as md
 import minidl.data  # noqa: F401
 import minidl.models  # noqa: F401
 import minidl.optim  # noqa: F401
 import minidl.train  # noqa: F401
+
+from . import plots
+from .runner import positive_float, positive_int
 
 NAME = "cnn_vs_mlp"
 COURSE = "ITU advanced ML"
@@ -37,48 +38,46 @@ in another class's cluster are the errors.
 """
 DATASETS = ("digits", "mnist")
 DEFAULT = True
+THREADS = "small"  # a 20k-parameter CNN: one thread beats several on a busy small machine
 
-# Per profile: at most this many training / validation / test images, epochs, points
-# per split in the t-SNE. (Full MNIST is capped at 20,000 training images: minutes, not
-# hours, on two cores; offline only 7,333 are at hand anyway.)
+# At most this many training / validation / test images (None: all of them), and the
+# points per split in the t-SNE. Full MNIST is capped at 20,000 training images:
+# minutes, not hours, on two cores (offline only 7,333 are at hand anyway).
 PROFILES = {
-    "quick": dict(train=400, val=200, test=400, epochs=2, tsne=120),
-    "digits": dict(train=None, val=None, test=None, epochs=10, tsne=400),
-    "mnist": dict(train=20000, val=None, test=None, epochs=6, tsne=500),
+    "default": {"epochs": 10, "lr": 2e-3, "batch_size": 64, "train_images": None, "val_images": None,
+                "test_images": None, "tsne_points": 400},
+    "quick": {"epochs": 2, "train_images": 400, "val_images": 200, "test_images": 400, "tsne_points": 120},
 }
-# tab10 with its grey (class 7) made black: grey marks the other split in the t-SNE plots
-PALETTE = [c if i != 7 else "black" for i, c in enumerate(plt.get_cmap("tab10").colors)]
-
-
-def COLOURS(i):  # noqa: N802  (used like a colormap)
-    return PALETTE[i % len(PALETTE)]
+DATASET_SETTINGS = {"mnist": {"epochs": 6, "train_images": 20000, "tsne_points": 500}}
+COLUMNS = {"model": "model", "parameters": ("parameters", "{:,}"), "feature_size": "feature size",
+           "train_accuracy": ("train accuracy", "{:.1%}"), "val_accuracy": ("val accuracy", "{:.1%}"),
+           "test_accuracy": ("test accuracy", "{:.1%}"),
+           "feature_knn_accuracy": ("5-NN on features", "{:.1%}"),
+           "seconds": ("training time (s)", "{:.1f}")}
 
 
 def add_arguments(parser):
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per dataset)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    parser.add_argument("--epochs", type=positive_int, help="training epochs of both models")
+    parser.add_argument("--lr", type=positive_float, help="Adam learning rate")
+    parser.add_argument("--batch-size", type=positive_int, help="mini-batch size")
 
 
 # ------------------------------------------------------------------- data
-def load_splits(ctx):
-    """digits at 28x28 (MNIST's size), or MNIST (see ``Run.load_dataset``)."""
-    return ctx.load_dataset(size=28) if ctx.dataset == "digits" else ctx.load_dataset()
+def load(ctx):
+    """Normalised train/val/test arrays, each cut to its limit, and the class names:
+    digits at 28x28 (MNIST's size), or MNIST (see ``Run.load_dataset``)."""
+    splits = ctx.load_dataset(size=28) if ctx.dataset == "digits" else ctx.load_dataset()
+    limits = {"train": ctx.config.train_images, "val": ctx.config.val_images,
+              "test": ctx.config.test_images}
 
-
-def load(ctx, profile):
-    """Normalised train/val/test arrays (subsets in the quick profile) and class names."""
-    splits = load_splits(ctx)
-
-    def arrays(part, limit=None):
-        x, y = part.x, part.y
-        if limit is not None and len(y) > limit:
-            keep = ctx.rng(1).permutation(len(y))[:limit]
+    def arrays(part):
+        x, y = getattr(splits, part).x, getattr(splits, part).y
+        if limits[part] is not None and len(y) > limits[part]:
+            keep = ctx.rng(1).permutation(len(y))[:limits[part]]
             x, y = x[keep], y[keep]
         return splits.normalize(x), y.astype(np.int64)
 
-    data = {part: arrays(getattr(splits, part), profile[part]) for part in ("train", "val", "test")}
-    return data, [str(c) for c in splits.classes]
+    return {part: arrays(part) for part in limits}, [str(c) for c in splits.classes]
 
 
 def models(in_shape, num_classes):
@@ -94,147 +93,108 @@ def count_parameters(model):
     return int(sum(p.data.size for p in model.parameters()))
 
 
-# ---------------------------------------------------------------- figures
-def plot_curves(histories, dataset):
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, (name, h) in enumerate(histories.items()):
-        epochs = np.arange(1, len(h["loss"]) + 1)
-        ax_loss.plot(epochs, h["loss"], "-o", ms=3, color=COLOURS(i), label=f"{name} train")
-        ax_loss.plot(epochs, h["val_loss"], "--s", ms=3, color=COLOURS(i), label=f"{name} validation")
-        ax_acc.plot(epochs, 100 * np.asarray(h["accuracy"]), "-o", ms=3, color=COLOURS(i),
-                    label=f"{name} train")
-        ax_acc.plot(epochs, 100 * np.asarray(h["val_accuracy"]), "--s", ms=3, color=COLOURS(i),
-                    label=f"{name} validation")
-    ax_loss.set(title=f"Cross-entropy loss ({dataset})", xlabel="epoch", ylabel="loss (nats)")
-    ax_acc.set(title=f"Accuracy ({dataset})", xlabel="epoch", ylabel="accuracy (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    return fig
+# ---------------------------------------------------------------- t-SNE
+def tsne_sample(model, data, count, seed):
+    """Features, true and predicted classes of ``count`` training and ``count`` test
+    images, and which split each came from."""
+    rng = np.random.default_rng(seed)
+    picks = {part: rng.permutation(len(data[part][1]))[:count] for part in ("train", "test")}
+    x = np.concatenate([data[part][0][pick] for part, pick in picks.items()])
+    y = np.concatenate([data[part][1][pick] for part, pick in picks.items()])
+    split = np.concatenate([[part] * len(pick) for part, pick in picks.items()])
+    return md.train.predict(model.body, x), y, md.train.predict(model, x).argmax(axis=1), split
 
 
-def plot_tsne(name, emb, labels, predicted, split, classes, dataset):
-    """2x2 panels: training / test points, coloured by true / predicted class;
-    test points predicted wrongly are ringed in black."""
+def plot_tsne(name, points, labels, predicted, split, classes, dataset):
+    """2x2 panels: training / test points, coloured by true / predicted class; the
+    other split in pale grey behind them; misclassified points ringed in black."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 9.2), sharex=True, sharey=True)
+    wrong = labels != predicted
     for row, part in enumerate(("train", "test")):
         sel = split == part
         for col, (what, colour_by) in enumerate((("true class", labels), ("predicted class", predicted))):
             ax = axes[row, col]
-            ax.scatter(emb[~sel, 0], emb[~sel, 1], s=6, c="0.85", linewidths=0)  # the other split
-            for k in range(len(classes)):
-                pts = sel & (colour_by == k)
-                ax.scatter(emb[pts, 0], emb[pts, 1], s=10, color=COLOURS(k), linewidths=0,
-                           label=classes[k])
-            wrong = sel & (labels != predicted)
-            ax.scatter(emb[wrong, 0], emb[wrong, 1], s=40, facecolors="none", edgecolors="black",
+            plots.scatter_2d(points[sel], colour_by[sel], classes, ax=ax,
+                             title=f"{part} images ({sel.sum()}), coloured by {what}")
+            ax.get_legend().remove()  # one legend for the figure
+            ax.scatter(*points[~sel].T, s=6, c="0.88", linewidths=0, zorder=0)
+            ax.scatter(*points[sel & wrong].T, s=40, facecolors="none", edgecolors="black",
                        linewidths=0.9, label="misclassified")
-            ax.set_title(f"{part} images ({sel.sum()}), coloured by {what}", fontsize=10)
-            if row == 1:
-                ax.set_xlabel("t-SNE dimension 1")
-            if col == 0:
-                ax.set_ylabel("t-SNE dimension 2")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center right", title="class", markerscale=1.6, fontsize=9)
-    fig.suptitle(f"t-SNE of the {name}'s learned features ({dataset}; grey: the other split)")
+    fig.suptitle(f"t-SNE of the {name}'s learned features ({dataset}; pale grey: the other split)")
     fig.tight_layout(rect=(0, 0, 0.88, 1))
     return fig
 
 
 # --------------------------------------------------------------------- run
-def tsne_embedding(model, data, count, seed):
-    """Features of ``count`` training and ``count`` test images, embedded together."""
-    rng = np.random.default_rng(seed)
-    xs, ys, splits = [], [], []
-    for part in ("train", "test"):
-        x, y = data[part]
-        pick = rng.permutation(len(y))[:count]
-        xs.append(x[pick])
-        ys.append(y[pick])
-        splits += [part] * len(pick)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    features = md.train.predict(model.body, x)
-    predicted = md.train.predict(model, x).argmax(axis=1)
-    perplexity = min(30.0, (len(y) - 1) / 3)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                max_iter=750 if count > 150 else 500)
-    # One thread: sklearn's Barnes-Hut gradient in OpenMP threads is many times slower
-    # than one thread on a small, busy machine (measured: 18 s against 1.3 s CPU, 800 points).
-    with threadpool_limits(1):
-        emb = tsne.fit_transform(features.astype(np.float64))
-    return emb, y, predicted, np.array(splits), features
+def train(ctx, model, data):
+    """Adam on ``model``; returns its history and the seconds it took."""
+    loader = md.data.DataLoader(*data["train"], batch_size=ctx.config.batch_size, shuffle=True,
+                                seed=ctx.seed)
+    val_loader = md.data.DataLoader(*data["val"], batch_size=256)
+    optimizer = md.optim.Adam(model.parameters(), lr=ctx.config.lr)
+    start = time.perf_counter()
+    history = md.train.fit(model, md.nn.CrossEntropyLoss(), optimizer, loader, val_loader,
+                           epochs=ctx.config.epochs)
+    return history.as_dict(), time.perf_counter() - start
 
 
 def run(ctx):
-    profile = PROFILES["quick" if ctx.quick else ctx.dataset]
-    epochs = ctx.args.epochs or profile["epochs"]
-    data, classes = load(ctx, profile)
-    x_train, y_train = data["train"]
-    ctx.log(f"{len(y_train)} training, {len(data['val'][1])} validation, {len(data['test'][1])} "
+    data, classes = load(ctx)
+    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
+    ctx.log(f"{len(y_train)} training, {len(data['val'][1])} validation, {len(y_test)} "
             f"test images of shape {x_train.shape[1:]}, {len(classes)} classes")
     md.manual_seed(ctx.seed)
     nets = models(x_train.shape[1:], len(classes))
-    loss_fn = md.nn.CrossEntropyLoss()
-    histories, rows, metrics = {}, [], {"dataset": ctx.dataset, "epochs": epochs}
+    histories, rows, metrics = {}, [], {"dataset": ctx.dataset, "epochs": ctx.config.epochs}
     for name, model in nets.items():
-        train_loader = md.data.DataLoader(x_train, y_train, batch_size=ctx.args.batch_size,
-                                          shuffle=True, seed=ctx.seed)
-        val_loader = md.data.DataLoader(*data["val"], batch_size=256)
-        optimizer = md.optim.Adam(model.parameters(), lr=ctx.args.lr)
-        start = time.perf_counter()
-        history = md.train.fit(model, loss_fn, optimizer, train_loader, val_loader, epochs=epochs,
-                               progress=not ctx.quick)
-        seconds = time.perf_counter() - start
-        histories[name] = history
+        histories[name], seconds = train(ctx, model, data)
+        ctx.history(name.lower(), histories[name])
         result = {split: md.train.evaluate(model, md.data.DataLoader(*data[split], batch_size=256),
-                                           loss_fn) for split in ("train", "test")}
+                                           md.nn.CrossEntropyLoss()) for split in ("train", "test")}
         # How separable the learned features are: 5-NN on features, fit on training images.
-        knn = KNeighborsClassifier(5).fit(md.train.predict(model.body, x_train), y_train)
-        knn_acc = knn.score(md.train.predict(model.body, data["test"][0]), data["test"][1])
-        rows.append({"model": name, "parameters": count_parameters(model),
-                     "feature size": int(np.prod(md.train.predict(model.body, x_train[:1]).shape[1:])),
-                     "train accuracy (%)": round(100 * result["train"]["accuracy"], 2),
-                     "val accuracy (%)": round(100 * history["val_accuracy"][-1], 2),
-                     "test accuracy (%)": round(100 * result["test"]["accuracy"], 2),
-                     "5-NN on features (%)": round(100 * knn_acc, 2),
-                     "training time (s)": round(seconds, 1)})
-        key = name.lower()
-        metrics.update({f"{key}_parameters": count_parameters(model),
-                        f"{key}_test_accuracy": result["test"]["accuracy"],
-                        f"{key}_test_loss": result["test"]["loss"],
-                        f"{key}_train_accuracy": result["train"]["accuracy"],
-                        f"{key}_feature_knn_accuracy": knn_acc,
-                        f"{key}_seconds": seconds,
-                        f"{key}_history": history.as_dict()})
-        ctx.log(f"{name}: {rows[-1]}")
+        features = md.train.predict(model.body, x_train)
+        knn = KNeighborsClassifier(5).fit(features, y_train)
+        row = {"model": name, "parameters": count_parameters(model), "feature_size": features.shape[1],
+               "train_accuracy": result["train"]["accuracy"],
+               "val_accuracy": histories[name]["val_accuracy"][-1],
+               "test_accuracy": result["test"]["accuracy"],
+               "feature_knn_accuracy": knn.score(md.train.predict(model.body, x_test), y_test),
+               "seconds": seconds}
+        rows.append(row)
+        metrics.update({f"{name.lower()}_{key}": value for key, value in row.items() if key != "model"})
+        metrics[f"{name.lower()}_test_loss"] = result["test"]["loss"]
+        ctx.log(f"{name}: test accuracy {row['test_accuracy']:.1%}, {row['parameters']:,} parameters")
 
     ctx.table("comparison", rows, f"MLP against CNN on {ctx.dataset}: the same Adam optimiser "
-              f"(lr {ctx.args.lr}, batch {ctx.args.batch_size}) and {epochs} epochs for both. "
-              "'5-NN on features' classifies test images by their 5 nearest training images in "
-              "the learned feature space.")
-    ctx.save_figure(plot_curves(histories, ctx.dataset), "learning_curves",
-                    "Training and validation loss and accuracy per epoch, both models.")
+              f"(lr {ctx.config.lr}, batch {ctx.config.batch_size}) and {ctx.config.epochs} epochs "
+              "for both. '5-NN on features' classifies test images by their 5 nearest training "
+              "images in the learned feature space.", columns=COLUMNS)
+    ctx.save_figure(plots.training_curves(histories, chance=1 / len(classes),
+                                          units={"loss": "loss (nats)"},
+                                          titles={"loss": f"Cross-entropy loss ({ctx.dataset})",
+                                                  "accuracy": f"Accuracy ({ctx.dataset})"}),
+                    "learning_curves", "Training and validation loss and accuracy per epoch, both models.")
     for name, model in nets.items():
-        emb, labels, predicted, split, _ = tsne_embedding(model, data, profile["tsne"], ctx.seed)
-        fig = plot_tsne(name, emb, labels, predicted, split, classes, ctx.dataset)
-        ctx.save_figure(fig, f"tsne_{name.lower()}",
+        features, labels, predicted, split = tsne_sample(model, data, ctx.config.tsne_points, ctx.seed)
+        points = plots.tsne_embedding(features, ctx.seed)
+        ctx.save_figure(plot_tsne(name, points, labels, predicted, split, classes, ctx.dataset),
+                        f"tsne_{name.lower()}",
                         f"t-SNE of the {name}'s learned features (the input of its last layer) for "
                         f"{(split == 'train').sum()} training and {(split == 'test').sum()} test "
-                        "images, embedded "
-                        "together; left coloured by the true class, right by the predicted one; "
-                        "misclassified points ringed in black, the other split in grey.")
+                        "images, embedded together; left coloured by the true class, right by the "
+                        "predicted one; misclassified points ringed in black, the other split in "
+                        "pale grey.")
 
     mlp, cnn = rows
-    ratio = mlp["parameters"] / cnn["parameters"]
-    better = "better" if cnn["test accuracy (%)"] > mlp["test accuracy (%)"] else "worse"
-    ctx.note(f"The CNN reaches {cnn['test accuracy (%)']:.1f} % test accuracy with "
-             f"{cnn['parameters']:,} parameters, the MLP {mlp['test accuracy (%)']:.1f} % with "
-             f"{mlp['parameters']:,} ({ratio:.0f}x as many): weight sharing does {better} with far "
-             "fewer parameters.")
+    better = "better" if cnn["test_accuracy"] > mlp["test_accuracy"] else "worse"
+    ctx.note(f"The CNN reaches {cnn['test_accuracy']:.1%} test accuracy with "
+             f"{cnn['parameters']:,} parameters, the MLP {mlp['test_accuracy']:.1%} with "
+             f"{mlp['parameters']:,} ({mlp['parameters'] / cnn['parameters']:.0f}x as many): weight "
+             f"sharing does {better} with far fewer parameters.")
     ctx.note(f"In the t-SNE plots the classes form clusters; 5-NN accuracy on the learned "
-             f"features is {cnn['5-NN on features (%)']:.1f} % (CNN) and "
-             f"{mlp['5-NN on features (%)']:.1f} % (MLP).")
+             f"features is {cnn['feature_knn_accuracy']:.1%} (CNN) and "
+             f"{mlp['feature_knn_accuracy']:.1%} (MLP).")
     metrics["comparison"] = rows
     return metrics

@@ -4,8 +4,8 @@ trained CNN, judged by deletion/insertion curves against a random pixel order an
 
     data     shapes (10 classes of 32x32 colour shapes on clutter, with object masks)
              or CIFAR-10 (--dataset cifar10 --data-dir ...)
-    model    a small CNN (conv-BN-ReLU-pool x 3) trained here with reference_torch's
-             Trainer, or loaded with --checkpoint (a model.pt of an earlier run)
+    model    a small CNN (conv-BN-ReLU-pool x 3) trained here with the runner's trainer,
+             or loaded with --checkpoint (a model.pt of an earlier run)
     methods  occlusion, saliency, gradient x input, Grad-CAM, integrated gradients
              (``reference_torch.explain``), all explaining the predicted class
     scores   deletion and insertion AUCs (Petsiuk et al. 2018) beside the same curves
@@ -14,14 +14,13 @@ trained CNN, judged by deletion/insertion curves against a random pixel order an
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
-import torch
 
 from reference_torch import explain as E
-from reference_torch.explain import plots
+from reference_torch.explain.plots import attribution_grid, curve_panel
 
 from . import _explain_common as C
-from .runner import small_model_threads
+from . import plots
+from .runner import positive_int
 
 NAME = "explanations"
 COURSE = "KTH advanced DL"
@@ -45,74 +44,56 @@ faithful, and do faithfulness and agreement with the object go together?
 """
 DATASETS = ("shapes", "cifar10")
 DEFAULT = True
-
-# Training beyond _explain_common.TRAINING: maps of a model that is right more often are
-# easier to read (shapes: about 70 % test accuracy after 6 epochs, 64 % after 4).
-TRAINING = {"quick": dict(epochs=3), "shapes": dict(epochs=6)}
-METHOD_NAMES = C.ATTRIBUTION_METHODS
-PROFILES = {  # examples shown, images scored, pixels changed per curve step (of 1,024), IG steps
-    "quick": dict(examples=3, scored=12, step=128, ig_steps=16),
-    "full": dict(examples=6, scored=64, step=64, ig_steps=32),
+THREADS = "small"
+TORCH = True
+# On top of the shared training settings: examples shown, test images scored, pixels
+# changed per curve step (of 1,024) and integrated-gradients steps. Maps of a model that
+# is right more often are easier to read, so this driver trains longer (shapes: about
+# 70 % test accuracy after 6 epochs, 64 % after 4).
+PROFILES = {
+    "default": {**C.TRAINING, "epochs": 6, "examples": 6, "scored": 64, "step": 64, "ig_steps": 32},
+    "quick": {**C.QUICK_TRAINING, "epochs": 3, "examples": 3, "scored": 12, "step": 128, "ig_steps": 16},
 }
-COLOURS = {"occlusion": "tab:purple", "saliency": "tab:red", "gradient x input": "tab:orange",
-           "Grad-CAM": "tab:green", "integrated gradients": "tab:blue", "random order": "0.4"}
+DATASET_SETTINGS = C.DATASET_SETTINGS
+RANDOM = "random_order"  # the baseline pixel order, scored beside the methods
+LABELS = {**C.METHODS, RANDOM: "random order"}
+COLOURS = {"occlusion": "tab:purple", "saliency": "tab:red", "input_x_gradient": "tab:orange",
+           "gradcam": "tab:green", "integrated_gradients": "tab:blue", RANDOM: "0.4"}
 
 
 def add_arguments(parser):
     C.add_model_arguments(parser)
-    parser.add_argument("--scored-images", type=int, default=None,
-                        help="test images for the deletion/insertion and mask scores (default 64)")
+    parser.add_argument("--scored-images", dest="scored", type=positive_int,
+                        help="test images for the deletion/insertion and mask scores")
 
 
 # ------------------------------------------------------------------------ figures
-def plot_examples(x, maps, labels, masks, dataset, layer_info):
-    fig = plots.attribution_grid(
-        x, {n: maps[n] for n in METHOD_NAMES}, row_labels=labels, outlines=masks,
-        signed=C.SIGNED,
-        title=f"What the CNN looks at: five explanations of its prediction on {dataset} test images\n"
-              f"(each map scaled to its own maximum; red = evidence for the predicted class, blue = against"
-              + ("; green line = the true object" if masks is not None else "") + ")")
-    # supxlabel, not fig.text: the constrained layout makes room for it below the colour bars
-    fig.supxlabel(f"occlusion: drop of the class probability under an {layer_info['patch']}-px black patch; "
-                  f"Grad-CAM at {layer_info['gradcam']};\nintegrated gradients from a black image in "
-                  f"{layer_info['ig_steps']} steps", fontsize=8)
-    return fig
-
-
 def plot_curves(curves, dataset, n_images):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    styles = {n: dict(color=COLOURS[n], lw=2.2 if n == "random order" else 1.6,
-                      ls="--" if n == "random order" else "-") for n in COLOURS}
-    fractions = curves["random order"]["deletion"].fractions
-    plots.curve_panel(axes[0], fractions, {n: c["deletion"].scores for n, c in curves.items()},
-                      f"Deletion: most relevant pixels set to black first\n(lower is better; "
-                      f"mean over {n_images} {dataset} test images)", "probability of the predicted class",
-                      styles)
-    plots.curve_panel(axes[1], fractions, {n: c["insertion"].scores for n, c in curves.items()},
-                      f"Insertion: most relevant pixels put into a blurred image first\n(higher is better; "
-                      f"mean over {n_images} images)", "probability of the predicted class", styles)
+    styles = {LABELS[n]: dict(color=COLOURS[n], lw=2.2 if n == RANDOM else 1.6, ls="--" if n == RANDOM else "-")
+              for n in COLOURS}
+    fractions = curves[RANDOM]["deletion"].fractions
+    for ax, kind, title in (
+            (axes[0], "deletion", f"Deletion: most relevant pixels set to black first\n(lower is better; "
+                                  f"mean over {n_images} {dataset} test images)"),
+            (axes[1], "insertion", f"Insertion: most relevant pixels put into a blurred image first\n(higher is "
+                                   f"better; mean over {n_images} images)")):
+        curve_panel(ax, fractions, {LABELS[n]: c[kind].scores for n, c in curves.items()}, title,
+                    "probability of the predicted class", styles)
     fig.tight_layout()
     return fig
 
 
-def plot_mask_scores(rows, mask_fraction, n_images):
-    names = [r["method"] for r in rows]
-    share = [r["mask share"] for r in rows]
-    hits = [r["pointing game"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    pos = np.arange(len(names))
-    for ax, values, title, ylabel in (
-            (axes[0], share, "Share of the positive relevance on the object", "share of relevance mass (%)"),
-            (axes[1], hits, "Pointing game: is the most relevant pixel on the object?", "hits (% of images)")):
-        ax.bar(pos, 100 * np.asarray(values), color=[COLOURS[n] for n in names])
-        ax.axhline(100 * mask_fraction, color="0.3", ls="--", lw=1.2,
-                   label=f"random ({100 * mask_fraction:.0f} %: the object's share of the pixels)")
-        ax.set_xticks(pos, names, rotation=20, ha="right")
-        ax.set(title=title, ylabel=ylabel, ylim=(0, 105), xlabel="method")
-        ax.legend(fontsize=8, loc="upper left")
-        ax.grid(axis="y", alpha=0.3)
-        for p, v in zip(pos, values):
-            ax.text(p, 100 * v + 1.5, f"{100 * v:.0f}", ha="center", fontsize=8)
+def plot_mask_scores(scores, mask_fraction, n_images):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    random = (f"random ({100 * mask_fraction:.0f} %: the object's share of the pixels)", 100 * mask_fraction)
+    for ax, key, title, ylabel in (
+            (axes[0], "mask_share", "Share of the positive relevance on the object", "share of relevance mass (%)"),
+            (axes[1], "pointing_game", "Pointing game: is the most relevant pixel on the object?",
+             "hits (% of images)")):
+        plots.bar_chart({C.METHODS[m]: 100 * scores[m][key] for m in C.METHODS}, title, ylabel, ax=ax,
+                        fmt="{:.0f}", colors=[COLOURS[m] for m in C.METHODS], baseline=random, xlabel="method",
+                        rotation=20, ylim=(0, 105))
     fig.suptitle(f"Agreement with the true object mask ({n_images} shapes test images)")
     fig.tight_layout()
     return fig
@@ -120,121 +101,93 @@ def plot_mask_scores(rows, mask_fraction, n_images):
 
 # ------------------------------------------------------------------------ run
 def run(ctx):
-    with small_model_threads(ctx):
-        return analyse(ctx)
-
-
-def analyse(ctx):
-    profile = C.attribution_profile(ctx, PROFILES)
+    cfg = ctx.config
     splits = C.load_data(ctx)
-    model, info = C.get_model(ctx, splits)
-    layers = C.layer_names(model)
-    last_block = C.last_block(model)
+    model, info = C.get_model(ctx, splits, path=cfg.checkpoint)
     height = splits.in_shape[1]
-    methods = C.attribution_methods(model, height, profile["ig_steps"])
-    has_masks = splits.test.mask is not None and splits.options.get("bias") is False
+    methods = C.attribution_methods(model, height, cfg.ig_steps)
+    has_masks = splits.test.mask is not None and not splits.options.get("bias")
     rng = ctx.rng()
 
     # --- side by side on a few images
-    pick = C.pick_examples(model, splits.test, profile["examples"], rng)
-    x = torch.as_tensor(splits.test.x[pick])
-    maps = {}
-    for name in ctx.progress(METHOD_NAMES, "methods on examples"):
-        maps[name] = methods[name].attribute(x).relevance
-    pred, prob = C.predictions(model, splits.test.x[pick])
-    labels = [f"true: {C.class_name(splits, splits.test.y[i])}\npred: {C.class_name(splits, p)}\n(p = {q:.2f})"
-              for i, p, q in zip(pick, pred, prob)]
-    cam_size = height // 2 ** (int(last_block[5:]) - 1)  # every block before it halves the image
-    layer_info = {"patch": methods["occlusion"].patch[0], "ig_steps": profile["ig_steps"],
-                  "gradcam": f"{last_block} ({layers[last_block]}, after its ReLU, {cam_size}x{cam_size})"}
-    ctx.save_figure(plot_examples(x, maps, labels, splits.test.mask[pick] if has_masks else None,
-                                  ctx.dataset, layer_info), "attributions",
+    pick = C.pick_examples(ctx, model, splits.test, cfg.examples, rng)
+    x = ctx.to_device(splits.test.x[pick])
+    maps = {C.METHODS[m]: methods[m].attribute(x).relevance for m in ctx.progress(C.METHODS, "methods on examples")}
+    last = C.blocks(model, height)[-1]
+    fig = attribution_grid(
+        x, maps, row_labels=C.prediction_labels(ctx, model, splits, pick),
+        outlines=splits.test.mask[pick] if has_masks else None, signed={C.METHODS[m]: C.SIGNED[m] for m in C.METHODS},
+        title=f"What the CNN looks at: five explanations of its prediction on {ctx.dataset} test images\n"
+              f"(each map scaled to its own maximum; red = evidence for the predicted class, blue = against"
+              + ("; green line = the true object" if has_masks else "") + ")")
+    # supxlabel, not fig.text: the constrained layout makes room for it below the colour bars
+    fig.supxlabel(f"occlusion: drop of the class probability under an {methods['occlusion'].patch[0]}-px black "
+                  f"patch; Grad-CAM at {last.name} ({last.relu}, after its ReLU, {last.size}x{last.size});\n"
+                  f"integrated gradients from a black image in {cfg.ig_steps} steps", fontsize=8)
+    ctx.save_figure(fig, "attributions",
                     "Five attribution maps for the predicted class, one row per test image. Saliency and "
                     "Grad-CAM are never negative (white to red); occlusion, gradient x input and integrated "
                     "gradients are signed (red for the class, blue against it). Every map is scaled to its "
                     "own largest value, so compare places within a map, not colours across maps.")
 
     # --- faithfulness and masks on more images
-    order = rng.permutation(len(splits.test.y))[:profile["scored"]]
-    xs = torch.as_tensor(splits.test.x[order])
-    curve_options = dict(step=profile["step"], seed=ctx.seed)
-    curves, relevance, ig_gap = {}, {}, None
-    for name in ctx.progress(METHOD_NAMES, "deletion/insertion"):
-        result = methods[name].attribute(xs)
-        relevance[name] = result.relevance
-        if result.delta is not None:
-            gained = (result.logits.gather(1, result.target[:, None])[:, 0]).abs()
+    order = rng.permutation(len(splits.test.y))[:cfg.scored]
+    xs = ctx.to_device(splits.test.x[order])
+    masks = ctx.to_device(splits.test.mask[order]) if has_masks else None
+    mask_fraction = float(masks.float().mean()) if has_masks else None
+    options = dict(step=cfg.step, seed=ctx.seed)
+    curves, scores, ig_gap = {}, {}, None
+    for name in ctx.progress([*C.METHODS, RANDOM], "deletion/insertion"):
+        result = "random" if name == RANDOM else methods[name].attribute(xs)
+        if name == "integrated_gradients":  # completeness: attributions sum to f(x) - f(black)
+            gained = result.logits.gather(1, result.target[:, None])[:, 0].abs()
             ig_gap = float((result.delta.abs() / gained.clamp(min=1e-6)).median())
-        curves[name] = {"deletion": E.deletion_curve(model, xs, result.relevance, **curve_options),
-                        "insertion": E.insertion_curve(model, xs, result.relevance, **curve_options)}
-    curves["random order"] = {"deletion": E.deletion_curve(model, xs, "random", **curve_options),
-                              "insertion": E.insertion_curve(model, xs, "random", **curve_options)}
+        curves[name] = {"deletion": E.deletion_curve(model, xs, result, **options),
+                        "insertion": E.insertion_curve(model, xs, result, **options)}
+        scores[name] = {"deletion_auc": curves[name]["deletion"].mean_auc,
+                        "insertion_auc": curves[name]["insertion"].mean_auc}
+        if has_masks and name == RANDOM:  # a random map puts the object's share of the pixels on it
+            scores[name].update(mask_share=mask_fraction, pointing_game=mask_fraction)
+        elif has_masks:
+            scores[name].update(mask_share=float(E.mask_share(result.relevance, masks).nanmean()),
+                                pointing_game=float(E.pointing_game(result.relevance, masks).float().mean()))
     ctx.save_figure(plot_curves(curves, ctx.dataset, len(order)), "deletion_insertion",
                     "Deletion and insertion curves (mean over the scored test images) for each method and "
                     "for a random pixel order (dashed). A faithful map makes the probability fall fast when "
                     "its top pixels are blacked out (low deletion AUC) and rise fast when they are put into "
                     "a blurred copy (high insertion AUC). The AUCs are in the legends and the table.")
-
-    def auc(name, kind):
-        return curves[name][kind].mean_auc
-
-    rows, metrics_methods = [], {}
-    mask_fraction = None
-    if has_masks:
-        masks = torch.as_tensor(splits.test.mask[order])
-        mask_fraction = float(masks.float().mean())
-    for name in (*METHOD_NAMES, "random order"):
-        row = {"method": name, "deletion AUC (lower better)": round(auc(name, "deletion"), 4),
-               "insertion AUC (higher better)": round(auc(name, "insertion"), 4)}
-        entry = {"deletion_auc": auc(name, "deletion"), "insertion_auc": auc(name, "insertion")}
-        if has_masks:
-            if name == "random order":
-                share = hits = mask_fraction
-            else:
-                share = float(np.nanmean(E.mask_share(relevance[name], masks).numpy()))
-                hits = float(E.pointing_game(relevance[name], masks).float().mean())
-            row.update({"mask share": round(share, 4), "pointing game": round(hits, 4)})
-            entry.update(mask_share=share, pointing_game=hits)
-        rows.append(row)
-        metrics_methods[name] = entry
-    ctx.table("scores", rows,
+    ctx.table("scores", [{"method": LABELS[n], **s} for n, s in scores.items()],
               f"Mean over {len(order)} random {ctx.dataset} test images, explaining the predicted class. "
               "Deletion: probability of the class while the most relevant pixels are set to black, "
-              f"{profile['step']} pixels per step; insertion: the same pixels put into a blurred copy. "
+              f"{cfg.step} pixels per step; insertion: the same pixels put into a blurred copy. "
               "The last row orders the pixels at random, the baseline every method must beat."
               + (" Mask share: share of the positive relevance on the object; pointing game: share of "
                  "images whose most relevant pixel is on the object; for a random map both equal the "
-                 "object's share of the pixels." if has_masks else ""))
+                 "object's share of the pixels." if has_masks else ""),
+              columns={"method": "method", "deletion_auc": ("deletion AUC (lower is better)", "{:.3f}"),
+                       "insertion_auc": ("insertion AUC (higher is better)", "{:.3f}"),
+                       "mask_share": ("mask share (%)", "{:.1%}"), "pointing_game": ("pointing game (%)", "{:.1%}")})
     if has_masks:
-        ctx.save_figure(plot_mask_scores(rows[:-1], mask_fraction, len(order)), "mask_scores",
+        ctx.save_figure(plot_mask_scores(scores, mask_fraction, len(order)), "mask_scores",
                         "How well each map agrees with the true object (the shape's mask): the share of its "
                         "positive relevance on the object and how often its maximum lies on it, against what "
                         "a random map gets (dashed).")
 
-    random_del = auc("random order", "deletion")
-    best = min(METHOD_NAMES, key=lambda n: auc(n, "deletion"))
-    beating = [n for n in METHOD_NAMES if auc(n, "deletion") < random_del]
-    ctx.note(f"The CNN reaches {100 * info['test_accuracy']:.1f} % test accuracy (chance "
-             f"{100 * info['chance']:.0f} %; {info['source']}).")
-    ctx.note(f"Deletion AUC, random order {random_del:.3f}: " +
-             ", ".join(f"{n} {auc(n, 'deletion'):.3f}" for n in METHOD_NAMES) +
-             f". Most faithful by deletion: {best}; {len(beating)} of {len(METHOD_NAMES)} methods beat the "
-             f"random order.")
+    deletion = {n: s["deletion_auc"] for n, s in scores.items()}
+    best = min(C.METHODS, key=deletion.get)
+    beating = [n for n in C.METHODS if deletion[n] < deletion[RANDOM]]
+    C.note_accuracy(ctx, info)
+    ctx.note(f"Deletion AUC, random order {deletion[RANDOM]:.3f}: "
+             + ", ".join(f"{C.METHODS[n]} {deletion[n]:.3f}" for n in C.METHODS)
+             + f". Most faithful by deletion: {C.METHODS[best]}; {len(beating)} of {len(C.METHODS)} methods beat "
+               "the random order.")
     if has_masks:
-        top = max(METHOD_NAMES, key=lambda n: metrics_methods[n]["mask_share"])
-        ctx.note(f"On the object mask ({100 * mask_fraction:.0f} % of the pixels): {top} puts the largest share "
-                 f"of its relevance on the object ({100 * metrics_methods[top]['mask_share']:.0f} %).")
-    if ig_gap is not None:
-        ctx.note(f"Integrated gradients with {profile['ig_steps']} steps: the median completeness gap "
-                 f"|sum of attributions - (f(x) - f(black))| is {100 * ig_gap:.1f} % of the class logit.")
-
-    return {
-        "dataset": ctx.dataset, "model": info, "test_accuracy": info["test_accuracy"], "chance": info["chance"],
-        "scored_images": len(order), "deletion_step_pixels": profile["step"],
-        "methods": metrics_methods,
-        "deletion_auc": {n: m["deletion_auc"] for n, m in metrics_methods.items()},
-        "insertion_auc": {n: m["insertion_auc"] for n, m in metrics_methods.items()},
-        "deletion_auc_random": random_del, "insertion_auc_random": auc("random order", "insertion"),
-        "most_faithful_by_deletion": best, "methods_beating_random_deletion": beating,
-        "mask_fraction": mask_fraction, "ig_steps": profile["ig_steps"], "ig_median_relative_gap": ig_gap,
-    }
+        top = max(C.METHODS, key=lambda n: scores[n]["mask_share"])
+        ctx.note(f"On the object mask ({100 * mask_fraction:.0f} % of the pixels): {C.METHODS[top]} puts the largest "
+                 f"share of its relevance on the object ({100 * scores[top]['mask_share']:.0f} %).")
+    ctx.note(f"Integrated gradients with {cfg.ig_steps} steps: the median completeness gap "
+             f"|sum of attributions - (f(x) - f(black))| is {100 * ig_gap:.1f} % of the class logit.")
+    return {**C.model_metrics(ctx, info),
+            "scored_images": len(order), "deletion_step_pixels": cfg.step, "methods": scores,
+            "most_faithful_by_deletion": best, "methods_beating_random_deletion": beating,
+            "mask_fraction": mask_fraction, "ig_steps": cfg.ig_steps, "ig_median_relative_gap": ig_gap}

@@ -19,21 +19,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 
 from reference_torch import explain as E
-from reference_torch.explain import plots
-from reference_torch.explain._common import inspecting
-from reference_torch.explain.featvis import RandomTransforms
-from reference_torch.explain.featvis import objective_value as featvis_objective
+from reference_torch.explain.featvis import objective_value
+from reference_torch.explain.plots import attribution_grid
 from reference_torch.models import load_torchvision_weights, resnet18
 
 from . import _explain_common as C
-from .runner import small_model_threads
+from . import plots
+from .runner import positive_int
 
 NAME = "feature_visualization"
 COURSE = "interpretability assignment (ITU advanced ML)"
@@ -58,23 +56,24 @@ Does the optimised image excite its unit more than any real image does?
 """
 DATASETS = ("shapes", "cifar10")
 DEFAULT = True
-
-# Per profile: images for activation maps and saliency; channels shown per activation
-# map layer; channels visualised per layer; optimisation steps (small CNN, ResNet);
-# ResNet image size and channels per layer; test images searched for the top example.
+THREADS = "small"
+TORCH = True
+# On top of the shared training settings: test images shown, channels per activation-map layer and
+# visualised per layer, ascent steps, the ResNet's, its image size and channels per layer, and the
+# test images searched for each unit's top example.
 PROFILES = {
-    "quick": dict(images=2, map_channels=3, channels=3, steps=48, resnet_steps=12, resnet_size=64,
-                  resnet_channels=2, search=300),
-    "full": dict(images=3, map_channels=4, channels=8, steps=160, resnet_steps=96, resnet_size=128,
-                 resnet_channels=4, search=1000),
+    "default": {**C.TRAINING, "examples": 3, "map_channels": 4, "channels": 8, "steps": 160, "resnet_steps": 96,
+                "resnet_size": 128, "resnet_channels": 4, "search": 1000},
+    "quick": {**C.QUICK_TRAINING, "examples": 2, "map_channels": 3, "channels": 3, "steps": 48, "resnet_steps": 12,
+              "resnet_size": 64, "resnet_channels": 2, "search": 300},
 }
-# The three ways of making an image that the figures compare (the arguments of featvis.visualize)
+DATASET_SETTINGS = C.DATASET_SETTINGS
+# The three ways of making an image that the figures compare: label, arguments of featvis.visualize
 RECIPES = OrderedDict(
-    lucid=dict(param="fourier", decorrelate=True, transforms=RandomTransforms(), tv_weight=0.0,
-               label="Fourier + transforms"),
-    pixel_regularised=dict(param="pixel", decorrelate=True, transforms=RandomTransforms(), tv_weight=0.5,
-                           label="pixels + transforms + TV"),
-    naive=dict(param="pixel", decorrelate=False, transforms=None, tv_weight=0.0, label="pixels, no regulariser"),
+    lucid=("Fourier + transforms", dict(param="fourier", decorrelate=True, transforms=E.RandomTransforms())),
+    pixel_regularised=("pixels + transforms + TV", dict(param="pixel", decorrelate=True,
+                                                        transforms=E.RandomTransforms(), tv_weight=0.5)),
+    naive=("pixels, no regulariser", dict(param="pixel", decorrelate=False, transforms=None)),
 )
 # ImageNet's normalisation (torchvision's weights expect it) and a few classes to visualise
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -84,96 +83,79 @@ IMAGENET_CLASSES = {1: "goldfish", 130: "flamingo", 323: "monarch butterfly", 34
 
 def add_arguments(parser):
     C.add_model_arguments(parser)
-    parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="ImageNet ResNet-18 weights in torchvision's format (a state_dict saved with "
-                             "torch.save(model.state_dict(), PATH)); adds its feature visualisations "
-                             "(about two minutes more on one CPU core)")
-    parser.add_argument("--channels", type=int, default=None,
-                        help="channels visualised per layer of the small CNN (default 8; quick 3)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="gradient-ascent steps per visualisation of the small CNN (default 160; quick 48)")
+    parser.add_argument("--weights", type=C.existing_file, default=None, metavar="PATH",
+                        help="ImageNet ResNet-18 weights in torchvision's format (torch.save(model.state_dict(), "
+                             "PATH)); adds its feature visualisations (about two minutes more on one CPU core)")
+    parser.add_argument("--channels", type=positive_int, help="channels visualised per layer of the small CNN")
+    parser.add_argument("--steps", type=positive_int, help="gradient-ascent steps per visualisation of the small CNN")
 
 
-def profile_for(ctx):
-    profile = dict(PROFILES["quick" if ctx.quick else "full"])
-    for key in ("channels", "steps"):
-        value = getattr(ctx.args, key)
-        if value is not None:
-            if value < 1:
-                raise SystemExit(f"{NAME}: --{key} must be at least 1, got {value}")
-            profile[key] = value
-    return profile
-
-
-def load_resnet(path):
+def load_resnet(ctx, path):
     """ImageNet ResNet-18 with ImageNet's normalisation in front: it takes images in [0, 1].
     ``load_torchvision_weights`` fails with a message listing wrong keys and shapes."""
     net = load_torchvision_weights(resnet18(num_classes=1000), path)
-    return nn.Sequential(OrderedDict(normalize=E.Normalize(IMAGENET_MEAN, IMAGENET_STD), net=net)).eval()
+    return nn.Sequential(OrderedDict(normalize=E.Normalize(IMAGENET_MEAN, IMAGENET_STD), net=net)).to(ctx.device).eval()
 
 
 # ------------------------------------------------------------------------ activation maximisation
 def maximise(model, objective, size, steps, recipe, seed):
-    """Visualise ``objective`` with one recipe; returns the Visualization, the objective of
-    the grey starting image (0 steps from the same seed) and the mean objective under 8
-    random transforms of the result (how robust the found pattern is)."""
-    options = {k: v for k, v in RECIPES[recipe].items() if k != "label"}
+    """Visualise ``objective`` with one recipe: the Visualization, the objective of the grey
+    start (0 steps, same seed) and the mean objective under 8 random transforms of the
+    result (how robust the pattern it found is)."""
+    options = RECIPES[recipe][1]
     start = E.visualize(model, objective, size, steps=0, seed=seed, **options)
     result = E.visualize(model, objective, size, steps=steps, seed=seed, **options)
-    generator = torch.Generator().manual_seed(seed + 1)
-    jitter = RandomTransforms()
+    generator, jitter = torch.Generator().manual_seed(seed + 1), E.RandomTransforms()
     with torch.no_grad():
         robust = torch.stack([objective_value(model, objective, jitter(result.images, generator))
                               for _ in range(8)]).mean(0)
     return result, start.scores, robust
 
 
-def objective_value(model, objective, images):
-    """The objective of ``images`` (one per index of the objective), without gradients,
-    computed as ``visualize`` computes it."""
-    with inspecting(model), torch.no_grad():
-        return featvis_objective(model, objective, images)
+def visualise_units(ctx, model, objective, layer, recipes, search, names):
+    """``objective`` (of ``layer``'s mean channels, or of the logits for None) maximised with
+    each recipe, beside the test images of ``search`` that excite its units most (the 'dataset
+    examples' of Olah et al.). Returns the results by recipe, a row of numbers per unit, and
+    the rows of its ``unit_grid``: one per recipe (unit ``names`` over the first), the test images."""
+    results = {r: maximise(model, objective, tuple(search.shape[-2:]), ctx.config.steps, r, ctx.seed)
+               for r in recipes}
 
+    def objective_of(batch):  # per image and unit: the channel's mean activation, or the logit
+        out = model(batch) if layer is None else E.activation_maps(model, batch, [layer])[layer].flatten(2).mean(2)
+        return out[:, objective.indices]
 
-def top_examples(model, layer, channels, x, batch_size=250):
-    """For each channel, over the images ``x``: the index of the image with the largest mean
-    activation (the 'dataset examples' of Olah et al.), that value, and the standard
-    deviation of the value over the images (the unit in which gains are compared). None
-    as layer: the logits."""
-    values = []
-    for i in range(0, len(x), batch_size):
-        batch = torch.as_tensor(x[i:i + batch_size])
-        if layer is None:
-            with torch.no_grad():
-                out = model(batch)
-        else:
-            out = E.activation_maps(model, batch, [layer])[layer]
-            out = out.flatten(2).mean(2)
-        values.append(out[:, channels])
-    values = torch.cat(values)  # (images, channels)
-    best, index = values.max(0)
-    return index.numpy(), best, values.std(0)
+    with torch.no_grad():
+        values = torch.cat([objective_of(ctx.to_device(search[i:i + 250])) for i in range(0, len(search), 250)])
+    (best_value, best_index), spread = values.max(0), values.std(0)  # spread: the scale gains compare in
+    (lucid, start, robust), naive = results["lucid"], results["naive"][0]
+    gain = lucid.scores - start
+    rows = [{"unit": objective.indices[i] if layer else names[i], "start": float(start[i]),
+             "optimised": float(lucid.scores[i]), "gain": float(gain[i]),
+             "gain_in_test_std": float(gain[i] / spread[i].clamp(min=1e-8)),  # comparable across layers
+             "optimised_under_transforms": float(robust[i]), "best_test_image": float(best_value[i]),
+             "naive_pixels": float(naive.scores[i]), "beats": bool(lucid.scores[i] > best_value[i])}
+            for i in range(len(names))]
+    grid = [(RECIPES[r][0], v.images, v.scores, None if i else names) for i, (r, (v, *_)) in enumerate(results.items())]
+    test = "test image that\nexcites it most" if layer else "test image with\nthe largest logit"
+    return results, rows, grid + [(test, search[best_index.cpu().numpy()], best_value, None)]
 
 
 # ------------------------------------------------------------------------ figures
-def plot_activation_maps(x, maps, layer_labels, channels, row_labels, dataset):
-    """Rows: images; columns: the input, then ``channels[layer]`` of every layer. Every
-    channel's column shares one colour scale, so its maps compare across images."""
-    columns = [(layer, c) for layer in maps for c in channels[layer]]
-    fig, axes = plt.subplots(len(x), 1 + len(columns), figsize=(1.35 * (1 + len(columns)) + 0.6, 1.45 * len(x) + 1.1),
-                             squeeze=False, layout="constrained")
+def plot_activation_maps(x, maps, channels, row_labels, dataset):
+    """Rows: images; columns: the input, then ``channels[block]`` of every block. Each
+    channel's column has one colour scale, so its maps compare across the images."""
+    columns = [(block, c) for block in maps for c in channels[block]]
+    fig, axes = plt.subplots(len(x), 1 + len(columns), squeeze=False, layout="constrained",
+                             figsize=(1.35 * (1 + len(columns)) + 0.6, 1.45 * len(x) + 1.1))
     for r in range(len(x)):
-        plots.show_image(axes[r, 0], x[r])
+        plots.show_image(axes[r, 0], x[r], "input" if r == 0 else None)
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
-    axes[0, 0].set_title("input", fontsize=9)
-    for col, (layer, c) in enumerate(columns, start=1):
-        column = maps[layer][:, c].numpy()
+    for col, (block, c) in enumerate(columns, start=1):
+        column = maps[block][:, c].cpu().numpy()
         top = max(float(column.max()), 1e-8)
         for r in range(len(x)):
-            im = axes[r, col].imshow(column[r], cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
-            axes[r, col].set_xticks([])
-            axes[r, col].set_yticks([])
-        axes[0, col].set_title(f"{layer_labels[layer]}\nchannel {c}", fontsize=8)
+            im = plots.show_image(axes[r, col], column[r], cmap="viridis", vmin=0, vmax=top)
+        axes[0, col].set_title(f"{block} ({column.shape[-2]}x{column.shape[-1]})\nchannel {c}", fontsize=8)
     cbar = fig.colorbar(im, ax=axes[:, 1:], location="bottom", shrink=0.4, aspect=30)
     cbar.set_label("activation / largest value in its column (0 = dark, max = yellow)", fontsize=8)
     cbar.set_ticks([0, top], labels=["0", "max"])
@@ -182,40 +164,29 @@ def plot_activation_maps(x, maps, layer_labels, channels, row_labels, dataset):
     return fig
 
 
-def plot_unit_grid(title, column_titles, rows, row_labels, cell=1.45):
-    """A grid of images: ``rows`` is a list of (N, C, H, W) stacks, one per row label."""
-    n = len(column_titles)
-    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 1.4, cell * len(rows) + 0.9), squeeze=False,
-                             layout="constrained")
-    for r, (images, label) in enumerate(zip(rows, row_labels)):
-        for c in range(n):
-            plots.show_image(axes[r, c], images[c])
-            if r == 0:
-                axes[r, c].set_title(column_titles[c], fontsize=8)
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    return fig
+def unit_grid(title, rows, size=1.45):
+    """Rows of (label, images (N, C, H, W), N objectives, N unit names or None): every image
+    captioned with its objective, under its unit's name where the row has names."""
+    images = [image for _, stack, _, _ in rows for image in (stack.cpu().numpy() if torch.is_tensor(stack) else stack)]
+    captions = [(f"{names[i]}\n" if names else "") + f"{float(score):.1f}"
+                for _, _, scores, names in rows for i, score in enumerate(scores)]
+    return plots.image_grid(images, title, captions, len(rows[0][2]), [r[0] for r in rows], size=size)
 
 
 def plot_gains(units, title):
     """Objective of the grey start, the best test image and the optimised image, per unit."""
-    groups = list(units)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        rows = units[group]
-        pos = np.arange(len(rows))
-        width = 0.27
-        for k, (key, label, colour) in enumerate((("start", "grey start", "0.6"),
-                                                  ("best_test_image", "best test image", "tab:blue"),
-                                                  ("optimised", "optimised (Fourier + transforms)", "tab:red"))):
-            ax.bar(pos + (k - 1) * width, [r[key] for r in rows], width, color=colour, label=label)
-        ax.set_xticks(pos, [str(r["unit"]) for r in rows], fontsize=8,
-                      rotation=45 if group == "classes" else 0, ha="right" if group == "classes" else "center")
+    series = {"start": "grey start", "best_test_image": "best test image",
+              "optimised": "optimised (Fourier + transforms)"}
+    fig, axes = plt.subplots(1, len(units), figsize=(4.2 * len(units), 3.9), squeeze=False)
+    for ax, (group, rows) in zip(axes[0], units.items()):
+        values = {str(row["unit"]): {label: row[key] for key, label in series.items()} for row in rows}
+        heights = [v for per_unit in values.values() for v in per_unit.values()]
+        plots.bar_chart(values, group, "objective", ax=ax, fmt="", colors=("0.6", "tab:blue", "tab:red"),
+                        xlabel="class" if group == "classes" else "channel", rotation=45 if group == "classes" else 0,
+                        ylim=(1.15 * min(0, min(heights)), 1.15 * max(heights)))
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(title=group, xlabel="channel" if group != "classes" else "class", ylabel="objective")
-        ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()  # below the panels: it would hide bars
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+        ax.get_legend().remove()  # one legend below the panels: here it would hide bars
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
@@ -223,212 +194,127 @@ def plot_gains(units, title):
 
 # ------------------------------------------------------------------------ run
 def run(ctx):
-    profile = profile_for(ctx)
-    resnet = load_resnet(ctx.args.weights) if ctx.args.weights else None  # a bad file fails before training
+    cfg = ctx.config
+    resnet = load_resnet(ctx, cfg.weights) if cfg.weights else None  # a bad file fails before training
     splits = C.load_data(ctx)
-    with small_model_threads(ctx):
-        return visualise(ctx, splits, profile, resnet)
-
-
-def visualise(ctx, splits, profile, resnet):
-    model, info = C.get_model(ctx, splits)
-    names = C.layer_names(model)  # conv1 -> "net.body.0", block1 -> its ReLU, ...
-    depth = max(int(k[4:]) for k in names if k.startswith("conv"))
-    height = splits.in_shape[1]
-    rng = ctx.rng()
-    metrics = {"dataset": ctx.dataset, "model": info, "test_accuracy": info["test_accuracy"],
-               "chance": info["chance"], "steps": profile["steps"]}
+    model, info = C.get_model(ctx, splits, path=cfg.checkpoint)
+    blocks = C.blocks(model, splits.in_shape[1])
 
     # ---- task 3a: activation maps of every block for a few test images
-    pick = C.pick_examples(model, splits.test, profile["images"], rng)
-    x = torch.as_tensor(splits.test.x[pick])
-    pred, prob = C.predictions(model, splits.test.x[pick])
-    row_labels = [f"true: {C.class_name(splits, splits.test.y[i])}\npred: {C.class_name(splits, p)}\n(p = {q:.2f})"
-                  for i, p, q in zip(pick, pred, prob)]
-    blocks = [f"block{b}" for b in range(1, depth + 1)]
-    acts = E.activation_maps(model, x, [names[b] for b in blocks])
-    maps = {b: acts[names[b]] for b in blocks}
-    layer_labels = {b: f"{b} ({maps[b].shape[-2]}x{maps[b].shape[-1]})" for b in blocks}
-    shown_channels = {}
-    for b in blocks:  # the channels whose mean activation differs most between the images
-        spread = maps[b].flatten(2).mean(2).std(0)
-        shown_channels[b] = sorted(spread.argsort(descending=True)[:profile["map_channels"]].tolist())
-    ctx.save_figure(plot_activation_maps(x, maps, layer_labels, shown_channels, row_labels, ctx.dataset),
-                    "activation_maps",
-                    f"Activation maps of {len(blocks)} layers (after batch norm and ReLU, before pooling) for "
-                    f"{len(x)} test images. The first block sees colours and edges at full resolution; deeper "
-                    "blocks respond to larger parts of the shape at a coarser resolution. Each channel's column "
-                    "uses one colour scale, so brightness compares across the images.")
-    metrics["activation_map_layers"] = {b: list(maps[b].shape[1:]) for b in blocks}
+    pick = C.pick_examples(ctx, model, splits.test, cfg.examples, ctx.rng())
+    x, row_labels = ctx.to_device(splits.test.x[pick]), C.prediction_labels(ctx, model, splits, pick)
+    acts = E.activation_maps(model, x, [b.relu for b in blocks])
+    maps = {b.name: acts[b.relu] for b in blocks}
+    shown = {name: sorted(act.flatten(2).mean(2).std(0).argsort(descending=True)[:cfg.map_channels].tolist())
+             for name, act in maps.items()}  # the channels whose mean activation differs most between the images
+    ctx.save_figure(plot_activation_maps(splits.test.x[pick], maps, shown, row_labels, ctx.dataset), "activation_maps",
+                    f"Activation maps of {len(blocks)} layers (after batch norm and ReLU, before pooling) for {len(x)} "
+                    "test images: the first block sees colours and edges at full resolution, deeper ones larger parts "
+                    "at a coarser one. One colour scale per column: brightness compares across the images.")
 
     # ---- task 3b: saliency at the input and at every block
     saliency = {"input (saliency)": E.Saliency(model).attribute(x).relevance}
     for b in blocks:
-        saliency[f"{layer_labels[b]}"] = E.LayerSaliency(model, layer=names[b]).attribute(x).relevance
-    fig = plots.attribution_grid(x, saliency, row_labels=row_labels,
-                                 title=f"Saliency of the predicted class at different layers ({ctx.dataset})")
-    ctx.save_figure(fig, "layer_saliency",
-                    "Saliency of the predicted class's logit: the largest |gradient| over channels, taken with "
-                    "respect to the input pixels and with respect to each block's activations (then upsampled "
-                    "to 32x32). With depth the maps become coarser and cover the object as a whole rather than "
-                    "single edges. Each map is scaled to its own maximum.")
+        saliency[f"{b.name} ({b.size}x{b.size})"] = E.LayerSaliency(model, layer=b.relu).attribute(x).relevance
+    ctx.save_figure(attribution_grid(x, saliency, row_labels=row_labels,
+                                     title=f"Saliency of the predicted class at different layers ({ctx.dataset})"),
+                    "layer_saliency",
+                    "Saliency of the predicted class's logit, the largest |gradient| over channels, with respect to "
+                    "the input pixels and to each block's activations (upsampled): with depth the maps become coarser "
+                    "and cover the object as a whole, not single edges. Each map is scaled to its own maximum.")
 
     # ---- task 4: activation maximisation, channels of every conv layer and the classes
-    search = splits.test.x[:profile["search"]]
-    units, check_rows = {}, []
-    seed = ctx.seed
-    for layer in [f"conv{k}" for k in range(1, depth + 1)]:
-        module = names[layer]
-        width = dict(model.named_modules())[module].out_channels
-        channels = list(range(min(profile["channels"], width)))
-        objective = E.channel(module, channels)
-        results = {recipe: maximise(model, objective, height, profile["steps"], recipe, seed)
-                   for recipe in ("lucid", "naive")}
-        best_index, best_value, spread = top_examples(model, module, channels, search)
-        units[layer] = unit_rows(channels, results, best_value, spread)
-        check_rows += [{**r, "unit": f"{layer} channel {r['unit']}"} for r in units[layer]]
-        fig = plot_unit_grid(
-            f"{layer} ({width} channels, {height >> (int(layer[4:]) - 1)}x{height >> (int(layer[4:]) - 1)}): "
-            f"images that maximise the mean of each channel, {profile['steps']} steps",
-            [f"channel {c}\n{results['lucid'][0].scores[i]:.1f} (test {best_value[i]:.1f})"
-             for i, c in enumerate(channels)],
-            [results["lucid"][0].images, results["naive"][0].images, search[best_index]],
-            [RECIPES["lucid"]["label"], RECIPES["naive"]["label"], "test image that\nexcites it most"])
-        ctx.save_figure(fig, f"featvis_{layer}",
-                        f"Activation maximisation for the first {len(channels)} channels of {layer} (the conv's own "
-                        "output, before batch norm and ReLU"
-                        + ("; conv1 is a linear 3x3 filter, so the mean over the image is maximised by a flat "
-                           "colour: its channels are colour detectors" if layer == "conv1" else "")
-                        + "). Top row: the lucid recipe (decorrelated Fourier image, random jitter, scale and "
-                        "rotation at every step); middle: plain pixel ascent without regularisers; bottom: the "
-                        "test image with the largest mean activation. Column "
-                        "titles: the objective of the optimised image (top row) and of that test image.")
-
-    classes = list(range(splits.num_classes))
-    objective = E.class_logit(classes)
-    results = {recipe: maximise(model, objective, height, profile["steps"], recipe, seed) for recipe in RECIPES}
-    best_index, best_value, spread = top_examples(model, None, classes, search)
-    units["classes"] = unit_rows(classes, results, best_value, spread,
-                                 names=[C.class_name(splits, k) for k in classes])
-    check_rows += [{**r, "unit": f"class {r['unit']}"} for r in units["classes"]]
-    fig = plot_unit_grid(
-        f"Class logits of the small CNN ({ctx.dataset}): the three recipes and the most typical test image, "
-        f"{profile['steps']} steps",
-        [f"{C.class_name(splits, k)}\n{results['lucid'][0].scores[k]:.1f} (test {best_value[k]:.1f})"
-         for k in classes],
-        [results[r][0].images for r in RECIPES] + [search[best_index]],
-        [RECIPES[r]["label"] for r in RECIPES] + ["test image with\nthe largest logit"])
-    ctx.save_figure(fig, "featvis_classes",
-                    "Images that maximise each class's logit. Rows: the Fourier parameterisation with random "
-                    "transforms (lucid); pixels with the same transforms and a total-variation (frequency) "
-                    "penalty; plain pixels without any regulariser; the test image with the largest logit. Column "
-                    "titles: the logit of the Fourier image and of that test image.")
-
-    recipe_rows = []
-    for recipe in RECIPES:
-        result, start, robust = results[recipe]
-        recipe_rows.append({"recipe": RECIPES[recipe]["label"],
-                            "mean logit, start": round(float(start.mean()), 2),
-                            "mean logit, optimised": round(float(result.scores.mean()), 2),
-                            "mean logit under random transforms": round(float(robust.mean()), 2),
-                            "robust share (%)": round(100 * float(robust.mean() / result.scores.mean()), 1)})
-    ctx.table("recipes", recipe_rows,
-              f"Class-logit visualisation with three recipes, mean over the {len(classes)} classes: the logit of "
-              "the grey start, of the optimised image, and of the optimised image under random shifts, zooms "
-              "and rotations. Plain pixel ascent finds a high but fragile logit (an adversarial pattern); the "
-              "regularised recipes find patterns that survive the transforms.")
-    metrics["recipes"] = recipe_rows
-
+    search, units = splits.test.x[:cfg.search], {}
+    for b in blocks:
+        channels = list(range(min(cfg.channels, b.channels)))
+        _, units[b.conv_name], rows = visualise_units(ctx, model, E.channel(b.conv, channels), b.conv,
+                                                      ("lucid", "naive"), search, [f"channel {c}" for c in channels])
+        ctx.save_figure(unit_grid(f"{b.conv_name} ({b.channels} channels, {b.size}x{b.size}): images that maximise "
+                                  f"the mean of each channel, {cfg.steps} steps", rows), f"featvis_{b.conv_name}",
+                        f"Activation maximisation for the first {len(channels)} channels of {b.conv_name} (the "
+                        "conv's own output, before batch norm and ReLU"
+                        + ("; a linear 3x3 filter, so the mean over the image is maximised by a flat colour: its "
+                           "channels are colour detectors" if b.number == 1 else "")
+                        + "). Rows: the lucid recipe (decorrelated Fourier image, random jitter, scale and rotation "
+                        "at every step), plain pixel ascent, and the test image with the largest mean activation. "
+                        "Above each image: its objective.")
+    names = [C.class_name(splits, k) for k in range(splits.num_classes)]
+    results, units["classes"], rows = visualise_units(ctx, model, E.class_logit(range(len(names))), None,
+                                                      tuple(RECIPES), search, names)
+    ctx.save_figure(unit_grid(f"Class logits of the small CNN ({ctx.dataset}): the three recipes and the most "
+                              f"typical test image, {cfg.steps} steps", rows), "featvis_classes",
+                    "Images that maximise each class's logit. Rows: the three recipes (lucid; pixels with its "
+                    "transforms and a total-variation penalty; plain pixels) and the test image with the largest "
+                    "logit. Above each image: its logit.")
+    recipes = [{"recipe": RECIPES[r][0], "start_logit": float(start.mean()), "optimised_logit": float(v.scores.mean()),
+                "transformed_logit": float(robust.mean()), "robust_share": float(robust.mean() / v.scores.mean())}
+               for r, (v, start, robust) in results.items()]
+    ctx.table("recipes", recipes,
+              f"Class logits, mean over the {len(names)} classes, of the grey start and of the optimised image "
+              "without and under random shifts, zooms and rotations. Plain pixel ascent finds a high but fragile "
+              "logit (an adversarial pattern); the regularised recipes find patterns that survive the transforms.",
+              columns={"recipe": "recipe", "start_logit": ("mean logit, start", "{:.2f}"),
+                       "optimised_logit": ("mean logit, optimised", "{:.2f}"),
+                       "transformed_logit": ("mean logit under random transforms", "{:.2f}"),
+                       "robust_share": ("robust share (%)", "{:.1%}")})
     ctx.save_figure(plot_gains(units, f"Objective before and after gradient ascent (small CNN, {ctx.dataset})"),
                     "objective_gains",
-                    "For every visualised unit: the objective (mean channel activation, or class logit) of the grey "
-                    "starting image, of the test image that excites the unit most, and of the optimised image "
-                    "(Fourier + transforms). Gradient ascent raises every objective far above the start.")
-    ctx.table("objective_gains", [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-                                  for r in check_rows],
-              "Every visualised unit of the small CNN (lucid recipe): objective of the grey start, of the optimised "
-              "image, the gain, and the best test image's objective.")
-    gains = np.array([r["gain"] for r in check_rows])
-    gains_in_std = np.array([r["gain_in_test_std"] for r in check_rows])
-    beats = np.array([r["optimised"] > r["best_test_image"] for r in check_rows])
-    metrics.update(units=units, min_gain=float(gains.min()), all_gains_positive=bool((gains > 0).all()),
-                   min_gain_in_test_std=float(gains_in_std.min()),
-                   median_gain_in_test_std=float(np.median(gains_in_std)),
-                   share_beating_best_test_image=float(beats.mean()))
-
-    # ---- the ImageNet ResNet-18, if given
+                    "Per visualised unit, the objective (mean channel activation or class logit) of the grey start, "
+                    "of the test image that excites it most and of the optimised image (Fourier + transforms).")
+    every_unit = [{"layer": key, **row} for key, rows in units.items() for row in rows]
+    ctx.table("objective_gains", every_unit,
+              "Per unit of the small CNN, the objective of the grey start, of the lucid image (also under random "
+              "transforms), the gain (also in standard deviations over test images), of the best test image "
+              "and of plain pixel ascent, and whether the lucid image beats that test image.",
+              columns={"layer": "layer", "unit": "unit", **{key: (key.replace("_", " "), "{:.3f}") for key in (
+                  "start", "optimised", "gain", "gain_in_test_std", "optimised_under_transforms", "best_test_image",
+                  "naive_pixels")}, "beats": "beats the best test image"})
+    gains, in_std, beats = (np.array([r[key] for r in every_unit]) for key in ("gain", "gain_in_test_std", "beats"))
+    metrics = {**C.model_metrics(ctx, info), "steps": cfg.steps,
+               "activation_map_layers": {name: list(a.shape[1:]) for name, a in maps.items()},
+               "recipes": recipes, "units": units, "min_gain": float(gains.min()),
+               "all_gains_positive": bool((gains > 0).all()), "min_gain_in_test_std": float(in_std.min()),
+               "median_gain_in_test_std": float(np.median(in_std)),
+               "share_beating_best_test_image": float(beats.mean())}
     if resnet is not None:
-        metrics["resnet18"] = visualise_resnet(ctx, resnet, profile)
+        metrics["resnet18"] = visualise_resnet(ctx, resnet)
     else:
-        ctx.note("No --weights given: the activation maximisation ran on the small CNN only. Pass --weights PATH "
-                 "(torchvision's ImageNet ResNet-18 state_dict) to add visualisations of ResNet-18's layers and "
-                 "classes.")
-
-    ctx.note(f"The small CNN reaches {100 * info['test_accuracy']:.1f} % test accuracy (chance "
-             f"{100 * info['chance']:.0f} %; {info['source']}).")
-    ctx.note(f"Gradient ascent raised the objective of all {len(gains)} units above the grey start "
-             f"(smallest gain {gains.min():.2f}, median {np.median(gains):.2f}; in standard deviations of the "
-             f"objective over test images: smallest {gains_in_std.min():.1f}, median {np.median(gains_in_std):.1f}); "
-             f"the optimised image beats the best "
-             f"of {len(search)} test images for {100 * beats.mean():.0f} % of them.")
-    lucid, _, naive = recipe_rows
-    ctx.note(f"Class logits under random transforms keep {lucid['robust share (%)']:.0f} % of their value with the "
-             f"Fourier recipe and {naive['robust share (%)']:.0f} % with plain pixels: unregularised ascent finds "
+        ctx.note("No --weights given: the activation maximisation ran on the small CNN only; --weights PATH "
+                 "(torchvision's ImageNet ResNet-18 state_dict) adds ResNet-18's layers and classes.")
+    C.note_accuracy(ctx, info, "The small CNN")
+    ctx.note(f"Gradient ascent raised the objective of {int((gains > 0).sum())} of {len(gains)} units above the grey "
+             f"start (smallest gain {gains.min():.2f}, median {np.median(gains):.2f}; in standard deviations of the "
+             f"objective over test images: smallest {in_std.min():.1f}, median {np.median(in_std):.1f}); the "
+             f"optimised image beats the best of {len(search)} test images for {100 * beats.mean():.0f} % of them.")
+    lucid, _, naive = recipes
+    ctx.note(f"Class logits under random transforms keep {100 * lucid['robust_share']:.0f} % of their value with the "
+             f"Fourier recipe and {100 * naive['robust_share']:.0f} % with plain pixels: unregularised ascent finds "
              "fragile, adversarial patterns.")
     return metrics
 
 
-def unit_rows(indices, results, best_value, spread, names=None):
-    """Per unit: the objective of the grey start and of the optimised image (lucid recipe),
-    the gain, the gain in standard deviations of the objective over test images (comparable
-    across layers), the best test image's objective and the naive recipe's."""
-    lucid, start, robust = results["lucid"]
-    naive = results["naive"][0]
-    rows = []
-    for i, index in enumerate(indices):
-        gain = float(lucid.scores[i] - start[i])
-        rows.append({"unit": index if names is None else names[i], "start": float(start[i]),
-                     "optimised": float(lucid.scores[i]), "gain": gain,
-                     "gain_in_test_std": gain / max(float(spread[i]), 1e-8),
-                     "optimised_under_transforms": float(robust[i]), "best_test_image": float(best_value[i]),
-                     "naive_pixels": float(naive.scores[i])})
-    return rows
-
-
-def visualise_resnet(ctx, resnet, profile):
-    """Channels of layer2..layer4 and a few classes of the ImageNet ResNet-18."""
-    size, steps = profile["resnet_size"], profile["resnet_steps"]
-    # The same transforms as for the small CNN, without an enlarged canvas (pad=0): the result is
-    # scored at the size it was optimised at (a padded 2x2 layer4 map at 64 pixels becomes 3x3,
-    # a different objective). Grey fills whatever a shift or rotation brings in, as lucid's padding.
-    transforms = RandomTransforms()
-    rows, labels, gains = [], [], {}
-    channels = list(range(profile["resnet_channels"]))
-    classes = list(IMAGENET_CLASSES)[:max(len(channels), 2)]
-    ncols = max(len(channels), len(classes))
-    blank = torch.full((3, size, size), 1.0)
-    objectives = [(f"layer{k}", E.channel(f"net.layer{k}", channels)) for k in (2, 3, 4)]
-    objectives.append(("classes", E.class_logit(classes)))
+def visualise_resnet(ctx, resnet):
+    """Channels of layer2..layer4 and a few classes of the ImageNet ResNet-18, lucid recipe. Its
+    transforms do not enlarge the canvas (pad=0): a padded 2x2 layer4 map at 64 pixels would
+    become 3x3, another objective than the one scored. Grey fills what a shift brings in."""
+    cfg = ctx.config
+    size, steps, channels = cfg.resnet_size, cfg.resnet_steps, list(range(cfg.resnet_channels))
+    classes = list(IMAGENET_CLASSES)[:len(channels)]
+    objectives = {**{f"layer{k}": (E.channel(f"net.layer{k}", channels), [f"channel {c}" for c in channels])
+                     for k in (2, 3, 4)}, "classes": (E.class_logit(classes), [IMAGENET_CLASSES[k] for k in classes])}
     ctx.log(f"ResNet-18: {len(objectives)} visualisations of {size}x{size} images, {steps} steps each")
-    for name, objective in objectives:
-        start = E.visualize(resnet, objective, size, steps=0, seed=ctx.seed, transforms=transforms)
-        result = E.visualize(resnet, objective, size, steps=steps, seed=ctx.seed, transforms=transforms)
-        gain = (result.scores - start.scores).tolist()
-        gains[name] = {"start": start.scores.tolist(), "optimised": result.scores.tolist(), "gain": gain}
-        images = list(result.images) + [blank] * (ncols - len(result.images))
-        rows.append(images)
-        labels.append(name if name != "classes" else "class logits")
-    titles = [f"channel {c} / {IMAGENET_CLASSES[classes[i]] if i < len(classes) else '-'}" for i, c in
-              enumerate(range(ncols))]
-    fig = plot_unit_grid(f"ImageNet ResNet-18 ({ctx.args.weights}): Fourier images with transforms, "
-                         f"{size}x{size}, {steps} steps", titles, rows, labels, cell=1.9)
-    ctx.save_figure(fig, "featvis_resnet18",
-                    f"Activation maximisation on the ImageNet ResNet-18: rows layer2 to layer4 (channels "
-                    f"{channels} of each block's output) and class logits "
-                    f"({', '.join(IMAGENET_CLASSES[k] for k in classes)}); column titles name the channel "
-                    "(layer rows) and the class (last row).")
-    all_gains = [g for v in gains.values() for g in v["gain"]]
-    ctx.note(f"ResNet-18 (--weights {ctx.args.weights}): the objective rose for {sum(g > 0 for g in all_gains)} of "
-             f"{len(all_gains)} visualised units (smallest gain {min(all_gains):.2f}).")
-    return {"size": size, "steps": steps, "units": gains, "min_gain": min(all_gains),
+    results = {key: maximise(resnet, objective, size, steps, "lucid", ctx.seed) for key, (objective, _) in
+               objectives.items()}
+    ctx.save_figure(unit_grid(f"ImageNet ResNet-18 ({cfg.weights}): Fourier images with transforms, {size}x{size}, "
+                              f"{steps} steps", [(key, v.images, v.scores, objectives[key][1])
+                                                 for key, (v, _, _) in results.items()], size=1.9), "featvis_resnet18",
+                    f"Activation maximisation on the ImageNet ResNet-18: channels {channels} of the outputs of "
+                    "layer2 to layer4, and the logits of a few classes. Above each image: its unit and the "
+                    "objective it reaches.")
+    units = {key: {"start": start.tolist(), "optimised": v.scores.tolist(), "gain": (v.scores - start).tolist()}
+             for key, (v, start, _) in results.items()}
+    gains = [g for unit in units.values() for g in unit["gain"]]
+    ctx.note(f"ResNet-18 (--weights {cfg.weights}): the objective rose for {sum(g > 0 for g in gains)} of "
+             f"{len(gains)} visualised units (smallest gain {min(gains):.2f}).")
+    return {"size": size, "steps": steps, "units": units, "min_gain": min(gains),
             "classes": {k: IMAGENET_CLASSES[k] for k in classes}}

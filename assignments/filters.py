@@ -6,14 +6,17 @@ exactly like PyTorch's (no kernel flip), after mirroring the border so that ever
 response has the size of its input.
 """
 import time
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 import minidl as md
-import minidl.data  # noqa: F401
 import minidl.nn.functional as F
+
+from . import plots
+from .runner import positive_int
 
 NAME = "filters"
 COURSE = "ITU advanced ML"
@@ -30,6 +33,11 @@ direction, and sharpening adds the (negative) Laplacian back to the image.
 """
 DATASETS = ("digits", "mnist", "cifar10")
 DEFAULT = True
+PROFILES = {"default": {"images": 6}, "quick": {"images": 3}}
+
+
+def add_arguments(parser):
+    parser.add_argument("--images", type=positive_int, help="test images to filter (one of each class first)")
 
 
 def gaussian_kernel(size=5, sigma=1.0):
@@ -39,15 +47,21 @@ def gaussian_kernel(size=5, sigma=1.0):
     return np.outer(g, g) / np.outer(g, g).sum()
 
 
+class Filter(NamedTuple):
+    label: str
+    kernel: np.ndarray
+    signed: bool  # a signed response (edges, Laplacian), drawn with a diverging map
+
+
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
-KERNELS = {  # name -> (kernel, signed response shown with a diverging map?)
-    "box blur": (np.full((3, 3), 1 / 9), False),
-    "gaussian blur": (gaussian_kernel(5, 1.0), False),
+KERNELS = {
+    "box_blur": Filter("box blur", np.full((3, 3), 1 / 9), False),
+    "gaussian_blur": Filter("gaussian blur", gaussian_kernel(5, 1.0), False),
     # an image again (identity minus the Laplacian): shown in grey like the blurs
-    "sharpen": (np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float64), False),
-    "Sobel x": (SOBEL_X, True),
-    "Sobel y": (SOBEL_X.T.copy(), True),
-    "Laplacian": (np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64), True),
+    "sharpen": Filter("sharpen", np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float64), False),
+    "sobel_x": Filter("Sobel x", SOBEL_X, True),
+    "sobel_y": Filter("Sobel y", SOBEL_X.T.copy(), True),
+    "laplacian": Filter("Laplacian", np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64), True),
 }
 
 
@@ -62,15 +76,10 @@ def apply_filter(images, kernel):
     return F.conv2d(md.tensor(padded[:, None]), weight).numpy()[:, 0]
 
 
-def load_splits(ctx):
-    """digits at MNIST's 28x28, or a real dataset (see ``Run.load_dataset``; for MNIST
-    its official test set is all this driver needs)."""
-    return ctx.load_dataset(size=28) if ctx.dataset == "digits" else ctx.load_dataset()
-
-
 def grey_images(ctx, count):
-    """``count`` test images (one per class first), as grey (N, H, W) in [0, 1]."""
-    splits = load_splits(ctx)
+    """``count`` test images (one per class first), as grey (N, H, W) in [0, 1]. Digits
+    at MNIST's 28x28; for MNIST its official test set is all this driver needs."""
+    splits = ctx.load_dataset(size=28) if ctx.dataset == "digits" else ctx.load_dataset()
     x, y = splits.test.x, splits.test.y
     order = ctx.rng().permutation(len(y))
     first = [order[y[order] == c][0] for c in range(len(splits.classes)) if np.any(y == c)]
@@ -85,26 +94,23 @@ def grey_images(ctx, count):
 
 
 def plot_responses(images, labels, responses, dataset):
-    names = list(KERNELS)
-    rows, cols = len(images), len(names) + 1
+    """One row per image, one column per filter, a colour bar under each column."""
+    rows, cols = len(images), len(KERNELS) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.8 * rows + 1.0), squeeze=False,
                              layout="constrained")
-    columns = [("input", images, dict(cmap="gray", vmin=0, vmax=1), "intensity")]
-    for name in names:
+    columns = [("input", images, {}, "intensity")]
+    for name, f in KERNELS.items():
         resp = responses[name]
-        if KERNELS[name][1]:  # signed: white is zero, red positive, blue negative
+        if f.signed:  # white is zero, red positive, blue negative
             lim = float(np.abs(resp).max()) or 1.0
-            columns.append((name, resp, dict(cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim)),
+            columns.append((f.label, resp, {"cmap": "RdBu_r", "norm": TwoSlopeNorm(0.0, -lim, lim)},
                             "response (signed)"))
         else:  # sharpening overshoots [0, 1] at edges: shown clipped, as an image viewer would
             clipped = resp.min() < 0 or resp.max() > 1
-            columns.append((name, resp, dict(cmap="gray", vmin=0, vmax=1),
-                            "intensity (clipped to [0, 1])" if clipped else "intensity"))
+            columns.append((f.label, resp, {}, "intensity (clipped to [0, 1])" if clipped else "intensity"))
     for c, (title, stack, style, unit) in enumerate(columns):
         for r in range(rows):
-            im = axes[r, c].imshow(stack[r], **style)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
+            im = plots.show_image(axes[r, c], stack[r], **style)
         axes[0, c].set_title(title)
         cbar = fig.colorbar(im, ax=axes[:, c], location="bottom", shrink=0.9, aspect=12)
         cbar.ax.tick_params(labelsize=7)
@@ -118,20 +124,18 @@ def plot_responses(images, labels, responses, dataset):
 
 def plot_kernels():
     fig, axes = plt.subplots(1, len(KERNELS), figsize=(2.3 * len(KERNELS), 2.8))
-    for ax, (name, (k, _)) in zip(axes, KERNELS.items()):
-        lim = float(np.abs(k).max())
-        ax.imshow(k, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim))
-        big = k.shape[0] > 3
-        for (i, j), v in np.ndenumerate(k):
-            ax.text(j, i, f"{v:.2g}" if big else f"{v:.3g}", ha="center", va="center",
-                    fontsize=6 if big else 9, color="white" if abs(v) > 0.6 * lim else "black")
-        ax.set_title(f"{name}\n{k.shape[0]}x{k.shape[1]}, sum {k.sum():.3g}", fontsize=9)
+    for ax, f in zip(axes, KERNELS.values()):
+        k = f.kernel
         offsets = np.arange(k.shape[0]) - k.shape[0] // 2
-        ax.set_xticks(range(k.shape[1]), offsets)
-        ax.set_yticks(range(k.shape[0]), offsets)
-        ax.set_xlabel("column offset (px)", fontsize=7)
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("row offset (px)", fontsize=7)
+        plots.heatmap(k, f"{f.label}\n{k.shape[0]}x{k.shape[1]}, sum {k.sum():.3g}", "column offset (px)",
+                      "row offset (px)" if ax is axes[0] else "", ax=ax, x_labels=offsets, y_labels=offsets,
+                      signed=True, colorbar=None, annotate="{:.2g}" if k.shape[0] > 3 else "{:.3g}")
+        ax.set(aspect="equal")
+        ax.grid(False)  # the grid would run through the cells' centres
+        ax.title.set_fontsize(9)
+        lim = np.abs(k).max()
+        for text, value in zip(ax.texts, k.flat):  # white on the dark cells; small in the 5x5
+            text.set(color="white" if abs(value) > 0.6 * lim else "black", fontsize=6 if k.shape[0] > 3 else 9)
     fig.suptitle("The kernels (weights of a 1-in, 1-out conv2d; red positive, blue negative)")
     fig.tight_layout()
     return fig
@@ -140,12 +144,12 @@ def plot_kernels():
 def run(ctx):
     from scipy import ndimage
 
-    images, labels = grey_images(ctx, 3 if ctx.quick else 6)
+    images, labels = grey_images(ctx, ctx.config.images)
     ctx.log(f"{len(images)} images of {images.shape[1]}x{images.shape[2]} px from {ctx.dataset}")
     responses, metrics = {}, {"dataset": ctx.dataset, "images": len(images),
                               "image_size": list(images.shape[1:]), "filters": {}}
     for name in ctx.progress(KERNELS, "filters"):
-        kernel = KERNELS[name][0]
+        kernel = KERNELS[name].kernel
         start = time.perf_counter()
         responses[name] = resp = apply_filter(images, kernel)
         seconds = time.perf_counter() - start
@@ -153,7 +157,7 @@ def run(ctx):
         expected = np.stack([ndimage.correlate(im.astype(np.float64), kernel, mode="mirror")
                              for im in images])
         metrics["filters"][name] = {
-            "kernel": kernel, "kernel_sum": float(kernel.sum()),
+            "kernel": kernel.tolist(), "kernel_sum": float(kernel.sum()),
             "mean_abs_response": float(np.abs(resp).mean()),
             "min_response": float(resp.min()), "max_response": float(resp.max()),
             "max_abs_diff_vs_scipy": float(np.abs(resp - expected).max()),
@@ -169,15 +173,16 @@ def run(ctx):
                     "The six kernels as conv2d weights, with their values. Blurs sum to 1 "
                     "(keep the mean brightness), edge and Laplacian kernels to 0 (flat regions "
                     "give 0), sharpen to 1 (identity plus a negative Laplacian).")
-    ctx.table("filters", [{"filter": n, "size": f"{KERNELS[n][0].shape[0]}x{KERNELS[n][0].shape[1]}",
-                           "kernel sum": round(f["kernel_sum"], 3),
-                           "mean |response|": round(f["mean_abs_response"], 4),
-                           "min": round(f["min_response"], 3), "max": round(f["max_response"], 3),
-                           "max |minidl - scipy|": f"{f['max_abs_diff_vs_scipy']:.1e}"}
+    ctx.table("filters", [{"filter": KERNELS[n].label, "size": "x".join(map(str, KERNELS[n].kernel.shape)),
+                           **{k: v for k, v in f.items() if k not in ("kernel", "conv2d_ms")}}
                           for n, f in metrics["filters"].items()],
               "Response statistics per filter, and the largest difference between minidl's "
               "conv2d and scipy.ndimage.correlate (mode 'mirror') on the same images "
-              "(float32 rounding).")
+              "(float32 rounding).",
+              columns={"filter": "filter", "size": "size", "kernel_sum": ("kernel sum", "{:.3g}"),
+                       "mean_abs_response": ("mean |response|", "{:.4f}"),
+                       "min_response": ("min", "{:.3f}"), "max_response": ("max", "{:.3f}"),
+                       "max_abs_diff_vs_scipy": ("max |minidl - scipy|", "{:.1e}")})
     ctx.note(f"minidl's conv2d agrees with scipy.ndimage.correlate to "
              f"{metrics['max_abs_diff_vs_scipy']:.1e} on every filter: conv2d is a "
              f"cross-correlation, so Sobel x as written responds positively to dark-to-bright "

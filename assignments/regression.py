@@ -20,7 +20,8 @@ import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
 
-from .runner import small_model_threads
+from . import plots
+from .runner import positive_int
 
 NAME = "regression"
 COURSE = "ITU advanced ML"
@@ -37,8 +38,10 @@ and held-out error of every variant.
 """
 DATASETS = ("toy",)
 DEFAULT = True
+THREADS = "small"  # 10 hidden units: one BLAS thread beats several on a busy machine
+PROFILES = {"default": {"epochs": 3000, "seeds": 5}, "quick": {"epochs": 3000, "seeds": 1}}
 
-HIDDEN, LR, EPOCHS = 10, 0.01, 3000
+HIDDEN, LR = 10, 0.01
 WEIGHT_DECAY, DROPOUT, PATIENCE = 1e-3, 0.1, 200
 VARIANTS = {"none": "no regularisation", "early_stopping": "(a) early stopping",
             "weight_decay": f"(b) weight decay, penalty {WEIGHT_DECAY:g}·Σw²",
@@ -46,10 +49,9 @@ VARIANTS = {"none": "no regularisation", "early_stopping": "(a) early stopping",
 
 
 def add_arguments(parser):
-    parser.add_argument("--seeds", type=int, default=5,
-                        help="initialisations to repeat the comparison with (default 5; "
-                             "the figures show the first, --seed)")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs (default {EPOCHS})")
+    parser.add_argument("--seeds", type=positive_int,
+                        help="initialisations to repeat the comparison with (the figures show the first, --seed)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs of full-batch Adam")
 
 
 def mse(outputs, targets):
@@ -115,39 +117,24 @@ def plot_fits(fits, data, grid):
 
 
 def plot_curves(fits):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (variant, fit) in enumerate(fits.items()):
-        h = fit["history"]
-        epochs = np.arange(1, len(h["mse"]) + 1)
-        axes[0].plot(epochs, h["mse"], color=f"C{i}", label=VARIANTS[variant])
-        axes[1].plot(epochs, h["val_mse"], color=f"C{i}", label=VARIANTS[variant])
+    fig = plots.training_curves({VARIANTS[v]: f["history"] for v, f in fits.items()}, metrics=("mse",),
+                                title="Error during training (full-batch Adam, one step per epoch)",
+                                units={"mse": "mean squared error"}, log=("mse",), separate_validation=True,
+                                titles={"mse": "Mean squared error"})
     es = fits["early_stopping"]["best_epoch"] + 1
-    axes[1].axvline(es, color="C1", ls=":", label=f"early stopping's epoch ({es})")
-    axes[0].set(title="Training points (dropout active while training)", xlabel="epoch",
-                ylabel="mean squared error", yscale="log")
-    axes[1].set(title="Held-out points", xlabel="epoch", ylabel="mean squared error",
-                yscale="log")
-    axes[1].legend(fontsize=8)
-    for ax in axes:
-        ax.grid(alpha=0.3, which="both")
-    fig.suptitle("Error during training (full-batch Adam, one step per epoch)")
-    fig.tight_layout()
+    fig.axes[1].axvline(es, color="C1", ls=":", label=f"early stopping's epoch ({es})")
+    fig.axes[1].legend(fontsize=7)
+    fig.axes[0].set_title("Mean squared error, training points (dropout active)")
+    fig.axes[1].set_title("Mean squared error, held-out points")
     return fig
 
 
-# ------------------------------------------------------------------------- run
 def run(ctx):
-    # Small matrices: one BLAS thread beats several that fight over a busy machine's cores.
-    with small_model_threads(ctx):
-        return experiment(ctx)
-
-
-def experiment(ctx):
     x, t = md.data.toy_regression()
     x, t = x.reshape(-1, 1).astype(np.float32), t.reshape(-1, 1).astype(np.float32)
     train, held_out = (x[0::2], t[0::2]), (x[1::2], t[1::2])  # every other point held out
     grid = np.linspace(0, 1, 201, dtype=np.float32).reshape(-1, 1)
-    seeds = [ctx.seed] if ctx.quick else [ctx.seed + i for i in range(ctx.args.seeds)]
+    seeds = [ctx.seed + i for i in range(ctx.config.seeds)]
 
     table = {v: [] for v in VARIANTS}
     shown = {}
@@ -155,7 +142,7 @@ def experiment(ctx):
         md.manual_seed(seed)
         initial = make_model("none").state_dict()  # every variant starts from these weights
         for variant in VARIANTS:
-            model, history, stopper = fit_variant(variant, initial, train, held_out, ctx.args.epochs)
+            model, history, stopper = fit_variant(variant, initial, train, held_out, ctx.config.epochs)
             result = {"train_mse": errors(model, *train), "held_out_mse": errors(model, *held_out),
                       "best_epoch": stopper.best_epoch if variant == "early_stopping" else None}
             table[variant].append(result)
@@ -181,16 +168,20 @@ def experiment(ctx):
                             "train_mse_mean": tr.mean(), "held_out_mse_mean": ho.mean(),
                             "held_out_mse_std": ho.std(), "held_out_beats_none": wins,
                             "best_epoch": shown[variant]["best_epoch"]}
-        rows.append({"variant": VARIANTS[variant],
-                     f"train MSE (seed {seeds[0]})": round(shown[variant]["train_mse"], 4),
-                     f"held-out MSE (seed {seeds[0]})": round(shown[variant]["held_out_mse"], 4),
-                     f"held-out MSE, mean ± std over {len(seeds)} seeds":
-                         f"{ho.mean():.4f} ± {ho.std():.4f}",
-                     "seeds better than no regularisation": "" if variant == "none"
-                         else f"{wins}/{len(seeds)}"})
+        rows.append({"variant": VARIANTS[variant], "train_mse": shown[variant]["train_mse"],
+                     "held_out_mse": shown[variant]["held_out_mse"],
+                     "held_out_mse_mean": ho.mean(), "held_out_mse_std": ho.std(),
+                     "seeds_better": None if variant == "none" else f"{wins}/{len(seeds)}"})
     ctx.table("errors", rows, "Mean squared error on the 6 training and 5 held-out points. "
                               "Early stopping chooses its epoch on the held-out points, so its "
-                              "held-out error is optimistic.")
+                              "held-out error is optimistic.",
+              columns={"variant": "variant", "train_mse": (f"train MSE (seed {seeds[0]})", "{:.4f}"),
+                       "held_out_mse": (f"held-out MSE (seed {seeds[0]})", "{:.4f}"),
+                       "held_out_mse_mean": (f"held-out MSE, mean over {len(seeds)} seeds", "{:.4f}"),
+                       "held_out_mse_std": ("± std", "{:.4f}"),
+                       "seeds_better": "seeds better than no regularisation"})
+    for variant, fit in shown.items():
+        ctx.history(variant, fit["history"])
     beaten = [VARIANTS[v] for v in VARIANTS if v != "none"
               and summary[v]["held_out_mse"] < summary["none"]["held_out_mse"]]
     ctx.note(f"Held-out MSE without regularisation {summary['none']['held_out_mse']:.3f}; "
@@ -198,6 +189,6 @@ def experiment(ctx):
              f"over {len(seeds)} initialisations: "
              + ", ".join(f"{VARIANTS[v]} {summary[v]['held_out_mse_mean']:.3f}" for v in VARIANTS)
              + ".")
-    return {"seeds": seeds, "epochs": ctx.args.epochs, "hidden": HIDDEN, "lr": LR,
+    return {"seeds": seeds, "epochs": ctx.config.epochs, "hidden": HIDDEN, "lr": LR,
             "weight_decay": WEIGHT_DECAY, "dropout": DROPOUT, "patience": PATIENCE,
             "train_x": train[0].ravel(), "held_out_x": held_out[0].ravel(), "variants": summary}

@@ -16,7 +16,7 @@ import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
 
-from .runner import small_model_threads
+from .runner import positive_int
 
 NAME = "regularization"
 COURSE = "ITU advanced ML"
@@ -32,23 +32,30 @@ the validation accuracies in a table and as curves.
 """
 DATASETS = ("digits", "mnist", "fashion_mnist")
 DEFAULT = True
+THREADS = "small"  # small matrices: one BLAS thread beats several that fight over a busy machine's cores
+PROFILES = {"default": {"epochs": 30, "seeds": 3, "train_size": None, "val_size": None},
+            # all of digits (1,077 train, 360 val images), a few batches of the others
+            "quick": {"epochs": 6, "seeds": 1, "train_size": 1100, "val_size": 500}}
+DATASET_SETTINGS = {"mnist": {"epochs": 10, "seeds": 2}, "fashion_mnist": {"epochs": 10, "seeds": 2}}
 
 EXERCISE_WEIGHTS = np.array([0.2, 0.5, 5.0, 1.0, 0.25, 0.75])
 HIDDEN = (256, 128)
 PENALTY = 1e-3  # lambda of both penalties: loss + lambda * penalty(weights)
 RATES = (0.1, 0.3, 0.5)
-PLACEMENTS = {"layer 1": lambda p: [p, 0.0], "layer 2": lambda p: [0.0, p], "both": lambda p: p}
+PLACEMENTS = {  # where the dropout goes: its label, and the rates of the two hidden layers for a rate p
+    "layer_1": ("hidden layer 1", lambda p: [p, 0.0]),
+    "layer_2": ("hidden layer 2", lambda p: [0.0, p]),
+    "both": ("both hidden layers", lambda p: p),
+}
 SMALL = 1e-3  # |w| below this counts as zero in the sparsity figures
-PROFILES = {"quick": dict(epochs=6, seeds=1, train=1100, val=500),  # all of digits' 1,077
-            "digits": dict(epochs=30, seeds=3, train=None, val=None),
-            "mnist": dict(epochs=10, seeds=2, train=None, val=None),
-            "fashion_mnist": dict(epochs=10, seeds=2, train=None, val=None)}
 
 
 def add_arguments(parser):
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: per dataset)")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per dropout setting (default: per dataset)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs per run")
+    parser.add_argument("--seeds", type=positive_int, help="seeds per dropout setting")
+    for part in ("train", "val"):
+        parser.add_argument(f"--{part}-size", type=positive_int,
+                            help=f"images kept of the {part} split, drawn at random (None: all)")
 
 
 # ---------------------------------------------------------------- part 1
@@ -93,20 +100,16 @@ def plot_penalties(result):
 
 
 # ------------------------------------------------------------ parts 2 and 3
-def load_splits(ctx):
-    return ctx.load_dataset()
-
-
-def load(ctx, profile):
-    """Flattened, normalised train and val arrays; the quick profile keeps a few hundred."""
-    splits = load_splits(ctx)
+def load(ctx):
+    """Flattened, normalised train and val arrays, as many as --train-size and --val-size keep."""
+    splits = ctx.load_dataset()
     out = {}
     for part in ("train", "val"):
         d = getattr(splits, part)
-        x, y = splits.normalize(d.x).reshape(len(d.x), -1).astype(np.float32), d.y
-        limit = profile["train"] if part == "train" else profile["val"]
-        if limit and limit < len(y):
-            keep = ctx.rng(1).permutation(len(y))[:limit]
+        x, y = splits.normalize(d.x).reshape(len(d.x), -1), d.y
+        size = getattr(ctx.config, f"{part}_size")
+        if size and size < len(y):
+            keep = ctx.rng(1).permutation(len(y))[:size]
             x, y = x[keep], y[keep]
         out[part] = (x, y)
     return out, splits.num_classes
@@ -154,7 +157,7 @@ def plot_histograms(weights, accuracy):
 def plot_dropout(curves, baseline):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     colours = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(RATES)))
-    for ax, placement in zip(axes, PLACEMENTS):
+    for ax, (placement, (label, _)) in zip(axes, PLACEMENTS.items()):
         epochs = np.arange(1, baseline.shape[1] + 1)
         ax.plot(epochs, 100 * baseline.mean(0), color="k", lw=1.5, label="no dropout")
         if len(baseline) > 1:
@@ -165,8 +168,7 @@ def plot_dropout(curves, baseline):
             ax.plot(epochs, acc.mean(0), color=colour, label=f"p = {rate:g}")
             if len(acc) > 1:
                 ax.fill_between(epochs, acc.min(0), acc.max(0), color=colour, alpha=0.15, lw=0)
-        ax.set(title=f"dropout on {'both hidden layers' if placement == 'both' else 'hidden ' + placement}",
-               xlabel="epoch")
+        ax.set(title=f"dropout on {label}", xlabel="epoch")
         ax.grid(alpha=0.3)
     low = min(np.percentile(100 * baseline[:, 2:], 5) if baseline.shape[1] > 2 else 100 * baseline.min(),
               *(np.percentile(100 * c[:, 2:], 5) if c.shape[1] > 2 else 100 * c.min()
@@ -183,44 +185,37 @@ def plot_dropout(curves, baseline):
 
 # ------------------------------------------------------------------------- run
 def run(ctx):
-    # Small matrices: one BLAS thread beats several that fight over a busy machine's cores.
-    with small_model_threads(ctx):
-        return experiment(ctx)
-
-
-def experiment(ctx):
-    profile = dict(PROFILES["quick" if ctx.quick else ctx.dataset])
-    profile["epochs"] = ctx.args.epochs or profile["epochs"]
-    profile["seeds"] = ctx.args.seeds or profile["seeds"]
-    metrics = {"dataset": ctx.dataset, "hidden": HIDDEN, "penalty_lambda": PENALTY, **profile}
+    config = ctx.config
+    metrics = {"dataset": ctx.dataset, "hidden": HIDDEN, "penalty_lambda": PENALTY, **vars(config)}
 
     # (1) the exercise's weights
     exercise = penalties_of_exercise()
     metrics["exercise"] = {"weights": EXERCISE_WEIGHTS, **exercise}
-    ctx.table("penalties", [{"weight w": w, "|w|": abs(w), "w²": round(w * w, 6),
-                             "dL1/dw": exercise["l1"]["gradient"][i],
-                             "dL2/dw": exercise["l2"]["gradient"][i]}
+    ctx.table("penalties", [{"weight": w, "l1_term": abs(w), "l2_term": w * w,
+                             "l1_gradient": exercise["l1"]["gradient"][i],
+                             "l2_gradient": exercise["l2"]["gradient"][i]}
                             for i, w in enumerate(EXERCISE_WEIGHTS)]
-              + [{"weight w": "sum", "|w|": round(exercise["l1"]["value"], 6),
-                  "w²": round(exercise["l2"]["value"], 6),
-                  "dL1/dw": "", "dL2/dw": ""}],
+              + [{"weight": "sum", "l1_term": exercise["l1"]["value"], "l2_term": exercise["l2"]["value"]}],
               "The exercise's weights: L1 = sum |w|, L2 = sum w² (no factor 1/2), and their "
-              "gradients by autograd: sign(w) and 2w.")
+              "gradients by autograd: sign(w) and 2w.",
+              columns={"weight": "weight w", "l1_term": ("|w|", "{:.6g}"), "l2_term": ("w²", "{:.6g}"),
+                       "l1_gradient": ("dL1/dw", "{:g}"), "l2_gradient": ("dL2/dw", "{:g}")})
     ctx.save_figure(plot_penalties(exercise), "penalties",
                     "The two penalties and their gradients, with the exercise's six weights.")
     ctx.note(f"Exercise: L1 = {exercise['l1']['value']:.6g}, L2 = {exercise['l2']['value']:.6g}; "
              f"gradients sign(w) = {exercise['l1']['gradient'].tolist()} and "
              f"2w = {exercise['l2']['gradient'].tolist()}.")
 
-    data, n_classes = load(ctx, profile)
+    data, n_classes = load(ctx)
     ctx.log(f"{ctx.dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val images; "
-            f"{profile['epochs']} epochs per run, {profile['seeds']} seed(s) per dropout setting")
+            f"{config.epochs} epochs per run, {config.seeds} seed(s) per dropout setting")
 
     # (2) L1, L2, neither: the weights afterwards
     weights, accuracy = {}, {}
     for penalty in ctx.progress(("none", "l2", "l1"), "penalties"):
-        model, history = train_mlp(data, n_classes, profile["epochs"], ctx.seed,
+        model, history = train_mlp(data, n_classes, config.epochs, ctx.seed,
                                    penalty=None if penalty == "none" else penalty)
+        ctx.history(f"penalty_{penalty}", history.as_dict())
         weights[penalty] = np.concatenate([p.data.ravel() for name, p in model.named_parameters()
                                            if name.endswith("weight")])
         accuracy[penalty] = history["val_accuracy"][-1]
@@ -233,38 +228,46 @@ def experiment(ctx):
                     "pull fades as a weight shrinks, so weights get smaller but few reach zero.")
 
     # (3) dropout on one layer at a time and on both, three rates, a few seeds
-    seeds = [ctx.seed + i for i in range(profile["seeds"])]
-    runs = [(None, 0.0)] + [(placement, rate) for placement in PLACEMENTS for rate in RATES]
+    seeds = [ctx.seed + i for i in range(config.seeds)]
+    settings = [(None, 0.0)] + [(placement, rate) for placement in PLACEMENTS for rate in RATES]
     curves = {}
-    for placement, rate in ctx.progress(runs, "dropout settings"):
-        dropout = 0.0 if placement is None else PLACEMENTS[placement](rate)
-        curves[placement, rate] = np.array([
-            train_mlp(data, n_classes, profile["epochs"], seed, dropout=dropout)[1]["val_accuracy"]
-            for seed in seeds])
+    for placement, rate in ctx.progress(settings, "dropout settings"):
+        runs = []
+        for seed in seeds:
+            dropout = 0.0 if placement is None else PLACEMENTS[placement][1](rate)
+            history = train_mlp(data, n_classes, config.epochs, seed, dropout=dropout)[1]
+            ctx.history(f"dropout_{placement or 'none'}_p{rate:g}_seed{seed}", history.as_dict())
+            runs.append(history["val_accuracy"])
+        curves[placement, rate] = np.array(runs)  # (seeds, epochs)
     baseline = curves.pop((None, 0.0))
     ctx.save_figure(plot_dropout(curves, baseline), "dropout_curves",
                     "Validation accuracy per epoch with dropout after hidden layer 1, hidden "
                     "layer 2 or both, at three rates, against no dropout.")
 
-    def cell(acc):
-        final = 100 * acc[:, -1]
-        return f"{final.mean():.1f} ± {final.std():.1f}" if len(final) > 1 else f"{final[0]:.1f}"
+    def cells(acc, rate):  # the last epoch's accuracy: its mean (and spread) over the seeds
+        key = f"p_{rate:g}"
+        return {key: acc[:, -1].mean(), **({f"{key}_std": acc[:, -1].std()} if len(seeds) > 1 else {})}
 
-    ctx.table("dropout", [{"dropout on": placement, "p = 0 (none)": cell(baseline),
-                           **{f"p = {rate:g}": cell(curves[placement, rate]) for rate in RATES}}
-                          for placement in PLACEMENTS],
-              "Validation accuracy (%) after the last epoch"
-              + (f", mean ± std over {len(seeds)} seeds." if len(seeds) > 1 else "."))
+    columns = {"placement": "dropout on"}
+    for rate in (0, *RATES):
+        columns[f"p_{rate:g}"] = (f"p = {rate:g}" + (" (none)" if rate == 0 else ""), "{:.1%}")
+        if len(seeds) > 1:
+            columns[f"p_{rate:g}_std"] = ("± std", "{:.1%}")
+    ctx.table("dropout", [{"placement": label, **cells(baseline, 0),
+                           **{k: v for rate in RATES for k, v in cells(curves[placement, rate], rate).items()}}
+                          for placement, (label, _) in PLACEMENTS.items()],
+              "Validation accuracy (%) after the last epoch, with dropout of rate p"
+              + (f"; mean and standard deviation over {len(seeds)} seeds." if len(seeds) > 1 else "."),
+              columns=columns)
     metrics["dropout"] = {"seeds": seeds, "baseline_val_accuracy": baseline[:, -1].mean(),
-                          "val_accuracy": {f"{placement}, p={rate:g}": curves[placement, rate][:, -1].mean()
-                                           for placement, rate in curves},
-                          "curves": {f"{placement}, p={rate:g}": curves[placement, rate].mean(0)
-                                     for placement, rate in curves},
-                          "baseline_curve": baseline.mean(0)}
-    best = max(metrics["dropout"]["val_accuracy"], key=metrics["dropout"]["val_accuracy"].get)
-    ctx.note(f"L1 leaves {100 * metrics['penalties']['l1']['fraction_small']:.0f} % of the weights "
-             f"below {SMALL:g} in magnitude, L2 {100 * metrics['penalties']['l2']['fraction_small']:.0f} %"
-             f", no penalty {100 * metrics['penalties']['none']['fraction_small']:.0f} %. Dropout: "
-             f"best setting {best} with {100 * metrics['dropout']['val_accuracy'][best]:.1f} % "
-             f"against {100 * metrics['dropout']['baseline_val_accuracy']:.1f} % without.")
+                          "baseline_curve": baseline.mean(0),
+                          "runs": [{"placement": placement, "rate": rate,
+                                    "val_accuracy": acc[:, -1].mean(), "val_accuracy_std": acc[:, -1].std(),
+                                    "curve": acc.mean(0)} for (placement, rate), acc in curves.items()]}
+    best = max(metrics["dropout"]["runs"], key=lambda r: r["val_accuracy"])
+    small = {k: f"{v['fraction_small']:.0%}" for k, v in metrics["penalties"].items()}
+    ctx.note(f"L1 leaves {small['l1']} of the weights below {SMALL:g} in magnitude, L2 {small['l2']}, "
+             f"no penalty {small['none']}. Dropout: best setting p = {best['rate']:g} on "
+             f"{PLACEMENTS[best['placement']][0]} with {best['val_accuracy']:.1%} validation accuracy "
+             f"against {metrics['dropout']['baseline_val_accuracy']:.1%} without.")
     return metrics

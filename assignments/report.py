@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from . import DRIVERS
-from .runner import write_atomic
+from minidl.fileio import write_atomic
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; line-height: 1.45; }
@@ -52,13 +52,24 @@ def _fmt(value):
     return str(value)
 
 
-def _table_html(rows):
+def _cell(value, fmt):
+    if value is None:
+        return ""
+    if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return fmt.format(value)
+    return _fmt(value)
+
+
+def _table_html(rows, columns=None):
+    """``columns``: the driver's [{key, label, format}], else every key under its name."""
     if not rows:
         return "<p>(empty table)</p>"
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    columns = columns or [{"key": k, "label": k, "format": None}
+                          for k in dict.fromkeys(k for row in rows for k in row)]
+    head = "".join(f"<th>{html.escape(c['label'])}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c['key']), c['format']))}</td>"
+                         for c in columns) + "</tr>"
         for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -79,7 +90,7 @@ def _section(run_dir, manifest, metrics):
         parts.append(f'<figure><img src="{esc(src)}" alt="{esc(fig["caption"])}">'
                      f'<figcaption>{esc(fig["caption"])}</figcaption></figure>')
     for table in manifest.get("tables", []):
-        parts.append(f"<h3>{esc(table['caption'])}</h3>{_table_html(table['rows'])}")
+        parts.append(f"<h3>{esc(table['caption'])}</h3>{_table_html(table['rows'], table.get('columns'))}")
     flat = _flatten(metrics)
     if flat:
         rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in flat)

@@ -12,6 +12,7 @@ GPUs of compute capability 8+ and float16 with a GradScaler before that.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_torch.models import resnet18  # noqa: E402
+from minidl.fileio import write_atomic  # noqa: E402
 from reference_torch.train import Trainer, select_device  # noqa: E402
 
 
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on a GPU, 3 on the CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 / 1)")
     parser.add_argument("--compile", action="store_true", help="also wrap the model in torch.compile")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     args = parser.parse_args()
 
     device = select_device(args.device)
@@ -74,12 +77,17 @@ def main() -> None:
           f"{', torch.compile' if args.compile else ''}  (torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads)")
     print(f"{'AMP':>5} {'channels_last':>14} {'images/s':>10}")
-    base = None
+    base, results = None, []
     for amp in (False, True):
         for channels_last in (False, True):
             ips = throughput(device, batch_size, steps, warmup, amp, channels_last, args.compile)
             base = base or ips
             print(f"{str(amp):>5} {str(channels_last):>14} {ips:>10.1f}   x{ips / base:.2f}", flush=True)
+            results.append({"amp": amp, "channels_last": channels_last, "images_per_second": ips})
+    if args.json:
+        write_atomic(args.json, json.dumps({"device": name, "batch_size": batch_size, "steps": steps,
+                                            "compile": args.compile, "torch": torch.__version__,
+                                            "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,19 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip where torch sees no CUDA device (``make gpu-check``
+    runs them on a GPU machine)."""
+    marked = [item for item in items if "gpu" in item.keywords]
+    if not marked:
+        return
+    try:
+        import torch
+        present = torch.cuda.is_available()
+    except ImportError:
+        present = False
+    if not present:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))

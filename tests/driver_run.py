@@ -8,13 +8,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def run_quick(name, out, *extra, min_png_bytes=5000):
     """Run ``python -m assignments run NAME --quick --out OUT EXTRA...`` and check its files:
-    every declared figure is a PNG of some substance with a caption, every table has rows
-    and a caption, and metrics.json, config.json and manifest.json are valid JSON.
+    every declared figure is a PNG of some substance with a caption, every table has rows,
+    a caption and a header for each column, and metrics.json, config.json and
+    manifest.json are valid JSON.
     Returns (metrics, manifest)."""
     assert main(["run", name, "--quick", "--out", str(out), *extra]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert json.loads((out / "config.json").read_text())["quick"] is True
+    assert json.loads((out / "config.json").read_text())["profile"] == "quick"
     assert manifest["figures"], f"{name} declared no figures"
     for figure in manifest["figures"]:
         data = (out / figure["file"]).read_bytes()
@@ -23,6 +24,11 @@ def run_quick(name, out, *extra, min_png_bytes=5000):
         assert figure["caption"], f"{figure['file']} has no caption"
     for table in manifest["tables"]:
         assert table["rows"] and table["caption"], f"table {table['name']} is empty or has no caption"
+        keys = {c["key"] for c in table["columns"]}
+        for row in table["rows"]:
+            assert set(row) <= keys, f"table {table['name']}: {set(row) - keys} have no column"
+            assert all(k == k.lower() and " " not in k for k in row), \
+                f"table {table['name']}: keys are snake_case data, headers go in columns= ({list(row)})"
     return metrics, manifest
 
 

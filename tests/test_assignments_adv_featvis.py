@@ -2,7 +2,8 @@
 each writes its declared figures, tables and metrics; the attack curves behave as attacks
 must (eps 0 is the clean accuracy, the largest budget lowers it, PGD is never weaker than
 FGSM); every visualised unit's objective rises above its grey start; a ResNet-18 weight
-file that does not fit fails before any training."""
+file that does not fit fails before any training; a bad option value stops with one line
+before any file is written."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -20,25 +21,34 @@ def test_adversarial_quick(tmp_path):
     assert {f["file"] for f in manifest["figures"]} == {"accuracy_vs_eps.png", "examples.png"}
     assert [t["name"] for t in manifest["tables"]] == ["accuracy_vs_eps"]
     assert metrics["test_accuracy"] > metrics["chance"]
-    levels = [str(level) if level == 0 else f"{level:g}/255" for level in metrics["eps_levels"]]
+    rows = metrics["by_eps"]
+    assert [r["eps_level"] for r in rows] == metrics["eps_levels"] == [0, 2, 8, 32]
+    assert [r["eps"] for r in rows] == pytest.approx([level / 255 for level in metrics["eps_levels"]])
     clean, count = metrics["clean_accuracy"], metrics["attacked_images"]
     for attack in ("fgsm", "pgd"):
-        accuracy = metrics["accuracy"][attack]
-        assert list(accuracy) == levels
-        assert accuracy["0"] == pytest.approx(clean, abs=0.5 / count)  # eps 0: no attack at all
-        assert accuracy[levels[-1]] < clean  # the largest budget (32/255) must hurt
-        assert all(0 <= a <= 1 for a in accuracy.values())
-    for level in levels:  # PGD is FGSM's first step repeated and projected: never (much) weaker
-        assert metrics["accuracy"]["pgd"][level] <= metrics["accuracy"]["fgsm"][level] + 0.02, level
-    targeted = metrics["targeted_success"]["pgd"]
-    assert targeted[levels[-1]] > targeted["0"] + 0.3  # a large budget reaches the wanted class
+        accuracy = [r[f"{attack}_accuracy"] for r in rows]
+        assert accuracy[0] == pytest.approx(clean, abs=0.5 / count)  # eps 0: no attack at all
+        assert accuracy[-1] < clean  # the largest budget (32/255) must hurt
+        assert all(0 <= a <= 1 for a in accuracy)
+    for row in rows:  # PGD is FGSM's first step repeated and projected: never (much) weaker
+        assert row["pgd_accuracy"] <= row["fgsm_accuracy"] + 0.02, row
+    assert rows[-1]["pgd_targeted_success"] > rows[0]["pgd_targeted_success"] + 0.3  # reaches the wanted class
     assert metrics["checks"]["eps0_equals_clean"] and metrics["checks"]["falls_at_largest_eps"]
 
 
-def test_adversarial_rejects_bad_budgets(tmp_path):
-    with pytest.raises(SystemExit, match="--eps takes budgets in grey levels"):
-        main(["run", "adversarial", "--quick", "--eps", "300", "--out", str(tmp_path / "adv")])
-    assert not (tmp_path / "adv" / "metrics.json").exists()
+@pytest.mark.parametrize("name, option, value, says", [
+    ("adversarial", "--eps", "2,300", "grey level between 0 and 255, got 300"),
+    ("adversarial", "--pgd-steps", "0", "at least 1"),
+    ("feature_visualization", "--channels", "0", "at least 1"),
+    ("feature_visualization", "--weights", "absent.pth", "no such file"),
+])
+def test_bad_option_value_stops_before_any_file(tmp_path, name, option, value, says):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", name, "--quick", "--out", str(out), option, value])
+    message = str(stop.value)
+    assert "\n" not in message and option in message and value in message and says in message, message
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------ feature_visualization
@@ -58,7 +68,7 @@ def test_feature_visualization_quick(tmp_path):
             assert unit["optimised"] == pytest.approx(unit["start"] + unit["gain"])
     assert metrics["all_gains_positive"] and metrics["min_gain"] > 0
     lucid, _, naive = metrics["recipes"]  # regularised images keep more of their logit under jitter
-    assert lucid["robust share (%)"] > naive["robust share (%)"]
+    assert lucid["robust_share"] > naive["robust_share"]
     assert "No --weights" in manifest["notes"][0]
 
 
@@ -70,9 +80,6 @@ def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
     cifar_stem = torchvision_resnet18_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(ValueError, match=r"shape mismatches: conv1\.weight"):
         main(["run", "feature_visualization", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
-    with pytest.raises(FileNotFoundError, match="no weight file"):
-        main(["run", "feature_visualization", "--quick", "--weights", str(tmp_path / "absent.pth"),
-              "--out", str(out)])
     assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()  # nothing trained
 
 
@@ -87,3 +94,12 @@ def test_feature_visualization_with_resnet_weights(tmp_path):
     assert set(resnet["units"]) == {"layer2", "layer3", "layer4", "classes"}
     assert resnet["min_gain"] > 0
     assert not any("No --weights" in note for note in manifest["notes"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["adversarial", "feature_visualization"])
+def test_runs_on_cuda(tmp_path, name):
+    """On a GPU the model trains, is attacked and visualised there: every batch the driver
+    builds must reach it through ctx.to_device (CPU tensors fed to a CUDA model fail)."""
+    metrics, _ = run_quick(name, tmp_path / name, "--device", "cuda")
+    assert metrics["test_accuracy"] > metrics["chance"]

@@ -3,7 +3,8 @@ its declared figures, tables and metrics; the quick model beats chance and at le
 attribution method beats a random pixel order at deletion; model_bias names the model
 trained with the artifact from its attributions alone, and that model loses more
 accuracy without its shortcut, and judges the two model files it wrote when they come back
-through --models; a wrong --checkpoint fails with a message that says why."""
+through --models; a wrong --checkpoint or option value fails with a message that says why,
+before any file is written where the option alone is wrong."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -32,10 +33,11 @@ def test_explanations_quick(explanations):
     assert [t["name"] for t in manifest["tables"]] == ["scores"]
     assert metrics["dataset"] == "shapes" and (out / "model.pt").is_file()
     assert metrics["test_accuracy"] > 1.5 * metrics["chance"]
-    methods = ("occlusion", "saliency", "gradient x input", "Grad-CAM", "integrated gradients")
-    assert set(metrics["methods"]) == {*methods, "random order"}
-    random_deletion = metrics["deletion_auc_random"]
-    assert any(metrics["deletion_auc"][m] < random_deletion for m in methods), metrics["deletion_auc"]
+    methods = ("occlusion", "saliency", "input_x_gradient", "gradcam", "integrated_gradients")
+    assert set(metrics["methods"]) == {*methods, "random_order"}
+    deletion = {m: scores["deletion_auc"] for m, scores in metrics["methods"].items()}
+    assert any(deletion[m] < deletion["random_order"] for m in methods), deletion
+    assert metrics["methods_beating_random_deletion"] == [m for m in methods if deletion[m] < deletion["random_order"]]
     for m in methods:
         scores = metrics["methods"][m]
         assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
@@ -55,15 +57,26 @@ def test_explanations_reuses_its_checkpoint(explanations, tmp_path):
 
 
 def test_explanations_rejects_a_wrong_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(SystemExit, match=r"--checkpoint: no such file: .*missing\.pt"):
         main(["run", "explanations", "--quick", "--out", str(tmp_path / "a"),
               "--checkpoint", str(tmp_path / "missing.pt")])
+    assert not (tmp_path / "a").exists()  # refused before the run started
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     with pytest.raises(SystemExit, match="cannot be read"):
         main(["run", "explanations", "--quick", "--out", str(tmp_path / "b"), "--checkpoint", str(junk)])
-    with pytest.raises(SystemExit, match="at least 1"):
-        main(["run", "explanations", "--quick", "--out", str(tmp_path / "c"), "--scored-images", "0"])
+
+
+@pytest.mark.parametrize("name, option, value", [("explanations", "--scored-images", "0"),
+                                                 ("model_bias", "--train-images", "-5"),
+                                                 ("model_bias", "--scored-images", "many")])
+def test_bad_option_value_stops_before_any_file(tmp_path, name, option, value):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", name, "--quick", "--out", str(out), option, value])
+    message = str(stop.value)
+    assert "\n" not in message and option in message and value in message, message
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +91,7 @@ def test_model_bias_quick_verdict(model_bias):
     assert [t["name"] for t in manifest["tables"]] == ["accuracy", "attribution_shares", "verdict"]
     verdict = metrics["verdict"]
     models = metrics["models"]
+    assert set(models) == {"model_a", "model_b"}
     assert sum(m["trained_with_artifact"] for m in models.values()) == 1
     truth = next(name for name, m in models.items() if m["trained_with_artifact"])
     assert verdict["truth"] == truth
@@ -101,12 +115,21 @@ def test_model_bias_investigates_given_models(model_bias, tmp_path):
     verdict = metrics["verdict"]
     assert verdict["truth"] is None and metrics["verdict_correct"] is None
     assert all(m["trained_with_artifact"] is None for m in metrics["models"].values())
-    swapped = {"model A": "model B", "model B": "model A"}
+    swapped = {"model_a": "model_b", "model_b": "model_a"}
     assert verdict["biased_model"] == swapped[truth]
     # the same models on the same images: the same evidence under the other letter
     assert metrics["models"][swapped[truth]]["mean_patch_share"] == pytest.approx(
         first["models"][truth]["mean_patch_share"], rel=1e-4)
-    assert "trained on" not in manifest["tables"][-1]["rows"][0]
-    with pytest.raises(SystemExit, match="--models .*no such file"):
+    assert "trained_on" not in manifest["tables"][-1]["rows"][0]
+    with pytest.raises(SystemExit, match="--models: no such file"):
         main(["run", "model_bias", "--quick", "--out", str(tmp_path / "bad"), "--models",
               str(files[0]), str(tmp_path / "missing.pt")])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["explanations", "model_bias"])
+def test_runs_on_cuda(tmp_path, name):
+    """On a GPU the model trains and is explained there: every batch the driver builds must
+    reach it through ctx.to_device (CPU tensors fed to a CUDA model fail)."""
+    metrics, _ = run_quick(name, tmp_path / name, "--device", "cuda")
+    assert metrics["chance"] == pytest.approx(0.1)

@@ -1,7 +1,15 @@
 """The regression, filters, mlp_numpy and regularization drivers: a --quick run of each
 writes its declared figures and sane metrics; and the facts each driver stands on
 (filter responses equal scipy's, explicit backprop equals autograd, exact penalties)
-checked directly."""
+checked directly; a bad option stops before any file is written."""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage, signal
@@ -26,13 +34,29 @@ def quick(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            cache[name] = _run(name, tmp_path_factory.mktemp(name))
+            get.folders[name] = tmp_path_factory.mktemp(name)
+            cache[name] = _run(name, get.folders[name])
         return cache[name]
+    get.folders = {}  # each run's output folder
     return get
 
 
 def _figures(manifest):
     return {f["file"] for f in manifest["figures"]}
+
+
+@pytest.mark.parametrize("name, option, value", [("filters", "--images", "0"),
+                                                  ("mlp_numpy", "--hidden", "128,x"),
+                                                  ("mlp_numpy", "--test-size", "-5"),
+                                                  ("regularization", "--seeds", "0"),
+                                                  ("regularization", "--dataset", "cifar10")])
+def test_a_bad_option_stops_with_one_line_before_any_file(tmp_path, name, option, value):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", name, "--quick", "--out", str(out), option, value])
+    message = str(stop.value.code)
+    assert option in message and value in message and "\n" not in message, message
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------- regression
@@ -58,10 +82,11 @@ def test_regression_quick(quick):
 def test_filters_quick(quick):
     metrics, manifest = quick("filters")
     assert _figures(manifest) == {"responses.png", "kernels.png"}
-    assert set(metrics["filters"]) == {"box blur", "gaussian blur", "sharpen", "Sobel x",
-                                       "Sobel y", "Laplacian"}
+    assert set(metrics["filters"]) == {"box_blur", "gaussian_blur", "sharpen", "sobel_x",
+                                       "sobel_y", "laplacian"}
+    assert metrics["images"] == 3  # the quick profile's
     assert metrics["max_abs_diff_vs_scipy"] < 1e-5
-    for name in ("Sobel x", "Sobel y", "Laplacian"):  # zero-sum kernels: signed responses
+    for name in ("sobel_x", "sobel_y", "laplacian"):  # zero-sum kernels: signed responses
         f = metrics["filters"][name]
         assert abs(f["kernel_sum"]) < 1e-12 and f["min_response"] < 0 < f["max_response"]
 
@@ -71,7 +96,7 @@ def test_filter_responses_equal_scipy():
 
     rng = np.random.default_rng(0)
     images = rng.random((3, 17, 20)).astype(np.float32)  # not square, not a digit
-    for name, (kernel, _) in filters.KERNELS.items():
+    for name, (_, kernel, _) in filters.KERNELS.items():
         ours = filters.apply_filter(images, kernel)
         assert ours.shape == images.shape
         r = kernel.shape[0] // 2
@@ -83,7 +108,7 @@ def test_filter_responses_equal_scipy():
             np.testing.assert_allclose(response, by_signal, atol=2e-6, err_msg=name)
     # a cross-correlation, not a convolution: Sobel x is positive where brightness rises to the right
     ramp = np.tile(np.linspace(0, 1, 9, dtype=np.float32), (9, 1))[None]
-    assert (filters.apply_filter(ramp, filters.KERNELS["Sobel x"][0])[0, :, 1:-1] > 0).all()
+    assert (filters.apply_filter(ramp, filters.KERNELS["sobel_x"].kernel)[0, :, 1:-1] > 0).all()
 
 
 # ------------------------------------------------------------------- mlp_numpy
@@ -120,7 +145,8 @@ def test_mlp_numpy_quick(quick):
     assert metrics["seed"] == 42 and metrics["hidden"] == [128] and metrics["lr"] == 0.1
     assert metrics["manual_vs_autograd_max_grad_diff"] < 1e-10
     models = metrics["models"]
-    assert set(models) == {"numpy", "autograd", "torch", "torch_bn"}
+    twins = {"torch", "torch_bn"} if importlib.util.find_spec("torch") else set()
+    assert set(models) == {"numpy", "autograd"} | twins
     for key, m in models.items():
         assert m["accuracy"] > 0.6, (key, m["accuracy"])  # chance is 0.1
         cm = np.array(m["confusion_matrix"])
@@ -132,7 +158,35 @@ def test_mlp_numpy_quick(quick):
     np.testing.assert_allclose(models["numpy"]["history"]["loss"],
                                models["autograd"]["history"]["loss"], rtol=1e-4)
     (table,) = manifest["tables"]
-    assert len(table["rows"]) == 4
+    assert len(table["rows"]) == len(models)
+    history = (quick.folders["mlp_numpy"] / "history.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in history[1:]} == {"numpy", "autograd"} | twins  # one run each
+
+
+BLOCK_TORCH = """
+import sys
+class NoTorch:  # as if torch were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def test_mlp_numpy_runs_without_torch_and_says_it_skipped_the_twins(tmp_path):
+    code = BLOCK_TORCH + f"""
+from assignments.__main__ import main
+assert main(["run", "mlp_numpy", "--quick", "--epochs", "1", "--out", {str(tmp_path)!r}]) == 0
+assert "torch" not in sys.modules
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"numpy", "autograd"}
+    notes = json.loads((tmp_path / "manifest.json").read_text())["notes"]
+    assert any("twins were skipped" in note for note in notes)
 
 
 # --------------------------------------------------------------- regularization
@@ -149,35 +203,71 @@ def test_regularization_quick(quick):
     assert small["l1"] > 0.2 and small["l1"] > 5 * max(small["l2"], small["none"]), small
     for v in metrics["penalties"].values():
         assert v["val_accuracy"] > 0.6  # chance is 0.1
-    accuracies = metrics["dropout"]["val_accuracy"]
-    assert len(accuracies) == 9 and min(accuracies.values()) > 0.6
+    runs = metrics["dropout"]["runs"]
+    assert {(r["placement"], r["rate"]) for r in runs} == {
+        (p, rate) for p in ("layer_1", "layer_2", "both") for rate in (0.1, 0.3, 0.5)}
+    assert len(runs) == 9 and min(r["val_accuracy"] for r in runs) > 0.6
     (penalties, dropout) = manifest["tables"]
-    assert [r["dropout on"] for r in dropout["rows"]] == ["layer 1", "layer 2", "both"]
+    assert [r["placement"] for r in dropout["rows"]] == ["hidden layer 1", "hidden layer 2", "both hidden layers"]
+    assert penalties["rows"][-1] == {"weight": "sum", "l1_term": pytest.approx(7.7),
+                                     "l2_term": pytest.approx(26.915)}
 
 
-def test_threads_option_sets_every_pool_and_restores_it():
-    import torch
+def test_cpu_threads_sets_every_pool_and_restores_it():
+    torch = pytest.importorskip("torch")
     from threadpoolctl import threadpool_info
 
     from assignments.runner import cpu_threads
-    from minidl import kernels
+    try:  # as the runner finds minidl's kernel threads
+        from minidl import threads
+    except ImportError:
+        from minidl import kernels as threads
 
     def blas():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
-    before = (kernels.num_threads(), torch.get_num_threads(), blas())
+    def now():
+        return threads.num_threads(), torch.get_num_threads(), blas()
+
+    before = now()
     count = max(before[0], before[1], *before[2]) + 1  # differs from every current setting
     with cpu_threads(count):
-        assert kernels.num_threads() == count and torch.get_num_threads() == count
+        assert threads.num_threads() == count and torch.get_num_threads() == count
         assert set(blas()) == {count}
-    assert (kernels.num_threads(), torch.get_num_threads(), blas()) == before
-    with pytest.raises(SystemExit, match="--threads must be at least 1, got 0"):
-        with cpu_threads(0):
-            pass
+    assert now() == before
+    with cpu_threads(None):  # no policy: everything as it was
+        assert now() == before
 
 
-def test_run_name_help_shows_that_drivers_options(capsys):
-    assert main(["run", "cifar_cnn", "--help"]) == 0
-    text = capsys.readouterr().out
-    assert "python -m assignments run cifar_cnn" in text
-    assert "--no-sweep" in text and "--threads" in text
+def test_thread_policy_and_a_bad_threads_option(tmp_path, monkeypatch):
+    from assignments import filters, regression
+    from assignments.runner import thread_count
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert thread_count(regression, None) == 1  # THREADS = "small" on two cores: one thread
+    assert thread_count(regression, 3) == 3  # --threads wins
+    assert thread_count(filters, None) is None  # no policy: each library's own
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert thread_count(regression, None) is None
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="--threads: must be at least 1, got 0"):
+        main(["run", "regression", "--threads", "0", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_run_name_help_shows_that_drivers_options_and_profiles(capsys):
+    from assignments import cifar_cnn
+
+    with pytest.raises(SystemExit) as done:  # argparse's --help ends the program, successfully
+        main(["run", "cifar_cnn", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps the help
+    assert "python -m assignments run cifar_cnn" in text and "--threads" in text
+    own = argparse.ArgumentParser(add_help=False)
+    cifar_cnn.add_arguments(own)
+    for action in own._actions:
+        assert action.option_strings[0] in text
+    # the profiles' values, shown in the option's help (up to the next option)
+    shown = text.split("--epochs EPOCHS ", 1)[1].split(" --", 1)[0]
+    default, quick = cifar_cnn.PROFILES["default"]["epochs"], cifar_cnn.PROFILES["quick"].get("epochs")
+    assert f"[default: {default}" + (f"; quick: {quick}]" if quick else "]") in shown, shown

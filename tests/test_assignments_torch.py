@@ -1,7 +1,11 @@
 """The torch drivers transfer_learning and augmentation: a --quick run of each writes its
-declared figures, tables and metrics; training only the last layer leaves every
-pretrained weight (and batch-norm statistic) untouched; a torchvision weight file that
-does not fit fails before anything runs, with a message that says why."""
+declared figures, tables and metrics; --resume continues an interrupted run to the same
+result and retrains nothing that was finished; training only the last layer leaves every
+pretrained weight (and batch-norm statistic) untouched; a bad option or a torchvision
+weight file that does not fit fails before anything runs, with a message that says why."""
+import csv
+import json
+
 import numpy as np
 import pytest
 
@@ -9,14 +13,61 @@ torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
 from driver_run import run_quick, torchvision_resnet18_file  # noqa: E402
-
+from reference_torch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+TIMINGS = ("seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds", "augment_seconds", "pretrain_seconds")
+
+
+def history(out):
+    """history.csv as {run: [row, ...]}, without the wall and CPU times (they differ between runs)."""
+    runs = {}
+    with open(out / "history.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            runs.setdefault(row.pop("run"), []).append({k: v for k, v in row.items() if k not in TIMINGS})
+    return runs
+
+
+def without_timings(value):
+    """metrics.json without the times it measured."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def checkpoints(out):
+    """Every checkpoint file of a run and when it was last written."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted((out / "checkpoints").rglob("*.pt"))}
+
+
+def resume_finished_run(name, out):
+    """Run ``name`` again with --resume on the folder of a finished quick run: nothing may
+    train again (no checkpoint is rewritten), and the histories and numbers stay the same."""
+    before = (history(out), json.loads((out / "metrics.json").read_text()), checkpoints(out))
+    seconds = json.loads((out / "manifest.json").read_text())["seconds"]
+    metrics, manifest = run_quick(name, out, "--resume")
+    assert checkpoints(out) == before[2], "a finished run trained again"
+    assert history(out) == before[0]
+    assert without_timings(metrics) == without_timings(before[1])
+    assert manifest["seconds"] < seconds, (manifest["seconds"], seconds)
+    return metrics
+
+
+class Killed(Exception):
+    """What stops a run in the middle, as a kill would."""
 
 
 # ------------------------------------------------------------------ transfer_learning
-def test_transfer_learning_quick(tmp_path):
-    metrics, manifest = run_quick("transfer_learning", tmp_path / "tl")
+@pytest.fixture(scope="module")
+def tl_quick(tmp_path_factory, torch_one_thread):
+    out = tmp_path_factory.mktemp("tl") / "run"
+    return out, *run_quick("transfer_learning", out)
+
+
+def test_transfer_learning_quick(tl_quick):
+    out, metrics, manifest = tl_quick
     assert {f["file"] for f in manifest["figures"]} == {"validation_curves.png", "test_accuracy.png"}
     assert metrics["dataset"] == "shapes" and "pretrained_on" in metrics
     # no --weights: pretrained offline on half the classes, transferred to the other half
@@ -26,19 +77,62 @@ def test_transfer_learning_quick(tmp_path):
                          for a in ("", "_aug")}
     (table,) = [t for t in manifest["tables"] if t["name"] == "strategies"]
     assert len(table["rows"]) == len(runs)
+    histories = history(out)
+    assert set(histories) == {"pretrain", *runs}
+    assert len(histories["pretrain"]) == json.loads((out / "config.json").read_text())["settings"]["pretrain_epochs"]
     for key, r in runs.items():
-        assert len(r["val_accuracy"]) == metrics["epochs"]
+        assert len(r["val_accuracy"]) == len(histories[key]) == metrics["epochs"]
+        assert r["val_accuracy"] == pytest.approx([float(h["val_accuracy"]) for h in histories[key]])
         assert 1 <= r["best_epoch"] <= metrics["epochs"]
         assert r["best_val_accuracy"] == pytest.approx(max(r["val_accuracy"]))
         assert 0.0 <= r["test_accuracy"] <= 1.0
         assert set(r["noisy_test_accuracy"]) == {str(s) for s in metrics["noise_std"]}
-    for key in ("head", "head_aug"):  # a linear probe: the pretrained weights never move
+        assert (out / "checkpoints" / key / "best.pt").is_file()
+    for key in ("head", "head_aug"):  # a linear probe: the pretrained weights and statistics never move
         assert runs[key]["backbone_max_change"] == 0.0
-        assert runs[key]["backbone_buffer_max_change"] == 0.0
         assert runs[key]["trainable_parameters"] < runs["finetune"]["trainable_parameters"] / 4
+        assert runs[key]["lr_backbone"] is None
     for key in ("finetune", "finetune_head10", "scratch"):
         assert runs[key]["backbone_max_change"] > 0.0
+    assert runs["finetune_head10"]["lr_head"] == pytest.approx(10 * runs["finetune"]["lr_head"])
     assert manifest["notes"] and "No --weights" in manifest["notes"][0]
+
+
+def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_path, monkeypatch):
+    """Stop a run in the middle of its third strategy (as a kill would: after some epochs'
+    checkpoints), then --resume it: it ends with the same histories and numbers as the run
+    that never stopped, and a second --resume of a finished run trains nothing."""
+    reference, reference_metrics, _ = tl_quick
+    settings = json.loads((reference / "config.json").read_text())["settings"]
+    stop = {"at": settings["pretrain_epochs"] + 2 * settings["epochs"] + 4}  # epoch 4 of the third strategy
+    epochs, train_epoch = [], Trainer._train_epoch
+
+    def interrupted(self, *args):  # counts the epochs trained (as the number completed before each)
+        epochs.append(self.epoch)
+        if len(epochs) == stop["at"]:
+            raise Killed
+        return train_epoch(self, *args)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    with pytest.raises(Killed):
+        main(["run", "transfer_learning", "--quick", "--out", str(out)])
+    monkeypatch.undo()
+    assert not (out / "metrics.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["finetune", "finetune_head10", "head",
+                                                                       "pretrain"]
+    epochs.clear()
+    stop["at"] = None  # from now on only counting
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    metrics, _ = run_quick("transfer_learning", out, "--resume")
+    assert epochs[:3] == [3, 4, 5]  # the rest of the third strategy, then the five after it
+    assert len(epochs) == 3 + 5 * settings["epochs"]
+    assert history(out) == history(reference)
+    assert without_timings(metrics) == without_timings(reference_metrics)
+
+    epochs.clear()
+    resume_finished_run("transfer_learning", out)
+    assert epochs == []
 
 
 def test_transfer_learning_quick_digits_is_above_chance(tmp_path):
@@ -53,42 +147,62 @@ def test_transfer_learning_quick_digits_is_above_chance(tmp_path):
         assert runs[key]["test_accuracy"] > chance + 0.3, (key, runs[key]["test_accuracy"])
     best_pretrained = max(runs[key]["test_accuracy"] for key in ("head", "finetune_head10"))
     assert best_pretrained > runs["scratch"]["test_accuracy"], runs
-    assert metrics["batch_size"] == 32  # the offline profile's, not the course's 128
+    assert metrics["batch_size"] == 32  # the embedded datasets' batch, not the course's 128
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--strategies", "head,linear", "unknown --strategies linear"),
-    ("--noise-std", "0.1,lots", "not a comma-separated list"),
-    ("--noise-std", "0", "positive standard deviations"),
-    ("--per-class", "0", "--per-class must be at least 1"),
+def test_cifar_runs_on_the_course_schedule():
+    """The course's experiment (CIFAR) trains 30 epochs at batch 128 with lr 1e-3 on every
+    labelled image; the quick profile shortens the epochs and keeps the batch."""
+    from assignments import get
+    from assignments.runner import settings
+
+    driver = get("transfer_learning")
+    for dataset in ("cifar10", "cifar100"):
+        _, config = settings(driver, {"dataset": dataset})
+        assert (config.epochs, config.batch_size, config.lr, config.per_class) == (30, 128, 1e-3, None)
+        _, quick = settings(driver, {"dataset": dataset, "profile": "quick"})
+        assert (quick.epochs, quick.batch_size) == (6, 128)
+
+
+@pytest.mark.parametrize("name, option, value, message", [
+    ("transfer_learning", "--strategies", "head,linear", r"--strategies: unknown 'linear'; choose from head,"),
+    ("transfer_learning", "--noise-std", "0.1,lots", r"--noise-std: '0.1,lots' is not a comma-separated list"),
+    ("transfer_learning", "--noise-std", "0", r"--noise-std: .*must be positive, got 0"),
+    ("transfer_learning", "--per-class", "0", r"--per-class: must be at least 1, got 0"),
+    ("transfer_learning", "--epochs", "0", r"--epochs: must be at least 1, got 0"),
+    ("transfer_learning", "--weights", "absent.pth", r"--weights \S*absent.pth: no weight file there"),
+    ("augmentation", "--train-size", "3", r"--train-size must be at least 10 \(one image per class\), got 3"),
+    ("augmentation", "--lr", "-1", r"--lr: must be positive, got -1"),
 ])
-def test_transfer_learning_rejects_bad_options(tmp_path, option, value, message):
-    with pytest.raises(SystemExit, match=message):
-        main(["run", "transfer_learning", "--quick", option, value, "--out", str(tmp_path / "out")])
-    assert not (tmp_path / "out" / "metrics.json").exists()
+def test_bad_options_stop_before_anything_is_written(tmp_path, name, option, value, message):
+    out = tmp_path / "out"
+    value = str(tmp_path / value) if option == "--weights" else value
+    with pytest.raises(SystemExit, match=message) as stop:
+        main(["run", name, "--quick", option, value, "--out", str(out)])
+    assert "\n" not in str(stop.value)
+    assert not out.exists()
 
 
 def test_head_only_leaves_the_backbone_unchanged():
     """The driver's own pieces, on a ResNet with batch norm: freeze, train, compare."""
     from assignments import transfer_learning as tl
     from reference_torch.models import resnet18
-    from reference_torch.train import Trainer
 
     torch.manual_seed(0)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 4, (16,))
     for strategy in ("head", "finetune_head10"):
-        model = tl.Prepared(tl.reset_head(resnet18(num_classes=10, cifar_stem=True), 4), (0.5,) * 3, (0.25,) * 3)
-        conv = model.net.conv1.weight.detach().clone()
-        running = model.net.layer1[0].bn1.running_mean.clone()
-        fc = model.net.fc.weight.detach().clone()
-        groups = tl.configure(model.net, strategy, lr=1e-2, finetune_lr=1e-2)
-        step = tl.frozen_backbone_step if strategy == "head" else tl.classification_step
+        model = tl.Prepared(resnet18(num_classes=4, cifar_stem=True), (0.5,) * 3, (0.25,) * 3)
+        conv = model.body.conv1.weight.detach().clone()
+        running = model.body.layer1[0].bn1.running_mean.clone()
+        fc = model.head.weight.detach().clone()
+        groups = tl.configure(model, strategy, lr=1e-2, finetune_lr=1e-2)
+        assert [g["lr"] for g in groups] == ([1e-2] if strategy == "head" else [1e-2, 1e-1])
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-        Trainer(model, torch.optim.Adam(groups), training_step=step, progress=False, device="cpu").fit(loader, 1)
-        assert not torch.equal(model.net.fc.weight, fc)
+        Trainer(model, torch.optim.Adam(groups), progress=False, device="cpu").fit(loader, 1)
+        assert not torch.equal(model.head.weight, fc)
         frozen = strategy == "head"
-        assert torch.equal(model.net.conv1.weight, conv) == frozen
-        assert torch.equal(model.net.layer1[0].bn1.running_mean, running) == frozen
+        assert torch.equal(model.body.conv1.weight, conv) == frozen
+        assert torch.equal(model.body.layer1[0].bn1.running_mean, running) == frozen
 
 
 def test_wrong_weight_file_fails_clearly(tmp_path):
@@ -98,36 +212,39 @@ def test_wrong_weight_file_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)do not fit ResNet.*missing keys: fc\.weight"
                                           r".*unexpected keys: classifier\.weight"):
         main(["run", "transfer_learning", "--quick", "--weights", str(wrong_keys), "--out", str(out)])
-    assert not (out / "metrics.json").exists()  # failed before any training
+    assert not (out / "metrics.json").exists() and not (out / "checkpoints").exists()  # before any training
     cifar_stem = torchvision_resnet18_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(ValueError, match=r"shape mismatches: conv1\.weight: file \(64, 3, 3, 3\)"):
         main(["run", "transfer_learning", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
-    with pytest.raises(FileNotFoundError, match="no weight file"):
-        main(["run", "transfer_learning", "--quick", "--weights", str(tmp_path / "absent.pth"),
-              "--out", str(out)])
 
 
-def test_transfer_learning_with_atorchvision_resnet18_file(tmp_path):
+def test_transfer_learning_with_a_torchvision_resnet18_file(tmp_path):
     """The ImageNet path end to end (a randomly initialised file in torchvision's layout,
     small images for speed): grey digits become RGB, the frozen ResNet keeps its
     batch-norm statistics."""
     weights = torchvision_resnet18_file(tmp_path / "resnet18.pth")
     metrics, manifest = run_quick("transfer_learning", tmp_path / "tl", "--dataset", "digits", "--weights",
-                             str(weights), "--image-size", "32", "--strategies", "head",
-                             "--epochs", "2", "--per-class", "4")
+                                  str(weights), "--image-size", "32", "--strategies", "head",
+                                  "--epochs", "2", "--per-class", "4")
     assert metrics["pretrained_on"].startswith("ImageNet") and metrics["image_size"] == 32
-    assert metrics["batch_size"] == 128 and metrics["epochs"] == 2  # the course's batch, our epochs
+    assert metrics["epochs"] == 2 and metrics["per_class"] == 4  # the options given win over the profiles
     assert metrics["source_classes"] == [] and len(metrics["target_classes"]) == 10
     assert set(metrics["runs"]) == {"head", "head_aug"}
     for r in metrics["runs"].values():
-        assert r["backbone_max_change"] == 0.0 and r["backbone_buffer_max_change"] == 0.0
+        assert r["backbone_max_change"] == 0.0
         assert r["trainable_parameters"] == 512 * 10 + 10
     assert any("resnet18.pth" in note for note in manifest["notes"])
 
 
 # ------------------------------------------------------------------------ augmentation
-def test_augmentation_quick(tmp_path):
-    metrics, manifest = run_quick("augmentation", tmp_path / "aug")
+@pytest.fixture(scope="module")
+def aug_quick(tmp_path_factory, torch_one_thread):
+    out = tmp_path_factory.mktemp("aug") / "run"
+    return out, *run_quick("augmentation", out)
+
+
+def test_augmentation_quick(aug_quick):
+    out, metrics, manifest = aug_quick
     assert {f["file"] for f in manifest["figures"]} == {
         "augmented_samples.png", "accuracy_vs_growth.png", "time_vs_growth.png", "ablation.png"}
     assert {t["name"] for t in manifest["tables"]} == {"growth", "ablation"}
@@ -147,11 +264,20 @@ def test_augmentation_quick(tmp_path):
     assert labels[0] == "none" and labels[-1] == "all"
     assert set(metrics["transforms"]) <= set(labels)
     assert metrics["best_transform"] in metrics["transforms"]
+    histories = history(out)  # one history per network trained, each the run's epochs long
+    assert set(histories) == {f"augmented_{k}x" for k in factors} | {f"repeated_{k}x" for k in factors if k > 1} \
+        | {f"{t}_{metrics['ablation_factor']}x" for t in metrics["transforms"]}
+    assert all(len(rows) == metrics["epochs"] for rows in histories.values())
 
 
-def test_augmentation_rejects_a_training_set_smaller_than_the_classes(tmp_path):
-    with pytest.raises(SystemExit, match="--train-size must be between 10"):
-        main(["run", "augmentation", "--quick", "--train-size", "3", "--out", str(tmp_path / "out")])
+def test_augmentation_resume_of_a_finished_run_trains_nothing(aug_quick):
+    resume_finished_run("augmentation", aug_quick[0])
+
+
+def test_augmentation_rejects_a_training_set_larger_than_the_data(tmp_path):
+    with pytest.raises(SystemExit, match=r"--train-size 99999 is more than the [\d,]+ training images"):
+        main(["run", "augmentation", "--quick", "--train-size", "99999", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_grow_adds_augmented_or_repeated_copies():
@@ -174,8 +300,12 @@ def test_drivers_declare_the_contract(name):
     from assignments import get
 
     driver = get(name)
-    assert driver.DEFAULT is True
+    assert driver.DEFAULT is True and driver.TORCH is True and driver.THREADS == "small"
     assert driver.NAME == name and driver.DATASETS[0] == "shapes"
     for attr in ("COURSE", "TASK", "SUMMARY", "STATEMENT"):
         assert getattr(driver, attr).strip()
     assert np.all([d in ("shapes", "digits", "cifar10", "cifar100") for d in driver.DATASETS])
+    assert {"epochs", "batch_size", "lr"} <= set(driver.PROFILES["default"])
+    assert set(driver.PROFILES) <= {"default", "quick", "full"}
+    assert all(set(p) <= set(driver.PROFILES["default"]) for p in driver.PROFILES.values())
+    assert all(set(p) <= set(driver.PROFILES["default"]) for p in getattr(driver, "DATASET_SETTINGS", {}).values())
