@@ -85,13 +85,15 @@ def training_curves(histories, metrics=("loss", "accuracy"), title="", chance=No
     return fig
 
 
-def line_plot(series, title, xlabel, ylabel, ax=None, chance=None, logx=False, logy=False, figsize=(7, 4.2)):
-    """Lines from ``{label: (x, y)}``, a marker at each point; ``chance`` is a y level."""
+def line_plot(series, title, xlabel, ylabel, ax=None, chance=None, logx=False, logy=False, figsize=(7, 4.2),
+              unit=""):
+    """Lines from ``{label: (x, y)}``, a marker at each point; ``chance`` is a y level,
+    labelled with ``unit`` (" %")."""
     fig, ax = _axes(ax, figsize)
     for i, (label, (x, y)) in enumerate(series.items()):
         ax.plot(x, y, "-o", ms=4, color=f"C{i}", label=label)
     if chance is not None:
-        ax.axhline(chance, color="0.5", ls=":", lw=1, label=f"chance ({chance:g})")
+        ax.axhline(chance, color="0.5", ls=":", lw=1, label=f"chance ({chance:g}{unit})")
     if logx:
         ax.set_xscale("log")
     if logy:

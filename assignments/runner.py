@@ -395,14 +395,20 @@ class Run:
         return self._device
 
     def to_device(self, value):
-        """Tensors, arrays (as float32 or int64 tensors) and nests of them on the run's device:
-        the one way a driver's tensors reach its model."""
+        """Tensors, arrays (float as float32; integers as int64, bool kept) and nests of them
+        on the run's device: the one way a driver's tensors reach its model."""
         import torch
 
         from reference_torch.train import to_device
+        if isinstance(value, torch.nn.Module):
+            raise TypeError("ctx.to_device moves data; a model moves with model.to(ctx.device) "
+                            "or through ctx.trainer")
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
-            value = value.float() if value.is_floating_point() else value.long()
+            if value.is_floating_point():
+                value = value.float()
+            elif value.dtype != torch.bool:
+                value = value.long()
         return to_device(value, self.device)
 
     def loader(self, *arrays, shuffle=False, batch_size=None, **options):

@@ -218,10 +218,7 @@ def test_cpu_threads_sets_every_pool_and_restores_it():
     from threadpoolctl import threadpool_info
 
     from assignments.runner import cpu_threads
-    try:  # as the runner finds minidl's kernel threads
-        from minidl import threads
-    except ImportError:
-        from minidl import kernels as threads
+    from minidl import threads
 
     def blas():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]

@@ -212,7 +212,7 @@ def test_normalize():
     assert torch.allclose(out[:, 2], (x[:, 2] - 0.3) / 0.1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_same_seed_gives_same_augmentation_on_the_gpu():
     x = images(32, 32, 32)
     smooth = ["identity", "brightness", "contrast", "color", "sharpness", "rotate", "shear_x", "translate_y"]

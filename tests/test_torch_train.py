@@ -341,7 +341,7 @@ def test_channels_last_matches_default_layout():
 
 
 # ---------------------------------------------------------------- GPU paths
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
 def test_amp_on_cuda_trains(amp_dtype):
     if amp_dtype == torch.bfloat16 and torch.cuda.get_device_capability()[0] < 8:
@@ -356,7 +356,7 @@ def test_amp_on_cuda_trains(amp_dtype):
     assert trainer.evaluate(loader(x, y, shuffle=False))["accuracy"] > 0.8
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (compiling on CPU is slow)")
+@pytest.mark.gpu
 def test_compile_on_cuda_matches_eager():
     x, y = blobs()
     results = []
