@@ -70,9 +70,8 @@ PROFILES = {
 }
 DATASET_SETTINGS = {"cifar10": {"train_size": 5000, "epochs": 6}}
 CLASSES = 10  # in both datasets
-# Narrow first layers: twice as fast as (16, 32, 64, 64) on a CPU, and the default
-# profile trains 14 networks (measured on shapes, 500 originals grown 8x, 5 epochs: 48 % against
-# 58 % test accuracy).
+# Narrow first layers: twice as fast as (16, 32, 64, 64) on a CPU, for the default profile's 14
+# networks (measured on shapes, 500 originals grown 8x, 5 epochs: 48 % against 58 % test accuracy).
 WIDTHS = (8, 16, 32, 64)
 # A transformation counts as helpful when it beats plain repeats by more than this many
 # test-accuracy points: one seed's runs differ by a few points anyway.
@@ -94,7 +93,7 @@ class EpochTimer(Callback):
     """Adds each epoch's wall and CPU seconds (all threads) to its row of the history, which
     the checkpoints hold: a run resumed with --resume still reports what its epochs took."""
 
-    def on_fit_start(self, trainer):
+    def on_train_begin(self, trainer):
         self.start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, trainer, metrics):
@@ -103,7 +102,6 @@ class EpochTimer(Callback):
         self.start = now
 
 
-# ------------------------------------------------------------------- growing
 def compose(names, seed):
     """One augmentation pipeline of the named transformations, with its own seeded generator."""
     return A.Compose([TRANSFORMS[n][1]() for n in names], seed=seed)
@@ -143,7 +141,6 @@ def train_grown(ctx, label, x, y, factor, names, test, normalize):
     return result
 
 
-# ------------------------------------------------------------------- figures
 def combo_label(names):
     return " + ".join(names) if names else "none"
 
@@ -195,7 +192,6 @@ def plot_ablation(rows, dataset, factor):
                            colors=["tab:blue", "0.75"], ylim=(0, 105))
 
 
-# ----------------------------------------------------------------------- run
 def run(ctx):
     c = ctx.config
     splits = ctx.load_dataset(**({"n": c.shapes_images} if ctx.dataset == "shapes" else {}))

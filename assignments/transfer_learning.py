@@ -20,11 +20,11 @@ from torch import nn
 from reference_torch import augment as A
 from reference_torch.checkpoint import load_checkpoint
 from reference_torch.models import load_torchvision_weights, resnet18
-from reference_torch.train import BestCheckpoint, seed_everything, warmup_cosine
+from reference_torch.train import Checkpoint, seed_everything, warmup_cosine
 from reference_torch.twins import SmallCNN
 
 from . import plots
-from .augmentation import EpochTimer
+from .augmentation import EpochTimer  # epoch times in the history, which --resume keeps
 from .runner import comma_list, positive_float, positive_int
 
 NAME = "transfer_learning"
@@ -136,8 +136,8 @@ def configure(model, strategy, lr, finetune_lr):
 
 
 def class_part(split, classes, per_class=None, rng=None, size=None):
-    """``(x, y)``: the images of ``classes`` (a range), labels counted from 0, at most
-    ``per_class`` images of each class (a random choice by ``rng``), the first ``size``."""
+    """``(x, y)`` of ``classes`` (a range; labels from 0): at most ``per_class`` of each (drawn by ``rng``),
+    at most ``size`` in all."""
     picked = [np.flatnonzero(split.y == c) for c in classes]
     if per_class is not None:
         picked = [rng.choice(i, per_class, replace=False) if len(i) > per_class else i for i in picked]
@@ -169,7 +169,7 @@ def train_strategy(ctx, model, strategy, augment, data, seed):
     nn.init.zeros_(model.head.bias)
     before = {k: v.clone() for k, v in model.body.state_dict().items()}
     groups = configure(model, strategy, c.lr, c.finetune_lr)
-    best = BestCheckpoint(ctx.out / "checkpoints" / key / "best.pt", monitor="val_accuracy", mode="max")
+    best = Checkpoint(ctx.out / "checkpoints" / key / "best.pt", monitor="val_accuracy", mode="max")
     trainer = ctx.trainer(key, model, torch.optim.Adam(groups), callbacks=[EpochTimer(), best])
     augmentation = AUGMENT.get(ctx.dataset, AUGMENT["default"]) if augment else None
     history = ctx.fit(trainer, ctx.loader(*data["train"], shuffle=True, transform=augmentation),
@@ -187,7 +187,7 @@ def train_strategy(ctx, model, strategy, augment, data, seed):
             "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
             "lr_backbone": groups[0]["lr"] if len(groups) > 1 else None, "lr_head": groups[-1]["lr"],
             "val_accuracy": [h["val_accuracy"] for h in history], "best_epoch": best.best_epoch,
-            "best_val_accuracy": best.best_metric, "test_accuracy": trainer.evaluate(test)["accuracy"],
+            "best_val_accuracy": best.best, "test_accuracy": trainer.evaluate(test)["accuracy"],
             "noisy_test_accuracy": noisy, "seconds": sum(h["seconds"] for h in history), "backbone_max_change": change}
 
 
@@ -225,8 +225,8 @@ def run(ctx):
         pretrain(ctx, pretrained, {"train": class_part(splits.train, source, c.source_per_class, rng),
                                    "val": class_part(splits.val, source)}, metrics)
     runs = metrics["runs"] = {}
-    for i, (strategy, augment) in enumerate(ctx.progress([(s, a) for a in (False, True) for s in c.strategies],
-                                                         "strategies")):
+    order = [(s, a) for a in (False, True) for s in c.strategies]  # every strategy without augmentation first
+    for i, (strategy, augment) in enumerate(ctx.progress(order, "strategies")):
         seed_everything(ctx.seed + i)  # the same new last layer and augmentation whatever ran before
         model = prepared() if strategy == "scratch" else copy.deepcopy(pretrained)
         runs[strategy + ("_aug" if augment else "")] = train_strategy(ctx, model, strategy, augment, data, ctx.seed + i)
@@ -249,6 +249,8 @@ def summarise(ctx, runs, metrics):
         for i, r in enumerate(shown):  # the checkpoint kept: a ring around its point
             ax.plot(r["best_epoch"], 100 * r["best_val_accuracy"], "o", ms=10, mfc="none", mew=1.8, color=f"C{i}")
         ax.set_ylim(0, 100)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: the curves fill the axes
     fig.suptitle(f"Validation accuracy per epoch ({title}); rings: the checkpoint kept and tested")
     fig.tight_layout()
     ctx.save_figure(fig, "validation_curves", "Validation accuracy per epoch of every strategy, without (left) "

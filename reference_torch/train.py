@@ -196,13 +196,6 @@ class Checkpoint(minidl_train.Checkpoint):
         if trainer.is_main:
             save_checkpoint({"model": trainer.eval_model.state_dict(), **meta}, self.path)
 
-    @property
-    def best_metric(self) -> float:  # BestCheckpoint's name; assignments/transfer_learning.py reads it
-        return self.best
-
-
-BestCheckpoint = Checkpoint  # the old name, until assignments/transfer_learning.py imports Checkpoint
-
 
 # --------------------------------------------------------------------------- trainer
 class Trainer:
