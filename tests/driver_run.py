@@ -1,6 +1,8 @@
 """One way for the driver tests to run a driver and check what every run must write."""
 import json
 
+import pytest
+
 from assignments.__main__ import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,3 +49,27 @@ def torchvision_resnet18_file(path, **changes):
             state[key] = value
     torch.save(state, path)
     return path
+
+
+def assert_refused(tmp_path, name, option, value, *extra):
+    """``run NAME OPTION VALUE`` stops with one line naming the option and the value (of
+    a list, its last item, the one at fault in these tests), before anything is
+    written. Returns the line."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", name, *extra, option, value, "--out", str(out)])
+    message = str(stop.value.code)
+    assert option in message and value.split(",")[-1] in message and "\n" not in message, message
+    assert not out.exists(), f"{name} wrote {out} before refusing {option} {value}"
+    return message
+
+
+# A Python prelude for a subprocess: as if torch were not installed.
+BLOCK_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+"""

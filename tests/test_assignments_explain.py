@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import run_quick  # noqa: E402
+from driver_run import assert_refused, run_quick  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -71,12 +71,7 @@ def test_explanations_rejects_a_wrong_checkpoint(tmp_path):
                                                  ("model_bias", "--train-images", "-5"),
                                                  ("model_bias", "--scored-images", "many")])
 def test_bad_option_value_stops_before_any_file(tmp_path, name, option, value):
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as stop:
-        main(["run", name, "--quick", "--out", str(out), option, value])
-    message = str(stop.value)
-    assert "\n" not in message and option in message and value in message, message
-    assert not out.exists()
+    assert_refused(tmp_path, name, option, value, "--quick")
 
 
 @pytest.fixture(scope="module")

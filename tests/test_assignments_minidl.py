@@ -18,7 +18,7 @@ import minidl as md
 import minidl.manual  # noqa: F401
 import minidl.models  # noqa: F401
 from assignments.__main__ import main
-from driver_run import run_quick
+from driver_run import BLOCK_TORCH, assert_refused, run_quick
 
 
 def _run(name, out, *extra):
@@ -51,12 +51,7 @@ def _figures(manifest):
                                                   ("regularization", "--seeds", "0"),
                                                   ("regularization", "--dataset", "cifar10")])
 def test_a_bad_option_stops_with_one_line_before_any_file(tmp_path, name, option, value):
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as stop:
-        main(["run", name, "--quick", "--out", str(out), option, value])
-    message = str(stop.value.code)
-    assert option in message and value in message and "\n" not in message, message
-    assert not out.exists()
+    assert_refused(tmp_path, name, option, value, "--quick")
 
 
 # ----------------------------------------------------------------- regression
@@ -161,16 +156,6 @@ def test_mlp_numpy_quick(quick):
     assert len(table["rows"]) == len(models)
     history = (quick.folders["mlp_numpy"] / "history.csv").read_text().splitlines()
     assert {line.split(",")[0] for line in history[1:]} == {"numpy", "autograd"} | twins  # one run each
-
-
-BLOCK_TORCH = """
-import sys
-class NoTorch:  # as if torch were not installed
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoTorch())
-"""
 
 
 def test_mlp_numpy_runs_without_torch_and_says_it_skipped_the_twins(tmp_path):

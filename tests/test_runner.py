@@ -15,6 +15,7 @@ import pytest
 
 import assignments
 import tiny_driver
+from driver_run import BLOCK_TORCH
 from assignments.runner import parser_for, run_driver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,16 +143,6 @@ def test_list_imports_no_driver_and_no_numerical_library():
     assert done.stdout.strip().splitlines()[-1] == "['assignments.__main__']"
     names = {line.split()[1] for line in done.stdout.splitlines() if line[:1] in ("*", " ") and line.strip()}
     assert {e["NAME"] for e in assignments.catalogue()} <= names | {""}
-
-
-BLOCK_TORCH = """
-import sys
-class NoTorch:  # as if torch were not installed
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoTorch())
-"""
 
 
 def test_numpy_drivers_run_without_torch(tmp_path):
