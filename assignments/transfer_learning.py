@@ -218,8 +218,7 @@ def run(ctx):
     if c.weights:
         pretrained = prepared(imagenet)
         metrics["pretrained_on"] = f"ImageNet ({c.weights})"
-        ctx.note(f"Pretrained weights: {c.weights} (ImageNet ResNet-18); images resized to {size}x{size} and "
-                 f"normalised with the {ctx.dataset} mean and std.")
+        ctx.note(f"Pretrained weights: {c.weights} (ImageNet ResNet-18), images resized to {size}x{size} pixels.")
     else:
         pretrained = prepared()
         pretrain(ctx, pretrained, {"train": class_part(splits.train, source, c.source_per_class, rng),
