@@ -494,20 +494,21 @@ def min(a, dim=None, keepdim=False, axis=None):  # noqa: A001
 
 
 # argmax and argmin have no gradient: plain functions on the data.
-@tensor_method()
-def argmax(a, dim=None, keepdim=False):
+def _arg_reduce(reduce, a, dim, keepdim):
     data = _as_array(a)
     if dim is None:
-        return Tensor(np.asarray(np.argmax(data)))
-    return Tensor(np.argmax(data, axis=dim, keepdims=keepdim))
+        return Tensor(np.asarray(reduce(data)))
+    return Tensor(reduce(data, axis=dim, keepdims=keepdim))
+
+
+@tensor_method()
+def argmax(a, dim=None, keepdim=False):
+    return _arg_reduce(np.argmax, a, dim, keepdim)
 
 
 @tensor_method()
 def argmin(a, dim=None, keepdim=False):
-    data = _as_array(a)
-    if dim is None:
-        return Tensor(np.asarray(np.argmin(data)))
-    return Tensor(np.argmin(data, axis=dim, keepdims=keepdim))
+    return _arg_reduce(np.argmin, a, dim, keepdim)
 
 
 # --------------------------------------------------------------------- shape
