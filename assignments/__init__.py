@@ -28,6 +28,15 @@ DRIVERS = (
     "model_bias",
     "feature_visualization",
     "adversarial",
+    "memorization",
+    "layer_criticality",
+    "simclr",
+    "fixmatch",
+    "clip_zero_shot",
+    "vae",
+    "aae",
+    "gpt",
+    "gnn",
 )
 CATALOGUE_KEYS = ("NAME", "COURSE", "TASK", "SUMMARY", "DEFAULT", "TORCH")
 
