@@ -1,0 +1,165 @@
+"""The variational autoencoder of UvA DL1 assignment 3, part 1, with the course's names.
+
+    imgs = discretize(x)                         # floats in [0, 1] -> 4-bit integers 0..15
+    model = VAE(num_filters=32, z_dim=20, lr=1e-3)
+    L_rec, L_reg, bpd = model(imgs)              # batch means; bpd is the training loss
+    trainer = Trainer(model, model.configure_optimizers(), training_step=vae_step, eval_step=vae_step)
+
+The decoder gives each pixel a categorical distribution over the 16 intensity levels
+(logits, (B, 16, 28, 28)); the encoder gives a diagonal Gaussian q(z|x) as
+``(mean, log_std)``. The loss is the negative ELBO, reconstruction ``L_rec = -log p(x|z)``
+for one sample z plus ``L_reg = KL(q(z|x) || N(0, I))``, summed over the pixels and the
+latent dimensions and averaged over the batch; in bits per dimension it is
+``elbo_to_bpd``. At zero weights every level has probability 1/16, so L_rec = 784 ln 16,
+L_reg = 0 and the bpd is exactly 4: the conventions' check.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEVELS = 16  # 4-bit images, as the course discretises MNIST
+
+
+def discretize(images: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+    """Floats in [0, 1] -> integers 0..levels-1: multiply by 16 and round down, 16 itself
+    becoming 15 (the course's 4-bit MNIST)."""
+    return (images * levels).long().clamp_(0, levels - 1)
+
+
+def sample_reparameterize(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A sample of N(mean, std^2), written as mean + std * eps with eps ~ N(0, 1), so that
+    the gradient reaches both mean and std."""
+    assert not (std < 0).any().item(), ("The reparameterization trick got a negative std as input. "
+                                        "Are you sure your input is std and not log_std?")
+    return mean + std * torch.randn_like(std)
+
+
+def KLD(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_std)^2) || N(0, 1)) in closed form, summed over the last
+    dimension: 0.5 * sum(exp(2 log_std) + mean^2 - 1 - 2 log_std). One value per example."""
+    return 0.5 * torch.sum(torch.exp(2 * log_std) + mean ** 2 - 1 - 2 * log_std, dim=-1)
+
+
+def elbo_to_bpd(elbo: torch.Tensor, img_shape) -> torch.Tensor:
+    """A negative log-likelihood in nats (the negative ELBO) as bits per dimension: times
+    log2(e), over the dimensions of one image (C * H * W of ``img_shape`` = (B, C, H, W))."""
+    return elbo * math.log2(math.e) / math.prod(img_shape[1:])
+
+
+class CNNEncoder(nn.Module):
+    """(B, C, 28, 28) integer images 0..15 -> (mean, log_std) of q(z|x), each (B, z_dim).
+    Three stride-2 convolutions (28 -> 14 -> 7 -> 4), GELU, then one linear layer."""
+
+    def __init__(self, num_input_channels: int = 1, num_filters: int = 32, z_dim: int = 20):
+        super().__init__()
+        c = num_filters
+        self.net = nn.Sequential(
+            nn.Conv2d(num_input_channels, c, 3, padding=1, stride=2), nn.GELU(),  # 28 -> 14
+            nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), nn.GELU(),  # 14 -> 7
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GELU(),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1, stride=2), nn.GELU(),  # 7 -> 4
+            nn.Flatten(),
+            nn.Linear(2 * 16 * c, 2 * z_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.float() / (LEVELS - 1) * 2.0 - 1.0  # the integer levels as values in [-1, 1]
+        mean, log_std = self.net(x).chunk(2, dim=-1)
+        return mean, log_std
+
+
+class CNNDecoder(nn.Module):
+    """(B, z_dim) -> (B, num_input_channels, 28, 28) logits: by default one categorical
+    distribution over the 16 levels per pixel of a grey image. The encoder mirrored with
+    transposed convolutions (4 -> 7 -> 14 -> 28)."""
+
+    def __init__(self, num_input_channels: int = 16, num_filters: int = 32, z_dim: int = 20):
+        super().__init__()
+        c = num_filters
+        self.linear = nn.Sequential(nn.Linear(z_dim, 2 * 16 * c), nn.GELU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(2 * c, 2 * c, 3, padding=1, stride=2, output_padding=0), nn.GELU(),  # 4 -> 7
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(2 * c, c, 3, padding=1, stride=2, output_padding=1), nn.GELU(),  # 7 -> 14
+            nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(c, num_input_channels, 3, padding=1, stride=2, output_padding=1),  # 14 -> 28
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.linear(z).reshape(len(z), -1, 4, 4)
+        return self.net(x)
+
+
+def expected_image(logits: torch.Tensor) -> torch.Tensor:
+    """The mean of each pixel's categorical distribution, (B, 16, H, W) logits -> (B, 1, H, W)
+    in [0, 1]: what the decoder "draws" for a code, without sampling noise."""
+    levels = torch.arange(logits.shape[1], device=logits.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (logits.float().softmax(dim=1) * levels).sum(dim=1, keepdim=True) / (logits.shape[1] - 1)
+
+
+class VAE(nn.Module):
+    """The course's VAE (there a LightningModule; here a plain module the Trainer trains)."""
+
+    def __init__(self, num_filters: int, z_dim: int, lr: float):
+        super().__init__()
+        self.hparams = {"num_filters": num_filters, "z_dim": z_dim, "lr": lr}
+        self.z_dim, self.lr = z_dim, lr
+        self.encoder = CNNEncoder(z_dim=z_dim, num_filters=num_filters)
+        self.decoder = CNNDecoder(z_dim=z_dim, num_filters=num_filters)
+
+    def forward(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Integer images (B, 1, 28, 28), values 0..15 -> the batch means of the
+        reconstruction loss, the KL term and the bits per dimension (the training loss)."""
+        mean, log_std = self.encoder(imgs)
+        z = sample_reparameterize(mean, torch.exp(log_std))
+        logits = self.decoder(z)
+        # -log p(x|z): cross-entropy of each pixel's level, summed over the pixels
+        L_rec = F.cross_entropy(logits, imgs.squeeze(1).long(), reduction="none").sum(dim=(1, 2)).mean()
+        L_reg = KLD(mean, log_std).mean()
+        bpd = elbo_to_bpd(L_rec + L_reg, imgs.shape)
+        return L_rec, L_reg, bpd
+
+    @torch.no_grad()
+    def sample(self, batch_size: int) -> torch.Tensor:
+        """``batch_size`` images from the model: z ~ N(0, I), then each pixel's level drawn
+        from the decoder's categorical distribution. Integers (B, 1, 28, 28), 0..15."""
+        z = torch.randn(batch_size, self.z_dim, device=self.device)
+        probs = self.decoder(z).float().softmax(dim=1)  # (B, 16, H, W)
+        b, k, h, w = probs.shape
+        levels = torch.multinomial(probs.permute(0, 2, 3, 1).reshape(-1, k), 1)
+        return levels.reshape(b, 1, h, w)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def vae_step(model: VAE, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The Trainer's training and evaluation step: the bits per dimension as the loss,
+    with the two terms of the (negative) ELBO beside it."""
+    L_rec, L_reg, bpd = model(batch[0])
+    return bpd, {"reconstruction_loss": L_rec, "regularization_loss": L_reg, "bpd": bpd}
+
+
+@torch.no_grad()
+def visualize_manifold(decoder: CNNDecoder, grid_size: int = 20) -> torch.Tensor:
+    """The decoder's mean images over a 2-d latent space, as one (H * grid_size, W * grid_size)
+    image in [0, 1]. The codes sit at the percentiles 0.5/g, 1.5/g, ..., (g - 0.5)/g of
+    N(0, 1) on each axis (through the inverse normal CDF), so each cell covers the same
+    prior mass; z_1 grows to the right, z_2 upwards, as on a plot's axes."""
+    device = next(decoder.parameters()).device
+    percentiles = (torch.arange(grid_size, dtype=torch.float32) + 0.5) / grid_size
+    values = torch.distributions.Normal(0.0, 1.0).icdf(percentiles)
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")  # row 0: the largest z_2
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).to(device)
+    images = expected_image(decoder(z))[:, 0].cpu()  # (g * g, H, W)
+    h, w = images.shape[1:]
+    return images.reshape(grid_size, grid_size, h, w).permute(0, 2, 1, 3).reshape(grid_size * h, grid_size * w)
