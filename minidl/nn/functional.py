@@ -174,7 +174,17 @@ class LinearFn(Function):
         return (grad_x, grad_w, grad_b)[:len(self.needs_input_grad)]
 
 
+def _check_floating(where, x, what="input"):
+    """Layers and losses compute in floating point; torch refuses integer inputs too
+    (NumPy would silently compute them in float64)."""
+    dtype = _as_array(x).dtype
+    if dtype.kind != "f":
+        raise TypeError(f"{where}: the {what} has dtype {dtype}; it must be a float tensor, "
+                        "e.g. x.float() or md.tensor(data, dtype=md.float32)")
+
+
 def linear(x, weight, bias=None):
+    _check_floating("linear", x)
     if bias is None:
         return LinearFn.apply(x, weight)
     return LinearFn.apply(x, weight, bias)
@@ -199,6 +209,75 @@ def dropout(x, p=0.5, training=True):
     if p == 1:
         return x * 0
     return DropoutFn.apply(x, p=p)
+
+
+# ---------------------------------------------------- embedding, layer norm
+
+
+class EmbeddingFn(Function):
+    """Rows of ``weight`` picked by integer ``indices``; the gradient of a row is the
+    sum of the gradients of every place that picked it."""
+
+    saves_inputs = False
+
+    def forward(self, weight, *, indices):
+        self.indices, self.shape = indices, weight.shape
+        return weight[indices]
+
+    def backward(self, grad):
+        full = np.zeros(self.shape, dtype=grad.dtype)
+        np.add.at(full, self.indices, grad)  # a row picked twice gets both contributions
+        return full
+
+
+def embedding(input, weight):  # noqa: A002  (torch's names)
+    """torch's F.embedding: ``weight[input]`` for integer ids ``input`` of any shape."""
+    indices = np.asarray(_as_array(input))
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"embedding: ids must be integers, got dtype {indices.dtype}")
+    rows = _as_array(weight).shape[0]
+    if indices.size and (indices.min() < 0 or indices.max() >= rows):
+        raise IndexError(f"embedding: ids must be in 0..{rows - 1}, got {indices.min()}..{indices.max()}")
+    return EmbeddingFn.apply(weight, indices=indices)
+
+
+class LayerNormFn(Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, the mean and (biased) variance
+    over the last ``dims`` axes of each sample; weight and bias may be None."""
+
+    def forward(self, x, weight=None, bias=None, *, dims, eps):
+        axes = tuple(range(x.ndim - dims, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        self.inv_std = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+        self.xhat, self.weight, self.axes = (x - mean) * self.inv_std, weight, axes
+        out = self.xhat if weight is None else self.xhat * weight
+        return out if bias is None else out + bias
+
+    def backward(self, grad):
+        # dx = (g - mean(g) - x_hat * mean(g * x_hat)) / std with g = grad * weight, the
+        # means over the normalised axes (each sample's mean and variance depend on all of them)
+        need_x, need_w, need_b = (self.needs_input_grad + (False, False))[:3]
+        lead = tuple(range(grad.ndim - len(self.axes)))  # the axes that are not normalised
+        g = grad if self.weight is None else grad * self.weight
+        grad_x = None
+        if need_x:
+            grad_x = self.inv_std * (g - g.mean(axis=self.axes, keepdims=True)
+                                     - self.xhat * (g * self.xhat).mean(axis=self.axes, keepdims=True))
+        grad_w = (grad * self.xhat).sum(axis=lead) if need_w else None
+        grad_b = grad.sum(axis=lead) if need_b else None
+        return (grad_x, grad_w, grad_b)[:len(self.needs_input_grad)]
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """torch's F.layer_norm: normalise over the last ``len(normalized_shape)`` axes."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    data = _as_array(x)
+    if data.shape[data.ndim - len(shape):] != shape:
+        raise ValueError(f"layer_norm: input of shape {data.shape} does not end in normalized_shape {shape}")
+    inputs = [x] + [t for t in (weight, bias) if t is not None]
+    if weight is None and bias is not None:
+        raise ValueError("layer_norm: a bias without a weight is not supported; pass weight=ones")
+    return LayerNormFn.apply(*inputs, dims=len(shape), eps=eps)
 
 
 # -------------------------------------------------------------- batch norm
@@ -383,7 +462,12 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
     """torch's F.cross_entropy for logits (N, C) or (N, C, d1, ...) and integer targets."""
     _check_reduction(reduction)
     logits = logits if isinstance(logits, Tensor) else Tensor(logits)
+    _check_floating("cross_entropy", logits, "logits")
     target = _as_array(target)
+    if logits.ndim == 1 and target.size == 1:  # one unbatched sample: (C,) logits, a label
+        loss = cross_entropy(logits.reshape(1, -1), target.reshape(1), weight, reduction,
+                             label_smoothing, ignore_index)
+        return loss.reshape(()) if reduction == "none" else loss
     if not np.issubdtype(target.dtype, np.integer):
         raise ValueError(f"cross_entropy expects integer class targets, got dtype {target.dtype}")
     if logits.ndim < 2 or target.shape != (logits.shape[0],) + logits.shape[2:]:
@@ -442,12 +526,14 @@ def _same_shape(name, a, b):
 
 def mse_loss(input, target, reduction="mean"):  # noqa: A002  (torch's names)
     _same_shape("mse_loss", input, target)
+    _check_floating("mse_loss", input)
     diff = input - target
     return _reduce(diff * diff, reduction)
 
 
 def l1_loss(input, target, reduction="mean"):  # noqa: A002
     _same_shape("l1_loss", input, target)
+    _check_floating("l1_loss", input)
     return _reduce((input - target).abs(), reduction)
 
 
@@ -464,6 +550,8 @@ class BinaryCrossEntropyFn(Function):
 
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa: A002
     _same_shape("binary_cross_entropy", input, target)
+    _check_floating("binary_cross_entropy", input)
+    _check_floating("binary_cross_entropy", target, "target (probabilities)")
     data = _as_array(input)
     if data.size and (data.min() < 0 or data.max() > 1):
         raise ValueError("binary_cross_entropy expects probabilities in [0, 1]; for logits use "
@@ -490,6 +578,8 @@ class BCEWithLogitsFn(Function):
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",  # noqa: A002
                                      pos_weight=None):
     _same_shape("binary_cross_entropy_with_logits", input, target)
+    _check_floating("binary_cross_entropy_with_logits", input)
+    _check_floating("binary_cross_entropy_with_logits", target, "target (probabilities)")
     loss = BCEWithLogitsFn.apply(input, _as_array(target), None if pos_weight is None
                                else _as_array(pos_weight))
     if weight is not None:

@@ -16,7 +16,7 @@ from .module import Module, Parameter
 __all__ = [
     "Linear", "Identity", "Flatten", "Dropout",
     "ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "BatchNorm1d",
+    "BatchNorm1d", "Embedding", "LayerNorm",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "BCELoss", "BCEWithLogitsLoss",
 ]
 
@@ -250,6 +250,49 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation of (N, C) or (N, C, L) inputs over everything but C."""
 
     ranks, shape_text = (2, 3), "(N, C) or (N, C, L)"
+
+
+# ------------------------------------------------------- embedding, layer norm
+class Embedding(Module):
+    """A table of ``num_embeddings`` vectors of size ``embedding_dim``: ids in, rows out.
+    Initialised as torch does, N(0, 1)."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=DEFAULT_DTYPE):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(np.empty((num_embeddings, embedding_dim), dtype=dtype))
+        init.normal_(self.weight)
+
+    def forward(self, input):  # noqa: A002  (torch's name)
+        return F.embedding(input, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    """Normalise each sample over its last dimensions (``normalized_shape``), then scale
+    and shift by a learnt ``weight`` (ones) and ``bias`` (zeros) of that shape."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=DEFAULT_DTYPE):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(np.ones(shape, dtype=dtype))
+            if bias:
+                self.bias = Parameter(np.zeros(shape, dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
 # ---------------------------------------------------------------------- losses
