@@ -162,6 +162,12 @@ def load_model(ctx, path, splits, option="--checkpoint"):
     return model.to(ctx.device).eval()
 
 
+def data_and_model(ctx):
+    """The run's ``Splits`` and its model (loaded from --checkpoint, else trained): (splits, model, info)."""
+    splits = load_data(ctx)
+    return (splits, *get_model(ctx, splits, path=ctx.config.checkpoint))
+
+
 def get_model(ctx, splits, label="model", path=None, save_as="model.pt"):
     """The run's model: loaded from ``path`` (--checkpoint), else trained and saved as
     ``<out>/<save_as>``, which later runs can pass as --checkpoint. Returns (model, info)."""

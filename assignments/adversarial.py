@@ -168,8 +168,7 @@ def plot_examples(x, adversarial, eps, describe, dataset):
 # ------------------------------------------------------------------------ run
 def run(ctx):
     cfg = ctx.config
-    splits = C.load_data(ctx)
-    model, info = C.get_model(ctx, splits, path=cfg.checkpoint)
+    splits, model, info = C.data_and_model(ctx)
     rng = ctx.rng()
     # the first N test images: the same ones ``C.test_accuracy(..., limit=N)`` scores clean
     count = min(cfg.images, len(splits.test.y))

@@ -102,8 +102,7 @@ def plot_mask_scores(scores, mask_fraction, n_images):
 # ------------------------------------------------------------------------ run
 def run(ctx):
     cfg = ctx.config
-    splits = C.load_data(ctx)
-    model, info = C.get_model(ctx, splits, path=cfg.checkpoint)
+    splits, model, info = C.data_and_model(ctx)
     height = splits.in_shape[1]
     methods = C.attribution_methods(model, height, cfg.ig_steps)
     has_masks = splits.test.mask is not None and not splits.options.get("bias")

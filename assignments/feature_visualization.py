@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from reference_torch import explain as E
-from reference_torch.explain.featvis import objective_value
 from reference_torch.explain.plots import attribution_grid
 from reference_torch.models import load_torchvision_weights, resnet18
 
@@ -77,8 +76,7 @@ RECIPES = OrderedDict(
 )
 # ImageNet's normalisation (torchvision's weights expect it) and a few classes to visualise
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGENET_CLASSES = {1: "goldfish", 130: "flamingo", 323: "monarch butterfly", 340: "zebra", 949: "strawberry",
-                    980: "volcano"}
+IMAGENET_CLASSES = {1: "goldfish", 130: "flamingo", 323: "monarch butterfly", 340: "zebra", 949: "strawberry"}
 
 
 def add_arguments(parser):
@@ -90,45 +88,24 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=positive_int, help="gradient-ascent steps per visualisation of the small CNN")
 
 
-def load_resnet(ctx, path):
-    """ImageNet ResNet-18 with ImageNet's normalisation in front: it takes images in [0, 1].
-    ``load_torchvision_weights`` fails with a message listing wrong keys and shapes."""
-    net = load_torchvision_weights(resnet18(num_classes=1000), path)
-    return nn.Sequential(OrderedDict(normalize=E.Normalize(IMAGENET_MEAN, IMAGENET_STD), net=net)).to(ctx.device).eval()
-
-
 # ------------------------------------------------------------------------ activation maximisation
 def maximise(model, objective, size, steps, recipe, seed):
     """Visualise ``objective`` with one recipe: the Visualization, the objective of the grey
-    start (0 steps, same seed) and the mean objective under 8 random transforms of the
-    result (how robust the pattern it found is)."""
-    options = RECIPES[recipe][1]
-    start = E.visualize(model, objective, size, steps=0, seed=seed, **options)
-    result = E.visualize(model, objective, size, steps=steps, seed=seed, **options)
-    generator, jitter = torch.Generator().manual_seed(seed + 1), E.RandomTransforms()
-    with torch.no_grad():
-        robust = torch.stack([objective_value(model, objective, jitter(result.images, generator))
-                              for _ in range(8)]).mean(0)
-    return result, start.scores, robust
+    start (0 steps, same seed) and that of the result under random transforms."""
+    start = E.visualize(model, objective, size, steps=0, seed=seed, **RECIPES[recipe][1])
+    result = E.visualize(model, objective, size, steps=steps, seed=seed, **RECIPES[recipe][1])
+    return result, start.scores, E.transform_robustness(model, objective, result.images, seed + 1)
 
 
-def visualise_units(ctx, model, objective, layer, recipes, search, names):
-    """``objective`` (of ``layer``'s mean channels, or of the logits for None) maximised with
-    each recipe, beside the test images of ``search`` that excite its units most (the 'dataset
-    examples' of Olah et al.). Returns the results by recipe, a row of numbers per unit, and
-    the rows of its ``unit_grid``: one per recipe (unit ``names`` over the first), the test images."""
+def visualise_units(ctx, model, objective, recipes, search, names):
+    """``objective`` maximised with each recipe, beside the test images of ``search`` that
+    excite its units most. Returns the results by recipe, a row of numbers per unit, and the
+    rows of its ``unit_grid``: one per recipe (unit ``names`` over the first), the test images."""
     results = {r: maximise(model, objective, tuple(search.shape[-2:]), ctx.config.steps, r, ctx.seed)
                for r in recipes}
-
-    def objective_of(batch):  # per image and unit: the channel's mean activation, or the logit
-        out = model(batch) if layer is None else E.activation_maps(model, batch, [layer])[layer].flatten(2).mean(2)
-        return out[:, objective.indices]
-
-    with torch.no_grad():
-        values = torch.cat([objective_of(ctx.to_device(search[i:i + 250])) for i in range(0, len(search), 250)])
-    (best_value, best_index), spread = values.max(0), values.std(0)  # spread: the scale gains compare in
+    best_value, best_index, spread = E.dataset_examples(model, objective, search)
     (lucid, start, robust), naive = results["lucid"], results["naive"][0]
-    gain = lucid.scores - start
+    gain, layer = lucid.scores - start, objective.layer is not None
     rows = [{"unit": objective.indices[i] if layer else names[i], "start": float(start[i]),
              "optimised": float(lucid.scores[i]), "gain": float(gain[i]),
              "gain_in_test_std": float(gain[i] / spread[i].clamp(min=1e-8)),  # comparable across layers
@@ -195,9 +172,11 @@ def plot_gains(units, title):
 # ------------------------------------------------------------------------ run
 def run(ctx):
     cfg = ctx.config
-    resnet = load_resnet(ctx, cfg.weights) if cfg.weights else None  # a bad file fails before training
-    splits = C.load_data(ctx)
-    model, info = C.get_model(ctx, splits, path=cfg.checkpoint)
+    resnet = None
+    if cfg.weights:  # a bad file fails before training, with a message listing wrong keys and shapes
+        resnet = nn.Sequential(OrderedDict(normalize=E.Normalize(IMAGENET_MEAN, IMAGENET_STD), net=(
+            load_torchvision_weights(resnet18(num_classes=1000), cfg.weights)))).to(ctx.device).eval()
+    splits, model, info = C.data_and_model(ctx)
     blocks = C.blocks(model, splits.in_shape[1])
 
     # ---- task 3a: activation maps of every block for a few test images
@@ -227,8 +206,8 @@ def run(ctx):
     search, units = splits.test.x[:cfg.search], {}
     for b in blocks:
         channels = list(range(min(cfg.channels, b.channels)))
-        _, units[b.conv_name], rows = visualise_units(ctx, model, E.channel(b.conv, channels), b.conv,
-                                                      ("lucid", "naive"), search, [f"channel {c}" for c in channels])
+        _, units[b.conv_name], rows = visualise_units(ctx, model, E.channel(b.conv, channels), ("lucid", "naive"),
+                                                      search, [f"channel {c}" for c in channels])
         ctx.save_figure(unit_grid(f"{b.conv_name} ({b.channels} channels, {b.size}x{b.size}): images that maximise "
                                   f"the mean of each channel, {cfg.steps} steps", rows), f"featvis_{b.conv_name}",
                         f"Activation maximisation for the first {len(channels)} channels of {b.conv_name} (the "
@@ -239,7 +218,7 @@ def run(ctx):
                         "at every step), plain pixel ascent, and the test image with the largest mean activation. "
                         "Above each image: its objective.")
     names = [C.class_name(splits, k) for k in range(splits.num_classes)]
-    results, units["classes"], rows = visualise_units(ctx, model, E.class_logit(range(len(names))), None,
+    results, units["classes"], rows = visualise_units(ctx, model, E.class_logit(range(len(names))),
                                                       tuple(RECIPES), search, names)
     ctx.save_figure(unit_grid(f"Class logits of the small CNN ({ctx.dataset}): the three recipes and the most "
                               f"typical test image, {cfg.steps} steps", rows), "featvis_classes",
@@ -276,11 +255,11 @@ def run(ctx):
                "all_gains_positive": bool((gains > 0).all()), "min_gain_in_test_std": float(in_std.min()),
                "median_gain_in_test_std": float(np.median(in_std)),
                "share_beating_best_test_image": float(beats.mean())}
-    if resnet is not None:
-        metrics["resnet18"] = visualise_resnet(ctx, resnet)
-    else:
+    if resnet is None:
         ctx.note("No --weights given: the activation maximisation ran on the small CNN only; --weights PATH "
                  "(torchvision's ImageNet ResNet-18 state_dict) adds ResNet-18's layers and classes.")
+    else:
+        metrics["resnet18"] = visualise_resnet(ctx, resnet)
     C.note_accuracy(ctx, info, "The small CNN")
     ctx.note(f"Gradient ascent raised the objective of {int((gains > 0).sum())} of {len(gains)} units above the grey "
              f"start (smallest gain {gains.min():.2f}, median {np.median(gains):.2f}; in standard deviations of the "

@@ -179,10 +179,14 @@ def parser_for(driver):
         torch_arguments(parser)
     if hasattr(driver, "add_arguments"):
         driver.add_arguments(parser)
-    profiles = getattr(driver, "PROFILES", {})
+    profiles, by_dataset = getattr(driver, "PROFILES", {}), getattr(driver, "DATASET_SETTINGS", {})
     for action in parser._actions:
+        if action.dest == "dataset":
+            action.help = f"{', '.join(driver.DATASETS)} (default {driver.DATASETS[0]}, embedded, offline)"
         shown = [f"{name}: {_show(profiles[name][action.dest])}" for name in ("default", "quick", "full")
                  if action.dest in profiles.get(name, {})]
+        shown += [f"--dataset {name}: {_show(values[action.dest])}" for name, values in by_dataset.items()
+                  if action.dest in values]
         if shown and action.help and action.nargs != 0:  # not on flags such as --no-sweep
             action.help += f" [{'; '.join(shown)}]"
     return parser

@@ -34,6 +34,13 @@ def run_quick(name, out, *extra, min_png_bytes=5000):
     return metrics, manifest
 
 
+def quick_run_in(tmp_path_factory, name, *extra):
+    """(output folder, metrics, manifest) of a --quick run, for a module-scoped fixture that
+    a module's tests share."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    return out, *run_quick(name, out, *extra)
+
+
 def torchvision_resnet18_file(path, **changes):
     """A ResNet-18 weight file in torchvision's layout (random weights), with entries
     replaced (``key=tensor``) or deleted (``key=None``): the files ``--weights`` reads."""

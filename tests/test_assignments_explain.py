@@ -10,15 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import assert_refused, run_quick  # noqa: E402
+from driver_run import assert_refused, quick_run_in, run_quick  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def quick_run_in(tmp_path_factory, name):
-    """(output folder, metrics, manifest) of a --quick run, shared by a module's tests."""
-    out = tmp_path_factory.mktemp(name)
-    return out, *run_quick(name, out)
 
 
 @pytest.fixture(scope="module")

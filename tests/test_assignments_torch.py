@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import run_quick, torchvision_resnet18_file  # noqa: E402
+from driver_run import quick_run_in, run_quick, torchvision_resnet18_file  # noqa: E402
 from reference_torch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -62,8 +62,7 @@ class Killed(Exception):
 # ------------------------------------------------------------------ transfer_learning
 @pytest.fixture(scope="module")
 def tl_quick(tmp_path_factory, torch_one_thread):
-    out = tmp_path_factory.mktemp("tl") / "run"
-    return out, *run_quick("transfer_learning", out)
+    return quick_run_in(tmp_path_factory, "transfer_learning")
 
 
 def test_transfer_learning_quick(tl_quick):
@@ -239,8 +238,7 @@ def test_transfer_learning_with_a_torchvision_resnet18_file(tmp_path):
 # ------------------------------------------------------------------------ augmentation
 @pytest.fixture(scope="module")
 def aug_quick(tmp_path_factory, torch_one_thread):
-    out = tmp_path_factory.mktemp("aug") / "run"
-    return out, *run_quick("augmentation", out)
+    return quick_run_in(tmp_path_factory, "augmentation")
 
 
 def test_augmentation_quick(aug_quick):

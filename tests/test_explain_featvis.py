@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from reference_torch.explain import (FourierImage, Normalize, PixelImage, RandomTransforms, activation_maps, capture,
-                                     channel, class_logit, neuron, visualize)
+                                     channel, class_logit, dataset_examples, neuron, transform_robustness,
+                                     visualize)
 from reference_torch.explain.featvis import total_variation
 from reference_torch.models import resnet18
 
@@ -117,3 +118,26 @@ def test_resnet18_channels_can_be_visualised():
                        transforms=RandomTransforms(pad=0.1))
     assert result.images.shape == (2, 3, 48, 48)
     assert result.history[-3:].mean() > result.history[:3].mean()
+
+
+# --------------------------------------------------------------------------- what a visualisation is compared with
+def test_dataset_examples_find_each_units_best_image():
+    # a model whose layer "0" is the image itself and whose logits are the channel means
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    images = torch.rand(7, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    means, centres = images.mean((2, 3)), images[:, :, 2, 2]
+    for objective, scores in ((class_logit([2, 0]), means[:, [2, 0]]), (channel("0", [1]), means[:, [1]]),
+                              (neuron("0", [0, 2]), centres[:, [0, 2]])):
+        best, index, spread = dataset_examples(model, objective, images, batch_size=3)  # batches join
+        torch.testing.assert_close(best, scores.max(0).values)
+        assert index.tolist() == scores.argmax(0).tolist()
+        torch.testing.assert_close(spread, scores.std(0))
+
+
+def test_transform_robustness_is_seeded_and_keeps_a_flat_images_score():
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    flat = torch.full((2, 3, 16, 16), 0.5)  # shifts bring in grey: a grey image stays grey
+    torch.testing.assert_close(transform_robustness(model, class_logit([0, 1]), flat), torch.full((2,), 0.5))
+    noise = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    first, again = (transform_robustness(model, class_logit([0, 1]), noise, seed=3) for _ in range(2))
+    torch.testing.assert_close(first, again)

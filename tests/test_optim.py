@@ -29,6 +29,14 @@ def gradient(step, i, param):
     return 0.5 * param + rng.standard_normal(param.shape).astype(param.dtype)
 
 
+def take_steps(optimizer, params, steps):
+    """Optimiser steps ``steps`` (a range: the step number seeds each gradient)."""
+    for step in steps:
+        for i, p in enumerate(params):
+            p.grad = gradient(step, i, p.data)
+        optimizer.step()
+
+
 def run(ours_opt, theirs_opt, ours, theirs, steps, check=None):
     for step in range(steps):
         for i, (p, q) in enumerate(zip(ours, theirs)):
@@ -119,18 +127,11 @@ def test_step_uses_no_graph_and_works_on_a_model():
 def test_state_dict_resumes_exactly(cls, kwargs):
     # 4 + 4 steps with a save and load in between equal 8 steps in one go.
     straight, _ = make_params(np.float64)
-    o = cls(straight, **kwargs)
-    for step in range(8):
-        for i, p in enumerate(straight):
-            p.grad = gradient(step, i, p.data)
-        o.step()
+    take_steps(cls(straight, **kwargs), straight, range(8))
 
     first, _ = make_params(np.float64)
     o1 = cls(first, **kwargs)
-    for step in range(4):
-        for i, p in enumerate(first):
-            p.grad = gradient(step, i, p.data)
-        o1.step()
+    take_steps(o1, first, range(4))
     saved = o1.state_dict()
     for entry in saved["state"].values():  # a copy, not the live buffers
         for value in entry.values():
@@ -141,10 +142,7 @@ def test_state_dict_resumes_exactly(cls, kwargs):
     o2 = cls(resumed, lr=123.0)  # hyperparameters come back from the state dict too
     o2.load_state_dict(saved)
     assert o2.param_groups[0]["lr"] == kwargs["lr"]
-    for step in range(4, 8):
-        for i, p in enumerate(resumed):
-            p.grad = gradient(step, i, p.data)
-        o2.step()
+    take_steps(o2, resumed, range(4, 8))
     for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a.data, b.data)
 

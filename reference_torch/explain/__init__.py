@@ -20,8 +20,8 @@ from .activations import activation_maps, capture
 from .adversarial import Normalize, accuracy_under_attack, fgsm, pgd
 from .attribution import (METHODS, Attribution, AttributionMethod, GradCAM, InputXGradient,
                           IntegratedGradients, LayerSaliency, Occlusion, Saliency, SmoothGrad)
-from .featvis import (FourierImage, PixelImage, RandomTransforms, channel, class_logit, neuron,
-                      visualize)
+from .featvis import (FourierImage, PixelImage, RandomTransforms, channel, class_logit, dataset_examples,
+                      neuron, transform_robustness, visualize)
 from .metrics import (Curve, auc, deletion_curve, deletion_insertion, insertion_curve, mask_share,
                       pointing_game)
 

@@ -167,12 +167,19 @@ class Objective:
         if max(self.indices) >= activation.shape[1]:
             raise ValueError(f"index {max(self.indices)} is out of range: {self.layer or 'the output'} has "
                              f"{activation.shape[1]} channels")
-        picked = activation[torch.arange(len(self.indices)), self.indices]  # (N,) or (N, h, w)
-        if picked.dim() == 1:
+        # image i's unit indices[i], kept as a unit axis of size 1: (N, 1) or (N, 1, h, w)
+        return self._reduce(activation[torch.arange(len(self.indices)), self.indices].unsqueeze(1))[:, 0]
+
+    def per_unit(self, activation: Tensor) -> Tensor:
+        """(N, units): every image's score on every unit of ``indices``."""
+        return self._reduce(activation[:, self.indices])
+
+    def _reduce(self, picked: Tensor) -> Tensor:  # (N, U) or (N, U, h, w) -> (N, U)
+        if picked.dim() == 2:
             return picked
         if self.where == "center":
-            return picked[:, picked.shape[1] // 2, picked.shape[2] // 2]
-        return picked.flatten(1).mean(1)
+            return picked[:, :, picked.shape[2] // 2, picked.shape[3] // 2]
+        return picked.flatten(2).mean(2)
 
 
 def _indices(index: int | Sequence[int]) -> list[int]:
@@ -215,11 +222,16 @@ def objective_value(model: nn.Module, objective: Objective, images: Tensor) -> T
     """The objective's score (one per image) on ``images`` as they are: no transforms.
     Compare like with like: with ``RandomTransforms(pad>0)`` the images were optimised
     inside a larger padded frame, so this unpadded score is a different objective."""
-    if objective.layer is None:
-        return objective(model(images))
-    with capture(model, [objective.layer]) as (record,):
+    return objective(_activation(model, objective.layer, images))
+
+
+def _activation(model: nn.Module, layer: str | None, images: Tensor) -> Tensor:
+    """The output of ``layer`` (None: of the model) for ``images``."""
+    if layer is None:
+        return model(images)
+    with capture(model, [layer]) as (record,):
         model(images)
-    return objective(record.value)
+    return record.value
 
 
 def visualize(model: nn.Module, objective: Objective, size: int | tuple[int, int] = 32, *, channels: int = 3,
@@ -255,3 +267,28 @@ def visualize(model: nn.Module, objective: Objective, size: int | tuple[int, int
             images = image()
             scores = objective_value(model, objective, images)
     return Visualization(images.detach(), scores.detach(), history)
+
+
+# --------------------------------------------------------------------------- what to compare with
+def transform_robustness(model: nn.Module, objective: Objective, images: Tensor, seed: int = 0,
+                         repeats: int = 8) -> Tensor:
+    """The mean objective of ``images`` under ``repeats`` random shifts, zooms and rotations
+    (``RandomTransforms()``, seeded): how much of a visualisation's score is a robust
+    pattern rather than pixel-exact noise that a one-pixel shift destroys."""
+    generator, jitter = torch.Generator().manual_seed(seed), RandomTransforms()
+    with inspecting(model), torch.no_grad():
+        return torch.stack([objective_value(model, objective, jitter(images, generator))
+                            for _ in range(repeats)]).mean(0)
+
+
+def dataset_examples(model: nn.Module, objective: Objective, images: Tensor,
+                     batch_size: int = 250) -> tuple[Tensor, Tensor, Tensor]:
+    """The 'dataset examples' of Olah et al.: for each unit of ``objective``, the best score
+    that one of ``images`` reaches, that image's index, and the scores' standard deviation
+    over the images (the scale a visualisation's gain is worth measuring in)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with inspecting(model), torch.no_grad():
+        scores = torch.cat([objective.per_unit(_activation(model, objective.layer, torch.as_tensor(
+            images[i:i + batch_size], device=device))) for i in range(0, len(images), batch_size)])
+    best, index = scores.max(0)
+    return best, index, scores.std(0)
