@@ -46,12 +46,13 @@ def test_settings_from_profile_dataset_and_command_line_in_that_order(tmp_path):
     assert json.loads((tmp_path / "d" / "config.json").read_text())["profile"] == "quick"
 
 
-def test_help_shows_the_profiles_values(capsys):
+def test_help_shows_the_datasets_and_the_settings_values(capsys):
     with pytest.raises(SystemExit) as stop:
         parser_for(tiny_driver).parse_args(["--help"])
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "[default: 3; full: 5]" in text and "[default: 4; quick: 2; full: 6]" in text
+    assert "[default: 3; full: 5; --dataset digits: 7]" in text and "[default: 4; quick: 2; full: 6]" in text
+    assert f"--dataset DATASET {', '.join(tiny_driver.DATASETS)} (default {tiny_driver.DATASETS[0]}" in text
 
 
 @pytest.mark.parametrize("argv, message", [
