@@ -51,7 +51,7 @@ def test_help_shows_the_datasets_and_the_settings_values(capsys):
         parser_for(tiny_driver).parse_args(["--help"])
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "[default: 3; full: 5; --dataset digits: 7]" in text and "[default: 4; quick: 2; full: 6]" in text
+    assert "[default: 3; full: 5; --dataset digits: 7]" in text and "[default: 4; quick: 2; full: 6; --dataset digits: 3]" in text
     assert f"--dataset DATASET {', '.join(tiny_driver.DATASETS)} (default {tiny_driver.DATASETS[0]}" in text
 
 
