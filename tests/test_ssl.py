@@ -1,0 +1,201 @@
+"""reference_torch.ssl: NT-Xent against a direct loop over the 2N views (full and short
+batches, temperatures down to where a naive exp overflows), aligned views below shuffled
+ones, and under DDP (2 gloo processes under torchrun, this file as the script) the same
+loss and gradients as one process with the global batch; FixMatch's unlabelled loss at
+the two ends of tau, its balanced reproducible labelled subset, and its views.
+
+The ``__main__`` block at the end is what each torchrun rank runs."""
+import gc
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from reference_torch import ssl  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+PER_RANK, DIM = 3, 6  # the gloo test: 2 ranks x 3 images, 6-d inputs
+
+
+def loop_nt_xent(z1, z2, temperature):
+    """NT-Xent written out: for each of the 2N views, -log of exp(sim to its partner / T)
+    over the sum of exp(sim / T) to every other view, in float64 Python arithmetic."""
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    views, n = len(z), len(z1)
+    total = 0.0
+    for i in range(views):
+        sims = [float(z[i] @ z[k]) / temperature for k in range(views)]
+        top = max(s for k, s in enumerate(sims) if k != i)  # subtracted for float64's sake at small T
+        denominator = sum(math.exp(s - top) for k, s in enumerate(sims) if k != i)
+        total += -(sims[(i + n) % views] - top - math.log(denominator))
+    return total / views
+
+
+@pytest.mark.parametrize("n", [8, 5, 1])  # a full batch, a short last batch, a single image
+def test_nt_xent_matches_the_loop(n):
+    g = torch.Generator().manual_seed(n)
+    z1, z2 = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+    assert ssl.nt_xent(z1, z2, 0.5).item() == pytest.approx(loop_nt_xent(z1, z2, 0.5), rel=1e-5)
+    logits, targets = ssl.nt_xent_logits(z1, z2, 0.5)
+    assert logits.shape == (2 * n, 2 * n) and torch.isinf(logits.diagonal()).all()
+    assert targets.tolist() == list(range(n, 2 * n)) + list(range(n))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.1, 0.07, 1e-3])
+def test_temperature_scaling_is_exact_and_stable(temperature):
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(6, 5, generator=g)
+    z2 = z1 + 0.3 * torch.randn(6, 5, generator=g)
+    loss = ssl.nt_xent(z1, z2, temperature)
+    assert torch.isfinite(loss)  # at T = 1e-3, exp(similarity / T) alone overflows float32
+    assert loss.item() == pytest.approx(loop_nt_xent(z1, z2, temperature), rel=1e-4, abs=1e-4)
+
+
+def test_aligned_views_score_lower_than_shuffled():
+    g = torch.Generator().manual_seed(2)
+    z1 = torch.randn(32, 16, generator=g)
+    aligned = z1 + 0.1 * torch.randn(32, 16, generator=g)
+    shuffled = aligned[torch.randperm(32, generator=g)]
+    assert ssl.nt_xent(z1, aligned, 0.5) < ssl.nt_xent(z1, shuffled, 0.5) - 1.0
+    # The lowest possible loss at T: partners identical, every other pair orthogonal.
+    eye = torch.eye(8)
+    assert ssl.nt_xent(eye, eye, 0.5).item() == pytest.approx(-math.log(math.e ** 2 / (math.e ** 2 + 14)), rel=1e-6)
+
+
+def global_batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2 * PER_RANK, DIM, generator=g), torch.randn(2 * PER_RANK, DIM, generator=g)
+
+
+def encoder():
+    torch.manual_seed(0)
+    return nn.Linear(DIM, 4)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", __file__, str(tmp_path)]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    x1, x2 = global_batch()
+    model = encoder()
+    z1, z2 = model(torch.cat([x1, x2])).chunk(2)
+    loss = ssl.nt_xent(z1, z2, 0.5)
+    loss.backward()
+    for rank in ranks:
+        assert rank["loss"] == pytest.approx(loss.item(), rel=1e-6)
+        for name, p in model.named_parameters():  # DDP averaged the two ranks' gradients
+            assert torch.allclose(rank["grads"][name], p.grad, atol=1e-6), name
+    # Each rank alone (its 3 images only, no gathered negatives) is a different loss:
+    # what the gloo run would have matched without the all-gather.
+    halves = [ssl.nt_xent(z1[r * PER_RANK:(r + 1) * PER_RANK], z2[r * PER_RANK:(r + 1) * PER_RANK], 0.5)
+              for r in (0, 1)]
+    assert abs(sum(h.item() for h in halves) / 2 - loss.item()) > 0.05
+
+
+# --------------------------------------------------------------------------- FixMatch
+def test_unlabelled_loss_is_zero_below_tau_and_plain_cross_entropy_at_tau_zero():
+    g = torch.Generator().manual_seed(3)
+    weak = (0.1 * torch.randn(16, 10, generator=g)).requires_grad_()  # top probability about 0.12
+    strong = torch.randn(16, 10, generator=g, requires_grad=True)
+    loss, mask, _ = ssl.fixmatch_unlabelled_loss(weak, strong, tau=0.95)
+    assert loss.item() == 0.0 and mask.sum().item() == 0
+    loss, mask, pseudo = ssl.fixmatch_unlabelled_loss(weak, strong, tau=0.0)
+    assert mask.all() and torch.equal(pseudo, weak.argmax(1))
+    assert loss.item() == pytest.approx(F.cross_entropy(strong, weak.argmax(1)).item(), rel=1e-6)
+    loss.backward()
+    assert weak.grad is None and strong.grad is not None  # the pseudo-label is a fixed target
+    # In between, the mean runs over all images: only the confident ones add to it.
+    confident = torch.zeros(4, 10)
+    confident[0, 3] = 20.0  # one confident image of four
+    loss, mask, _ = ssl.fixmatch_unlabelled_loss(confident, torch.zeros(4, 10), tau=0.95)
+    assert mask.tolist() == [1, 0, 0, 0] and loss.item() == pytest.approx(math.log(10) / 4, rel=1e-6)
+
+
+def test_labelled_subset_is_balanced_reproducible_and_disjoint():
+    y = np.random.default_rng(0).integers(0, 5, size=300)
+    labelled, unlabelled = ssl.balanced_labelled_subset(y, per_class=4, seed=1)
+    assert np.bincount(y[labelled]).tolist() == [4] * 5
+    assert np.array_equal(labelled, ssl.balanced_labelled_subset(y, 4, seed=1)[0])
+    assert not np.array_equal(labelled, ssl.balanced_labelled_subset(y, 4, seed=2)[0])
+    assert sorted(np.concatenate([labelled, unlabelled]).tolist()) == list(range(300))
+    with pytest.raises(ValueError, match="fewer than 100"):
+        ssl.balanced_labelled_subset(y, per_class=100, seed=1)
+
+
+def test_weak_and_strong_views_differ_and_share_the_label():
+    from minidl.data import make_shapes
+    images, labels, _, _ = make_shapes(8, size=32, seed=0)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # uint8 NHWC -> floats NCHW
+    weak, strong = ssl.weak_augment(32, seed=0)(x), ssl.strong_augment(32, seed=0)(x)
+    assert weak.shape == strong.shape == x.shape
+    per_image = (weak - strong).abs().flatten(1).mean(1)
+    assert (per_image > 0.01).all()  # every image's strong view differs from its weak view
+    # Both views go through one forward pass in the order of the unlabelled batch, and the
+    # strong view of image i is scored against the weak view's prediction for image i.
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, inputs):
+            seen.append(inputs)
+            # Confident logits that depend on the image: the class of its brightest channel.
+            return 50.0 * self.scale * F.one_hot(inputs.mean((2, 3)).argmax(1), 10).float()
+
+    step = ssl.fixmatch_step(lambda v: v, lambda v: v.flip(2), tau=0.5)
+    y = torch.as_tensor(labels).long()
+    loss, metrics = step(Recorder(), (x[:2], y[:2]), (x, y))
+    inputs = seen[0]
+    assert len(inputs) == 2 + 2 * len(x)
+    assert torch.equal(inputs[2:10], x) and torch.equal(inputs[10:], x.flip(2))
+    # A vertical flip keeps each image's brightest channel: every pseudo-label holds,
+    # so the unlabelled loss is (almost) zero; mispairing the views would make it large.
+    assert metrics["mask_rate"].item() == 1.0 and metrics["loss_u"].item() < 1e-6
+
+
+if __name__ == "__main__":  # one rank, started by torchrun: NT-Xent under DDP
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo", init_method="env://")
+    rank = dist.get_rank()
+    x1, x2 = (x[rank * PER_RANK:(rank + 1) * PER_RANK] for x in global_batch())
+    model = DistributedDataParallel(encoder())
+    z1, z2 = model(torch.cat([x1, x2])).chunk(2)
+    loss = ssl.nt_xent(z1, z2, 0.5)
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    torch.save({"loss": mean_loss.item() / dist.get_world_size(),
+                "grads": {k: p.grad for k, p in model.module.named_parameters()}}, out / f"rank{rank}.pt")
+    del model
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
