@@ -16,7 +16,9 @@ from .ops import (abs, amax, argmax, argmin, cat, clamp, clip, exp, flatten, log
                   stack, std, sum, transpose, unsqueeze, var, where)
 from . import nn  # noqa: E402
 from . import data, explain, gradcheck, manual, models, optim, regularization, train  # noqa: E402
+from .errors import InputError  # noqa: E402
+from .fileio import load, save  # noqa: E402  (md.save(state_dict, path), md.load(path))
 
-float32, float64, int64, bool_ = np.float32, np.float64, np.int64, np.bool_
+float32, float64, int32, int64, bool_ = np.float32, np.float64, np.int32, np.int64, np.bool_
 
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ the function you call (``F.relu``, ``md.exp``). Name your own Functions the same
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 
 import numpy as np
@@ -90,6 +91,19 @@ def rng():
     return _rng
 
 
+def get_rng_state():
+    """The generator's state as plain data (JSON can hold it): what a checkpoint keeps."""
+    return _rng.bit_generator.state
+
+
+def set_rng_state(state):
+    """Continue exactly where ``get_rng_state`` was taken."""
+    global _rng
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    _rng = np.random.Generator(bit_generator)
+
+
 # -------------------------------------------------------------------------- tensor
 def _as_array(data, dtype=None):
     """Python scalars and lists of floats become float32 (torch's default dtype);
@@ -126,7 +140,9 @@ class Tensor:
         self.data = _as_array(data, dtype)
         self.grad = None
         self.grad_fn = None
-        self._version = 0  # bumped by in-place changes, checked by backward
+        # Bumped by in-place changes, checked by backward. A one-item list, so that
+        # detach() can share it, as torch shares its version counter.
+        self._versions = [0]
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -170,22 +186,62 @@ class Tensor:
 
     # -------------------------------------------------------------- conversions
     def numpy(self):
-        return self.data
+        """The data as an ndarray: the array itself, or, when the tensor requires grad, a
+        read-only view of it (torch refuses; a write there would corrupt the gradient of
+        whatever saved it). ``t.detach().numpy()`` is writable, as in torch."""
+        if not self.requires_grad:
+            return self.data
+        view = self.data.view()
+        view.flags.writeable = False
+        return view
+
+    def _one_element(self, what):
+        if self.data.size != 1:
+            raise ValueError(f"{what} needs a tensor with one element, this one has shape "
+                             f"{self.shape}; reduce it first (.sum(), .mean()) or index one element")
+        return self.data.item()
 
     def item(self):
-        if self.data.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
-        return self.data.item()
+        return self._one_element("item()")
 
     def tolist(self):
         return self.data.tolist()
 
     def detach(self):
-        """The same data, cut from the graph (shares memory, like torch)."""
-        return Tensor(self.data)
+        """The same data, cut from the graph. As in torch it shares memory and the version
+        counter: an in-place change through it is caught by a backward that needs the data."""
+        out = Tensor(self.data)
+        out._versions = self._versions
+        return out
 
     def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
+        data = self.numpy()  # read-only when it requires grad
+        return data if dtype is None else data.astype(dtype)
+
+    # Python numbers from one-element tensors, as in torch.
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(
+                f"the truth value of a tensor with {self.data.size} elements (shape {self.shape}) "
+                "is ambiguous: use .any() or .all(), or compare one element")
+        return bool(self.data.item())
+
+    def __float__(self):
+        return float(self._one_element("float()"))
+
+    def __int__(self):
+        return int(self._one_element("int()"))
+
+    def __round__(self, ndigits=None):
+        return round(self._one_element("round()"), ndigits)
+
+    def __format__(self, spec):
+        if self.data.ndim == 0:  # f"{loss:.3f}"
+            return format(self.data.item(), spec)
+        if spec:
+            raise TypeError(f"format spec {spec!r} needs a 0-d tensor, this one has shape "
+                            f"{self.shape}; use .item() on one element")
+        return str(self)
 
     def __repr__(self):
         body = np.array2string(self.data, separator=", ", prefix="tensor(")
@@ -208,8 +264,12 @@ class Tensor:
     __hash__ = object.__hash__  # defining __eq__ would otherwise make tensors unhashable
 
     # ------------------------------------------------------------------ in place
+    @property
+    def _version(self):
+        return self._versions[0]
+
     def _bump(self):
-        self._version += 1
+        self._versions[0] += 1
 
     def _check_inplace(self):
         # minidl records no in-place ops: refusing them keeps every gradient honest.
@@ -306,6 +366,9 @@ def _unwrap_index(index):
 
 
 # ------------------------------------------------------------------------ function
+_TORCH_STYLE = {}  # Function class -> whether it is written in torch's form
+
+
 class Function:
     """One differentiable operation.
 
@@ -330,6 +393,11 @@ class Function:
     Function, the input and both shapes, instead of a bare NumPy reshape error or
     a silently summed, wrong gradient (e.g. a (4, 4) gradient for an input of
     shape (4, 1) whose op had a (4, 1) output).
+
+    torch's form works too: ``@staticmethod forward(ctx, *tensors)`` and
+    ``@staticmethod backward(ctx, grad)`` on tensors, with ``ctx.save_for_backward``
+    and ``ctx.saved_tensors``. ``ctx`` is the node itself, and forward runs without
+    recording a graph, as in torch.
     """
 
     needs_input_grad = ()
@@ -343,6 +411,35 @@ class Function:
     def backward(self, grad):
         raise NotImplementedError
 
+    # torch's ctx API, for Functions written in torch's form
+    def save_for_backward(self, *tensors):
+        self._saved_tensors = tensors
+
+    @property
+    def saved_tensors(self):
+        return getattr(self, "_saved_tensors", ())
+
+    @classmethod
+    def _torch_style(cls):
+        style = _TORCH_STYLE.get(cls)
+        if style is None:  # looked up once per class: apply runs for every op
+            style = _TORCH_STYLE[cls] = isinstance(inspect.getattr_static(cls, "forward"),
+                                                   staticmethod)
+        return style
+
+    def _backward(self, grad):
+        """``backward`` in either form; the engine calls this."""
+        if not type(self)._torch_style():
+            return self.backward(grad)
+        if not isinstance(inspect.getattr_static(type(self), "backward"), staticmethod):
+            raise TypeError(f"{type(self).__name__}: forward is a @staticmethod (torch's form), "
+                            "so backward must be one too: @staticmethod def backward(ctx, grad)")
+        with no_grad():
+            grads = type(self).backward(self, Tensor(grad))
+        if not isinstance(grads, tuple):
+            grads = (grads,)
+        return tuple(g.data if isinstance(g, Tensor) else g for g in grads)
+
     @classmethod
     def apply(cls, *args, **kwargs):
         fn = cls()
@@ -350,7 +447,11 @@ class Function:
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         fn.needs_input_grad = needs
         try:
-            out = fn.forward(*arrays, **kwargs)
+            if cls._torch_style():  # forward(ctx, *tensors) on tensors, outside the graph
+                with no_grad():
+                    out = _as_array(cls.forward(fn, *args, **kwargs))
+            else:
+                out = fn.forward(*arrays, **kwargs)
         except ValueError as error:
             shapes = " and ".join(str(np.shape(a)) for a in arrays if isinstance(a, np.ndarray))
             raise ValueError(f"{cls.__name__}: inputs of shapes {shapes}: {error}") from None
@@ -463,7 +564,7 @@ def run_backward(root, gradient, retain_graph=False):
         grads = ()
         if grad is not None:
             node._check_versions()
-            grads = node.backward(grad)
+            grads = node._backward(grad)
             if not isinstance(grads, tuple):
                 grads = (grads,)
             if len(grads) != len(node.inputs):

@@ -29,6 +29,9 @@ its buffers (BatchNorm's running statistics) are restored after the check.
 """
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 
 from . import autograd
@@ -226,3 +229,14 @@ def _check(fn, inputs, params, slots, eps, atol, rtol, directions, max_entries, 
         f"directions: <analytic gradient, u> = {exact:.8g}, finite difference {numeric:.8g}, "
         f"but no single entry was found out of tolerance; try max_entries={total} "
         f"(checked: {checked})")
+
+
+class _CallableModule(types.ModuleType):
+    """``md.gradcheck(fn, inputs)`` works as well as ``md.gradcheck.gradcheck(...)``:
+    the name a student tries first (torch.autograd.gradcheck is a function)."""
+
+    def __call__(self, *args, **kwargs):
+        return gradcheck(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -17,12 +17,59 @@ from collections import namedtuple
 
 import numpy as np
 
-from .autograd import Function, Tensor, _as_array, _unwrap_index, tensor_method
+from .autograd import DEFAULT_DTYPE, Function, Tensor, _as_array, _unwrap_index, tensor_method
 from .threads import matmul as _matmul  # numpy's, on one BLAS thread when small
 
 
 def _tensor(x):
     return x if isinstance(x, Tensor) else Tensor(x)
+
+
+# ------------------------------------------------------------------ dtypes
+# NumPy and torch promote dtypes differently: NumPy makes int64 / 2 and int64 * 0.5
+# float64, and float32 * a float64 0-d array float64; torch makes them float32. The
+# binary ops follow torch: the highest kind (bool < integer < floating) wins; within
+# it, tensors with dimensions decide over 0-d ones, and those over Python numbers,
+# which only bring their kind (a float: float32, torch's default; an int: int64).
+_KINDS = {"b": 0, "u": 1, "i": 1, "f": 2}
+_DEFAULTS = (np.dtype(np.bool_), np.dtype(np.int64), np.dtype(DEFAULT_DTYPE))
+
+
+def _kind_and_rank(x):
+    """(kind, rank): rank 2 for a tensor with dimensions, 1 for a 0-d one, 0 for a number."""
+    if isinstance(x, (Tensor, np.ndarray)):
+        return _KINDS.get(x.dtype.kind, 2), (2 if x.ndim else 1)
+    if isinstance(x, (bool, np.bool_)):
+        return 0, 0
+    if isinstance(x, (int, np.integer)):
+        return 1, 0
+    return 2, 0
+
+
+def result_type(*operands):
+    """The dtype torch gives a binary op on these operands (tensors, arrays, numbers)."""
+    ranked = [(*_kind_and_rank(x), x) for x in operands]
+    kind = builtins.max(k for k, _, _ in ranked)
+    rank = builtins.max(r for k, r, _ in ranked if k == kind)
+    if rank == 0:
+        return _DEFAULTS[kind]
+    return np.result_type(*(x.dtype for k, r, x in ranked if k == kind and r == rank))
+
+
+def _promoted(*operands, floating=False):
+    """The operands, tensors and arrays cast to their torch result dtype (a float one
+    when ``floating``, as for division); numbers stay, NumPy keeps their kind out."""
+    dtype = result_type(*operands)
+    if floating and dtype.kind != "f":
+        dtype = _DEFAULTS[2]
+    return tuple(cast(x, dtype) if isinstance(x, (Tensor, np.ndarray)) and x.dtype != dtype else x
+                 for x in operands)
+
+
+def _floating(a):
+    """``a`` as a float tensor for exp, log, sqrt: an integer one becomes float32, as in torch."""
+    a = _tensor(a)
+    return a if a.dtype.kind == "f" else cast(a, DEFAULT_DTYPE)
 
 
 # ------------------------------------------------------------------ arithmetic
@@ -40,7 +87,7 @@ class AddFn(Function):
 
 @tensor_method("add", "__add__", reflected="__radd__")
 def add(a, b):
-    return AddFn.apply(a, b)
+    return AddFn.apply(*_promoted(a, b))
 
 
 class SubFn(Function):
@@ -55,7 +102,7 @@ class SubFn(Function):
 
 @tensor_method("sub", "__sub__", reflected="__rsub__")
 def sub(a, b):
-    return SubFn.apply(a, b)
+    return SubFn.apply(*_promoted(a, b))
 
 
 class MulFn(Function):
@@ -70,7 +117,7 @@ class MulFn(Function):
 
 @tensor_method("mul", "__mul__", reflected="__rmul__")
 def mul(a, b):
-    return MulFn.apply(a, b)
+    return MulFn.apply(*_promoted(a, b))
 
 
 class DivFn(Function):
@@ -87,7 +134,7 @@ class DivFn(Function):
 
 @tensor_method("div", "__truediv__", reflected="__rtruediv__")
 def div(a, b):
-    return DivFn.apply(a, b)
+    return DivFn.apply(*_promoted(a, b, floating=True))  # int / int is float32, as in torch
 
 
 class PowFn(Function):
@@ -110,7 +157,7 @@ class PowFn(Function):
 
 @tensor_method("pow", "__pow__", reflected="__rpow__")
 def pow(a, b):  # noqa: A001  (torch's name)
-    return PowFn.apply(a, b)
+    return PowFn.apply(*_promoted(a, b))
 
 
 class NegFn(Function):
@@ -185,7 +232,7 @@ class ExpFn(Function):
 
 @tensor_method()
 def exp(a):
-    return ExpFn.apply(a)
+    return ExpFn.apply(_floating(a))
 
 
 class LogFn(Function):
@@ -199,7 +246,7 @@ class LogFn(Function):
 
 @tensor_method()
 def log(a):
-    return LogFn.apply(a)
+    return LogFn.apply(_floating(a))
 
 
 class SqrtFn(Function):
@@ -213,7 +260,7 @@ class SqrtFn(Function):
 
 @tensor_method()
 def sqrt(a):
-    return SqrtFn.apply(a)
+    return SqrtFn.apply(_floating(a))
 
 
 class AbsFn(Function):
@@ -267,7 +314,7 @@ class MaximumFn(Function):
 
 
 def maximum(a, b):
-    return MaximumFn.apply(a, b)
+    return MaximumFn.apply(*_promoted(a, b))
 
 
 class MinimumFn(Function):
@@ -282,7 +329,7 @@ class MinimumFn(Function):
 
 
 def minimum(a, b):
-    return MinimumFn.apply(a, b)
+    return MinimumFn.apply(*_promoted(a, b))
 
 
 class WhereFn(Function):
@@ -299,7 +346,7 @@ class WhereFn(Function):
 
 
 def where(condition, a, b):
-    return WhereFn.apply(_as_array(condition).astype(bool), a, b)
+    return WhereFn.apply(_as_array(condition).astype(bool), *_promoted(a, b))
 
 
 class CastFn(Function):
@@ -325,6 +372,29 @@ def _to_float32(a):
 @tensor_method("double")
 def _to_float64(a):
     return cast(a, np.float64)
+
+
+@tensor_method("long")
+def _to_int64(a):
+    return cast(a, np.int64)
+
+
+@tensor_method("int")
+def _to_int32(a):
+    return cast(a, np.int32)
+
+
+@tensor_method("to")
+def to(a, dtype=None, device=None):
+    """``x.to(md.float64)``; minidl runs on the CPU only, so a device must be "cpu"."""
+    if isinstance(dtype, str) and dtype.split(":")[0] in ("cpu", "cuda", "mps"):
+        dtype, device = None, dtype
+    if device not in (None, "cpu"):
+        raise ValueError(f"minidl computes on the CPU only, not on {device!r}; "
+                         "use reference_torch for a GPU")
+    if dtype is None or np.dtype(dtype) == a.dtype:
+        return a
+    return cast(a, dtype)
 
 
 class CloneFn(Function):
@@ -493,6 +563,17 @@ def min(a, dim=None, keepdim=False, axis=None):  # noqa: A001
     return _extreme(a, _dim(dim, axis), keepdim, largest=False)
 
 
+# any and all: booleans, outside the graph (what bool() of a tensor points to)
+@tensor_method("any")
+def any_(a, dim=None, keepdim=False):
+    return Tensor(np.any(_as_array(a), axis=dim, keepdims=keepdim))
+
+
+@tensor_method("all")
+def all_(a, dim=None, keepdim=False):
+    return Tensor(np.all(_as_array(a), axis=dim, keepdims=keepdim))
+
+
 # argmax and argmin have no gradient: plain functions on the data.
 def _arg_reduce(reduce, a, dim, keepdim):
     data = _as_array(a)
@@ -588,6 +669,16 @@ def transpose(a, dim0, dim1):
 
 
 Tensor.T = property(lambda self: permute(self, tuple(range(self.ndim))[::-1]))
+
+
+@tensor_method("t")
+def t(a):
+    """torch's ``x.t()``: the transpose of a matrix; 0-d and 1-d tensors come back as they are."""
+    a = _tensor(a)
+    if a.ndim > 2:
+        raise ValueError(f"t() expects a tensor of at most 2 dimensions, got shape {a.shape}; "
+                         "use transpose(dim0, dim1) or permute")
+    return a if a.ndim < 2 else transpose(a, 0, 1)
 
 
 def _is_basic_index(index):

@@ -10,6 +10,7 @@ Real, read from the data directory and downloaded when missing (see ``download``
     load_mnist, load_fashion_mnist, load_cifar10, load_cifar100   raw uint8 arrays
 The ModelBias patch, on any images:  add_bias_patch(x, y)  or  load_dataset(..., bias=True)
 Loading and augmentation:  DataLoader(x, y, batch_size=..., shuffle=True, seed=0, transform=...)
+                           DataLoader(TensorDataset(x, y), batch_size=...)  (torch's form)
                            augment.random_crop / horizontal_flip / gaussian_noise / cutout / Compose
 """
 from . import augment
@@ -19,7 +20,7 @@ from .datasets import (DATASETS, NORMALIZATION, ArrayDataset, Splits, images_to_
 from .download import DatasetNotFoundError, DownloadError, data_root
 from .embedded import toy_regression
 from .formats import CorruptFileError, UnsafePickleError
-from .loader import DataLoader
+from .loader import DataLoader, TensorDataset
 from .real import load_cifar10, load_cifar100, load_fashion_mnist, load_mnist
 from .shapes import SHAPE_CLASSES, make_shapes
 
@@ -28,5 +29,5 @@ __all__ = [
     "DownloadError", "NORMALIZATION", "SHAPE_CLASSES", "Splits", "TAB10", "UnsafePickleError",
     "add_bias_patch", "augment", "data_root", "images_to_float", "load_cifar10", "load_cifar100",
     "load_dataset", "load_fashion_mnist", "load_mnist", "make_shapes", "normalize",
-    "stratified_split", "toy_regression",
+    "stratified_split", "TensorDataset", "toy_regression",
 ]

@@ -5,9 +5,9 @@
     loss = md.nn.CrossEntropyLoss()(model(x), y)
 
 ``md.nn.functional`` holds the functions the layers call, ``md.nn.init`` the
-initialisers.
+initialisers, ``md.nn.utils`` gradient clipping (clip_grad_norm_).
 """
-from . import functional, init
+from . import functional, init, utils
 from .module import Module, ModuleList, Parameter, Sequential
 from .layers import *  # noqa: F401,F403  (Linear, activations, BatchNorm1d, losses)
 from .conv import *  # noqa: F401,F403  (Conv2d, BatchNorm2d, pooling)
