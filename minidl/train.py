@@ -57,7 +57,8 @@ from tqdm.auto import tqdm
 
 from . import autograd
 from .autograd import Tensor
-from .fileio import atomic_open
+from .errors import BadValueError, CorruptFileError
+from .fileio import atomic_open, read_npz
 
 __all__ = ["fit", "evaluate", "predict", "History", "TrainState", "Callback", "EarlyStopping",
            "Checkpoint", "save_checkpoint", "load_checkpoint", "accuracy"]
@@ -182,23 +183,31 @@ class TrainState:
 
 # ------------------------------------------------------------------------ fit
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, scheduler=None,
-        callbacks=(), metrics=("accuracy",), progress=True):
+        callbacks=(), metrics=("accuracy",), progress=True, checkpoint=None, resume=None):
     """Train ``model`` for ``epochs`` epochs and return the ``History``.
 
     ``loss_fn(outputs, targets)`` returns a scalar Tensor (e.g. nn.CrossEntropyLoss());
     ``metrics`` are names ('accuracy') or functions f(logits, targets) -> float; use
     ``metrics=()`` for regression. Floating inputs are cast to the model's dtype.
+
+    ``checkpoint=path`` writes, after every epoch, all that resuming needs: model,
+    optimiser, scheduler, minidl's random generator, the loader's epoch, the history and
+    the callbacks' state. ``resume=path`` continues from such a file to ``epochs`` in all,
+    so that losses and weights equal those of a run that never stopped, bit for bit (with
+    dropout and shuffling); it keeps writing to ``checkpoint`` (by default the same path).
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if not isinstance(epochs, numbers.Integral) or epochs < 0:
+        raise BadValueError(f"epochs must be an int >= 0, got {epochs!r}")
     metric_fns = _metric_functions(metrics)
     history = History()
     state = TrainState(model, optimizer, scheduler, history, epochs)
     dtype = _param_dtype(model)
     callbacks = list(callbacks)
+    checkpoint = resume if checkpoint is None else checkpoint
     for callback in callbacks:
         callback.on_train_begin(state)
-    for epoch in range(epochs):
+    first = _resume(resume, state, train_loader, callbacks) if resume is not None else 0
+    for epoch in range(first, first if state.should_stop else epochs):
         state.epoch = epoch
         model.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -243,6 +252,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, sche
             tqdm.write(f"epoch {epoch + 1}/{epochs}  {_format(logs)}")
         for callback in callbacks:
             callback.on_epoch_end(state, logs)
+        if checkpoint is not None:
+            save_checkpoint(model, checkpoint, optimizer, scheduler, epoch=epoch,
+                            training=_training_state(state, train_loader, callbacks, epoch + 1))
         if state.should_stop:
             break
     for callback in callbacks:
@@ -443,7 +455,7 @@ class Checkpoint(_Monitoring):
 
     def _save(self, trainer, meta):
         """Write the file: the one part that depends on the engine."""
-        save_checkpoint(self.path, trainer.model, trainer.optimizer, trainer.scheduler, **meta)
+        save_checkpoint(trainer.model, self.path, trainer.optimizer, trainer.scheduler, **meta)
 
     def state_dict(self):
         return {**super().state_dict(), "saved_epochs": list(self.saved_epochs)}
@@ -454,27 +466,58 @@ class Checkpoint(_Monitoring):
 
 
 # ---------------------------------------------------------------- checkpoints
-def _jsonable(value):
-    """Plain JSON values, or None for what JSON cannot hold (functions, arrays)."""
-    if isinstance(value, (bool, str)) or value is None:
+_ARRAY = "__array__"  # in info.json, {"__array__": key} stands for the array stored under key
+
+
+def _encode(value, arrays, key):
+    """``value`` as plain JSON, its arrays moved into ``arrays`` under ``key``-based names.
+    Anything JSON cannot hold raises now, at save time, naming where it is."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if isinstance(value, np.ndarray):
+        arrays[key] = value
+        return {_ARRAY: key}
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (str, type(None))):
         return value
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, (list, tuple)):
-        items = [_jsonable(v) for v in value]
-        return items
+        return [_encode(v, arrays, f"{key}/{i}") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return None
+        if not all(isinstance(k, (str, int)) for k in value):
+            raise BadValueError(f"checkpoint: {key} has a key that is not a str or int; "
+                                "JSON cannot hold it")
+        return {str(k): _encode(v, arrays, f"{key}/{k}") for k, v in value.items()}
+    raise BadValueError(f"checkpoint: {key} is a {type(value).__name__}, which a checkpoint "
+                        "cannot hold (numbers, strings, lists, dicts and arrays only)")
 
 
-def save_checkpoint(path, model, optimizer=None, scheduler=None, **meta):
+def _decode(value, archive):
+    if isinstance(value, dict):
+        if set(value) == {_ARRAY}:
+            return archive[value[_ARRAY]]
+        return {k: _decode(v, archive) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, archive) for v in value]
+    return value
+
+
+def save_checkpoint(model, path, optimizer=None, scheduler=None, training=None, **meta):
     """Write ``model``'s state_dict (and the optimiser's and scheduler's state) to
-    ``path`` atomically. ``meta`` (epoch, metrics...) must be JSON-serialisable."""
+    ``path`` atomically: ``save_checkpoint(model, "best.npz", opt, epoch=3)``, the
+    model first as in ``torch.save(obj, path)`` (the older order, path first, works
+    too). ``meta`` (epoch, metrics...) must be numbers, strings, lists, dicts or
+    arrays: anything else raises here, not as a None when read back. ``training`` is
+    what ``fit(checkpoint=...)`` adds for an exact resume."""
+    if not hasattr(model, "state_dict"):  # save_checkpoint(path, model, ...)
+        model, path = path, model
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    info = {"meta": _jsonable(meta), "model_keys": list(model.state_dict())}
+    info = {"format": "minidl checkpoint", "model_keys": list(model.state_dict()),
+            "meta": _encode(meta, arrays, "meta")}
     if optimizer is not None:
         opt_state = optimizer.state_dict()
         scalars = {}
@@ -483,41 +526,99 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, **meta):
                 if isinstance(value, np.ndarray):
                     arrays[f"optimizer/{index}/{name}"] = value
                 else:
-                    scalars.setdefault(str(index), {})[name] = _jsonable(value)
-        info["optimizer"] = {"param_groups": _jsonable(opt_state["param_groups"]),
+                    scalars.setdefault(str(index), {})[name] = _encode(value, arrays, "optimizer")
+        info["optimizer"] = {"param_groups": _encode(opt_state["param_groups"], arrays, "optimizer"),
                              "scalars": scalars, "type": type(optimizer).__name__}
     if scheduler is not None:
-        info["scheduler"] = {k: _jsonable(v) for k, v in scheduler.state_dict().items()}
+        info["scheduler"] = {"type": type(scheduler).__name__,
+                             "state": _encode(scheduler.state_dict(), arrays, "scheduler")}
+    if training is not None:
+        info["training"] = _encode(training, arrays, "training")
     arrays["info.json"] = np.array(json.dumps(info))
     with atomic_open(path, "wb") as f:  # readers see the old file or the new one
         np.savez(f, **arrays)
 
 
+def _read_checkpoint(path):
+    """(info, arrays) of a checkpoint file; one line naming the file for anything else."""
+    arrays = read_npz(path, "a minidl checkpoint (.npz)")
+    if "info.json" not in arrays:
+        raise CorruptFileError(f"{path} is not a checkpoint (no info.json entry); for a plain "
+                               "state dict use model.load_state_dict(md.load(path))")
+    try:
+        info = json.loads(str(arrays["info.json"]))
+        info["meta"] = _decode(info["meta"], arrays)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{path}: its info.json is damaged ({exc}); not a readable "
+                               "checkpoint") from None
+    return info, arrays
+
+
+def _check_type(path, what, saved, own):
+    if saved is not None and saved != type(own).__name__:
+        raise BadValueError(f"{path} holds the state of a {saved} {what}, not of a "
+                            f"{type(own).__name__}: build the same {what} to load it")
+
+
 def load_checkpoint(model, path, optimizer=None, scheduler=None, strict=True):
     """Load a checkpoint written by ``save_checkpoint``/``Checkpoint`` into ``model``
     (and ``optimizer``/``scheduler`` when given, to resume). Returns the saved meta
-    dict (epoch, monitor, value, logs...)."""
-    with np.load(os.fspath(path), allow_pickle=False) as archive:
-        if "info.json" not in archive.files:
-            raise ValueError(f"{path} is not a minidl checkpoint (no info.json entry); "
-                             "for a plain state_dict archive use model.load_state_dict(np.load(path))")
-        info = json.loads(str(archive["info.json"]))
-        model.load_state_dict({k[len("model/"):]: archive[k] for k in archive.files
-                               if k.startswith("model/")}, strict=strict)
-        if optimizer is not None:
-            if "optimizer" not in info:
-                raise ValueError(f"{path} holds no optimiser state (saved without one)")
-            saved = info["optimizer"]
-            state = {int(i): dict(entry) for i, entry in saved["scalars"].items()}
-            for key in archive.files:
-                if key.startswith("optimizer/"):
-                    _, index, name = key.split("/", 2)
-                    state.setdefault(int(index), {})[name] = archive[key]
-            groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()}
-                      for g in saved["param_groups"]]
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
+    dict (epoch, monitor, value, logs...). A file that is missing, truncated, corrupt,
+    not a checkpoint, pickled, or of another optimiser type raises one line."""
+    info, archive = _read_checkpoint(path)
+    model.load_state_dict({k[len("model/"):]: archive[k] for k in archive
+                           if k.startswith("model/")}, strict=strict)
+    if optimizer is not None:
+        if "optimizer" not in info:
+            raise BadValueError(f"{path} holds no optimiser state (saved without one)")
+        saved = info["optimizer"]
+        _check_type(path, "optimiser", saved.get("type"), optimizer)
+        state = {int(i): dict(entry) for i, entry in saved["scalars"].items()}
+        for key in archive:
+            if key.startswith("optimizer/"):
+                _, index, name = key.split("/", 2)
+                state.setdefault(int(index), {})[name] = archive[key]
+        groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()}
+                  for g in _decode(saved["param_groups"], archive)]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     if scheduler is not None:
         if "scheduler" not in info:
-            raise ValueError(f"{path} holds no scheduler state (saved without one)")
-        scheduler.load_state_dict({k: v for k, v in info["scheduler"].items() if v is not None})
+            raise BadValueError(f"{path} holds no scheduler state (saved without one)")
+        saved = info["scheduler"]
+        if "state" not in saved:  # written before the type was recorded
+            saved = {"type": None, "state": saved}
+        _check_type(path, "scheduler", saved["type"], scheduler)
+        scheduler.load_state_dict({k: v for k, v in _decode(saved["state"], archive).items()
+                                   if v is not None})
     return info["meta"]
+
+
+def _training_state(state, train_loader, callbacks, epochs_done):
+    """What ``fit(checkpoint=)`` adds so that a resume continues bit for bit."""
+    return {"epochs_done": epochs_done, "step": state.step, "history": state.history.as_dict(),
+            "rng": autograd.get_rng_state(), "loader_epoch": getattr(train_loader, "epoch", None),
+            "callbacks": [c.state_dict() for c in callbacks], "stopped": state.should_stop}
+
+
+def _resume(path, state, train_loader, callbacks):
+    """Restore a ``fit(checkpoint=)`` file into ``state`` (model, optimiser, scheduler, history,
+    random generator, loader epoch, callbacks); returns the number of epochs already done."""
+    load_checkpoint(state.model, path, state.optimizer, state.scheduler)
+    info, archive = _read_checkpoint(path)
+    if "training" not in info:
+        raise BadValueError(f"{path} was not written by fit(checkpoint=...): it holds no "
+                            "training state to resume exactly")
+    training = _decode(info["training"], archive)
+    if len(training["callbacks"]) != len(callbacks):
+        raise BadValueError(f"{path} was saved with {len(training['callbacks'])} callbacks, this "
+                            f"fit has {len(callbacks)}: resume with the same callbacks")
+    saved = training["history"]
+    for i, epoch in enumerate(saved.pop("epoch")):
+        state.history.append(epoch, {k: v[i] for k, v in saved.items()})
+    state.step, state.should_stop = training["step"], training["stopped"]
+    autograd.set_rng_state(training["rng"])
+    if training["loader_epoch"] is not None and hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(training["loader_epoch"])
+    for callback, saved_state in zip(callbacks, training["callbacks"]):
+        callback.load_state_dict(saved_state)
+    return training["epochs_done"]
