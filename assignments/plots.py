@@ -273,3 +273,60 @@ def scatter_2d(points, labels, classes, title, ax=None, markers=None, xlabel="t-
 def tsne_scatter(features, labels, classes, title, seed=0, ax=None, markers=None):
     """t-SNE of ``features`` drawn as :func:`scatter_2d`."""
     return scatter_2d(tsne_embedding(features, seed), labels, classes, title, ax=ax, markers=markers)
+
+
+# ----------------------------------------------------------------- text
+def text_panels(texts, title, columns=2, fontsize=7.5, width=6.4):
+    """Texts side by side in a monospace font (samples of a language model), ``texts``
+    mapping each panel's title to its text. The panels have no axes: nothing in them is
+    measured along x or y."""
+    n = len(texts)
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    lines = max(text.count("\n") + 1 for text in texts.values())
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, rows * (0.15 * lines + 0.5) + 0.4),
+                             squeeze=False)
+    for ax, (name, text) in zip(axes.flat, texts.items()):
+        ax.text(0.01, 0.98, text, family="monospace", fontsize=fontsize, va="top", ha="left", transform=ax.transAxes)
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- graphs
+def graph_drawing(positions, edges, title, ax=None, labels=None, colors=None, highlight=()):
+    """A small undirected graph: ``positions`` (N, 2), ``edges`` pairs (i, j), nodes drawn
+    as numbered circles (``labels`` replace the numbers; ``colors`` one per node); the
+    nodes in ``highlight`` get a thick outline."""
+    positions = np.asarray(positions, dtype=float)
+    fig, ax = _axes(ax, (4, 4))
+    for i, j in edges:
+        ax.plot(*positions[[i, j]].T, color="0.55", lw=1.5, zorder=1)
+    for k, (px, py) in enumerate(positions):
+        ax.scatter(px, py, s=420, color=colors[k] if colors is not None else "tab:blue", zorder=2,
+                   edgecolors="black", linewidths=2.5 if k in highlight else 0.5)
+        ax.text(px, py, labels[k] if labels is not None else str(k), ha="center", va="center", color="white",
+                fontsize=10, fontweight="bold", zorder=3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal")
+    ax.margins(0.18)
+    return _finish(fig, ax, title, "", "", legend=False, grid=False)
+
+
+def attention_maps(weights, labels, title, size=3.6):
+    """One heat map per attention head, ``weights`` (heads, T, T) with rows the querying
+    positions; ``labels`` name the T positions (characters, tokens) on both axes."""
+    heads = len(weights)
+    fig, axes = plt.subplots(1, heads, figsize=(size * heads + 1, size + 0.3), squeeze=False)
+    for h, ax in enumerate(axes[0]):
+        heatmap(weights[h], f"head {h + 1}", "key (attended) position", "query position" if h == 0 else "", ax=ax,
+                x_labels=labels, y_labels=labels, colorbar="weight" if h == heads - 1 else None)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

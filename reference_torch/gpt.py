@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GPT", "Block", "CausalSelfAttention", "KVCache", "MODEL_TYPES", "causal_attention", "causal_mask",
-           "nucleus"]
+           "nucleus", "language_model_step", "sample_text", "generation_speed"]
 
 # name -> (n_layer, n_head, n_embd): minGPT's table
 MODEL_TYPES = {
@@ -350,3 +351,33 @@ def _read_weights(path):
     except Exception as error:  # a tampered or foreign file: say which and why, in one line
         raise ValueError(f"GPT.from_pretrained: cannot read {path} as a torch weight file "
                          f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+
+
+# ------------------------------------------------------- language-model helpers
+def language_model_step(model, batch):
+    """A Trainer step: the next-token cross-entropy of an (x, y) batch, and the same in bits."""
+    _, loss = model(*batch)
+    return loss, {"bits_per_char": loss.detach() / math.log(2)}
+
+
+def sample_text(model, data, prompt, sequences, temperature=1.0, top_k=None, seed=0):
+    """``sequences`` samples from ``prompt``, each filling one block, cut after their last
+    newline (complete lines only: a sample without one is one unfinished line), as one text.
+    ``data`` encodes and decodes (a ``TextDataset``)."""
+    start = torch.tensor([data.encode(prompt)] * sequences, device=next(model.parameters()).device)
+    out = model.generate(start, data.block_size - start.shape[1], temperature=temperature, do_sample=True,
+                         top_k=top_k, generator=torch.Generator(start.device).manual_seed(seed))
+    texts = [data.decode(row[start.shape[1]:].tolist()) for row in out]
+    return "".join(t[:t.rfind("\n") + 1] if "\n" in t else t + "\n" for t in texts)
+
+
+def generation_speed(model, prompt_ids, length, use_cache):
+    """Tokens per second (of wall time, of process CPU time) generating greedily from
+    ``prompt_ids`` to ``length`` tokens, one sequence."""
+    start = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    steps = length - start.shape[1]
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.generate(start, steps, use_cache=use_cache)
+    if start.is_cuda:
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - wall), steps / max(time.process_time() - cpu, 1e-9)
