@@ -330,24 +330,3 @@ def attention_maps(weights, labels, title, size=3.6):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-# ---------------------------------------------------------------- graphs
-def graph_drawing(positions, edges, title, ax=None, labels=None, colors=None, highlight=()):
-    """A small undirected graph: ``positions`` (N, 2), ``edges`` pairs (i, j), nodes drawn
-    as numbered circles (``labels`` replace the numbers; ``colors`` one per node); the
-    nodes in ``highlight`` get a thick outline."""
-    positions = np.asarray(positions, dtype=float)
-    fig, ax = _axes(ax, (4, 4))
-    for i, j in edges:
-        ax.plot(*positions[[i, j]].T, color="0.55", lw=1.5, zorder=1)
-    for k, (px, py) in enumerate(positions):
-        ax.scatter(px, py, s=420, color=colors[k] if colors is not None else "tab:blue", zorder=2,
-                   edgecolors="black", linewidths=2.5 if k in highlight else 0.5)
-        ax.text(px, py, labels[k] if labels is not None else str(k), ha="center", va="center", color="white",
-                fontsize=10, fontweight="bold", zorder=3)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_aspect("equal")
-    ax.margins(0.18)
-    return _finish(fig, ax, title, "", "", legend=False, grid=False)
