@@ -15,6 +15,20 @@ from . import catalogue, get
 
 
 def main(argv=None):
+    """The command line. A user's mistake (a bad option, a missing or tampered file:
+    ``SystemExit`` from the runner, ``minidl.errors.InputError`` from the library) ends
+    in one line and a non-zero exit; anything else is a bug and keeps its traceback."""
+    try:
+        return _main(argv)
+    except Exception as error:
+        # `list` imports no library; where minidl is not loaded, none of its errors was raised
+        errors = sys.modules.get("minidl.errors")
+        if errors is not None and isinstance(error, errors.InputError):
+            raise SystemExit(f"error: {error}") from None
+        raise
+
+
+def _main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
     if command == "list":

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import minidl.data
+from minidl.errors import InputError
 from reference_torch import explain as E
 from reference_torch.checkpoint import load_checkpoint, save_checkpoint
 from reference_torch.train import evaluate, seed_everything, warmup_cosine
@@ -41,6 +42,8 @@ WIDTHS = (16, 32, 64)
 
 def existing_file(text):
     """An option's path that must name a file (checked before the run starts)."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return text
@@ -49,9 +52,63 @@ def existing_file(text):
 existing_file.__name__ = "file"
 
 
+def _first(items, count=3):
+    return ", ".join(items[:count]) + (f" ... ({len(items)} in all)" if len(items) > count else "")
+
+
+def model_file(text):
+    """--checkpoint, --models: a model.pt of these drivers, checked before the run starts:
+    a readable torch file (tensors and plain data only) with 'model' and 'arch' entries,
+    whose keys and shapes fit the architecture 'arch' describes."""
+    existing_file(text)
+    try:
+        state = load_checkpoint(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(f"cannot be read as a model.pt: {error}") from None
+    if not isinstance(state, dict) or "model" not in state or "arch" not in state:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a model.pt of the interpretability drivers (it needs 'model' and 'arch' "
+            "entries); pass a file written by `python -m assignments run explanations`")
+    try:
+        arch = state["arch"]
+        own = build_model(arch["in_shape"], arch["num_classes"], arch["mean"], arch["std"],
+                          arch["widths"]).state_dict()
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise argparse.ArgumentTypeError(f"{text}: its 'arch' entry does not describe a model "
+                                         f"({type(error).__name__}: {error})") from None
+    saved = state["model"]
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    faults = [f"{what}: {_first(keys)}" for what, keys in
+              (("missing keys", missing), ("unexpected keys", unexpected), ("shapes", shapes)) if keys]
+    if faults:
+        raise argparse.ArgumentTypeError(f"{text}: the weights do not fit the model its 'arch' "
+                                         f"describes ({'; '.join(faults)})")
+    return text
+
+
+model_file.__name__ = "model file"
+
+
+def resnet18_weights_file(text):
+    """--weights: ImageNet ResNet-18 weights in torchvision's format, checked (readable,
+    every key and shape fitting) before the run starts."""
+    from reference_torch.models import load_torchvision_weights, resnet18
+    existing_file(text)
+    try:
+        load_torchvision_weights(resnet18(num_classes=1000), text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+resnet18_weights_file.__name__ = "weights file"
+
+
 def add_model_arguments(parser, checkpoint=True):
     if checkpoint:
-        parser.add_argument("--checkpoint", type=existing_file, default=None, metavar="PATH",
+        parser.add_argument("--checkpoint", type=model_file, default=None, metavar="PATH",
                             help="a model.pt written by an earlier run of an interpretability driver on the "
                                  "same dataset, e.g. runs/explanations/model.pt (default: train a small CNN now)")
     parser.add_argument("--train-images", type=positive_int,

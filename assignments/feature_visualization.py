@@ -81,7 +81,7 @@ IMAGENET_CLASSES = {1: "goldfish", 130: "flamingo", 323: "monarch butterfly", 34
 
 def add_arguments(parser):
     C.add_model_arguments(parser)
-    parser.add_argument("--weights", type=C.existing_file, default=None, metavar="PATH",
+    parser.add_argument("--weights", type=C.resnet18_weights_file, default=None, metavar="PATH",
                         help="ImageNet ResNet-18 weights in torchvision's format (torch.save(model.state_dict(), "
                              "PATH)); adds its feature visualisations (about two minutes more on one CPU core)")
     parser.add_argument("--channels", type=positive_int, help="channels visualised per layer of the small CNN")

@@ -66,7 +66,7 @@ KINDS = {"clean": "clean images", "artifact": "with the artifact", "misleading_a
 
 def add_arguments(parser):
     C.add_model_arguments(parser, checkpoint=False)  # two models: trained here, or --models
-    parser.add_argument("--models", nargs=2, type=C.existing_file, default=None, metavar=("A", "B"),
+    parser.add_argument("--models", nargs=2, type=C.model_file, default=None, metavar=("A", "B"),
                         help="investigate two model.pt files as model A and model B instead of training "
                              "them, e.g. the model_A.pt and model_B.pt a teacher's run wrote; the driver "
                              "then does not know which one is biased and gives its verdict unchecked")

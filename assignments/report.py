@@ -100,6 +100,30 @@ def _section(run_dir, manifest, metrics):
     return "\n".join(parts)
 
 
+_MANIFEST_TEXT = ("name", "course", "task", "dataset", "statement")
+
+
+def _manifest_fault(manifest):
+    """What makes a manifest.json unusable (edited by hand, another tool's), or None."""
+    if not isinstance(manifest, dict):
+        return f"is a JSON {type(manifest).__name__}, not an object"
+    missing = [k for k in (*_MANIFEST_TEXT, "seconds") if k not in manifest]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    if not all(isinstance(manifest[k], str) for k in _MANIFEST_TEXT):
+        return "has a non-text name, course, task, dataset or statement"
+    if not isinstance(manifest["seconds"], (int, float)):
+        return "has a non-number seconds"
+    for key, fields in (("figures", ("file", "caption")), ("tables", ("caption", "rows")),
+                        ("notes", ())):
+        entries = manifest.get(key, [])
+        if not isinstance(entries, list) or not all(
+                isinstance(e, str) if not fields else isinstance(e, dict) and all(f in e for f in fields)
+                for e in entries):
+            return f"has malformed {key}"
+    return None
+
+
 def _load_runs(runs_dir):
     runs = []
     for manifest_path in runs_dir.glob("*/manifest.json"):
@@ -109,6 +133,10 @@ def _load_runs(runs_dir):
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             print(f"report: skipping {run_dir} ({error})")
+            continue
+        fault = _manifest_fault(manifest)
+        if fault:
+            print(f"report: skipping {run_dir} (its manifest.json {fault})")
             continue
         runs.append((run_dir, manifest, metrics))
     order = {name: i for i, name in enumerate(DRIVERS)}

@@ -136,7 +136,7 @@ def common_arguments(parser):
                         help="quick (seconds, what the tests run), default, or full (longer, better numbers)")
     parser.add_argument("--quick", dest="profile", action="store_const", const="quick",
                         help="the same as --profile quick")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--seed", type=nonnegative_int, help="random seed (default 0)")
     parser.add_argument("--out", help="output folder (default: runs/<name>; with several drivers, "
                                       "runs under this folder)")
     parser.add_argument("--threads", type=positive_int,
@@ -497,9 +497,30 @@ def write_tensorboard(folder, histories):
                         writer.add_scalar(key, value, epoch)
 
 
+def check_run(run):
+    """The run options however they came (command line, --config, a notebook): the seed
+    a non-negative int, --data-dir a folder that exists (a typo must not become a new
+    folder), --out creatable. One line each, before anything is written."""
+    seed = run["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SystemExit(f"--seed {seed!r}: the seed must be an integer >= 0")
+    if run["data_dir"] is not None and not Path(run["data_dir"]).expanduser().is_dir():
+        raise SystemExit(f"--data-dir {run['data_dir']}: no such folder; create it, or leave the "
+                         "option out to use $MINIDL_DATA_DIR or the per-user cache")
+    if run["out"] is not None:
+        existing = Path(run["out"]).expanduser().absolute()
+        while not existing.exists():  # the nearest folder that exists decides
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            why = "is a file" if not existing.is_dir() else "is not writable"
+            raise SystemExit(f"--out {run['out']}: cannot be written ({existing} {why}); "
+                             "pass a folder you can write to")
+
+
 def prepare(driver, given):
     """Validate everything a run needs, before anything touches the disk; returns its Run."""
     run, config = settings(driver, given)
+    check_run(run)
     if run["tensorboard"]:
         tensorboard_writer()
     if getattr(driver, "TORCH", False) and config.device != "auto":
@@ -522,7 +543,11 @@ def run_driver(driver, given):
     """Run one driver with the given options (a dict); write its files; return (metrics, Run)."""
     ctx = prepare(driver, given)
     if ctx.is_main:
-        ctx.out.mkdir(parents=True, exist_ok=True)
+        try:
+            ctx.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a read-only disk, /proc...: what check_run cannot foresee
+            raise SystemExit(f"--out {ctx.out}: cannot be created ({error.strerror or error}); "
+                             "pass a folder you can write to") from None
     ctx.log(f"running ({ctx.profile} profile, dataset {ctx.dataset}) -> {ctx.out}")
     start = time.perf_counter()
     threads = thread_count(driver, ctx.threads)

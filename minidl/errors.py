@@ -7,6 +7,7 @@ without a traceback. Anything else that goes wrong is a bug and keeps its traceb
 Each kind is also the built-in exception it refines (``except ValueError`` still
 catches a corrupt file), so code written against the built-in ones keeps working.
 """
+import pickle
 
 
 class InputError(Exception):
@@ -23,3 +24,7 @@ class MissingFileError(InputError, FileNotFoundError):
 
 class CorruptFileError(InputError, ValueError):
     """A file exists but is empty, truncated, corrupted or not what its name says."""
+
+
+class UnsafePickleError(InputError, pickle.UnpicklingError):
+    """A file asks to unpickle something other than plain data: refused, never run."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadValueError, CorruptFileError, MissingFileError
+from .errors import BadValueError, CorruptFileError, MissingFileError, UnsafePickleError
 
 
 def _umask():
@@ -133,12 +133,13 @@ def pickle_globals(data, limit=3):
     return found
 
 
-def refused_pickle(path, data):
-    """The one-line message for a file that holds a pickle, naming what it would load."""
-    names = pickle_globals(data)
+def refused_pickle(path, data=b"", names=None):
+    """The one-line message for a file that holds a pickle, naming what it would load
+    (``names``, else the globals found in ``data``)."""
+    names = pickle_globals(data) if names is None else names
     named = f" (it would load {', '.join(names)})" if names else ""
-    return (f"{path} holds pickled objects: refused{named}; minidl reads only plain arrays "
-            "(.npz written by md.save or md.train.save_checkpoint)")
+    return (f"{path} holds pickled objects: refused{named}; only arrays, tensors and plain "
+            "data are read, never code")
 
 
 def read_npz(path, what="an .npz archive of arrays"):
@@ -155,7 +156,7 @@ def read_npz(path, what="an .npz archive of arrays"):
     if not head:
         raise CorruptFileError(f"{path} is empty: not {what}")
     if head[:1] == b"\x80":  # pickle protocol 2 and up (torch.save, pickle.dump)
-        raise CorruptFileError(refused_pickle(path, path.read_bytes()))
+        raise UnsafePickleError(refused_pickle(path, path.read_bytes()))
     if head[:4] != _ZIP:
         kind = "a single .npy array" if head == _NPY else "not a zip archive"
         raise CorruptFileError(f"{path} is not {what} ({kind})")
@@ -164,8 +165,8 @@ def read_npz(path, what="an .npz archive of arrays"):
             members = archive.namelist()
             damaged = archive.testzip()  # the first member whose CRC is wrong
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise CorruptFileError(f"{path} is truncated or damaged ({exc}): not a readable {what}; "
-                               "write it again") from None
+        raise CorruptFileError(f"{path} is truncated or damaged ({exc}); it cannot be read as "
+                               f"{what}") from None
     if damaged is not None:
         raise CorruptFileError(f"{path} is damaged ({damaged} fails its checksum); write it again")
     others = [m for m in members if not m.endswith(".npy")]
@@ -178,8 +179,8 @@ def read_npz(path, what="an .npz archive of arrays"):
     except ValueError as exc:
         if "pickle" not in str(exc):
             raise CorruptFileError(f"{path}: {exc}") from None
-        raise CorruptFileError(f"{path} holds pickled objects (an array of dtype object): refused; "
-                               "minidl reads only plain arrays") from None
+        raise UnsafePickleError(f"{path} holds pickled objects (an array of dtype object): refused; "
+                                "only plain arrays are read") from None
 
 
 def save(obj, path):

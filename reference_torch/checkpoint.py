@@ -7,13 +7,18 @@ objects. RNG states are stored the same way (numpy's as a list of ints).
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
+import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 
-from minidl.fileio import atomic_open
+from minidl.errors import CorruptFileError, MissingFileError, UnsafePickleError
+from minidl.fileio import atomic_open, pickle_globals, refused_pickle
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
@@ -23,11 +28,53 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+_TORCH_GLOBALS = ("torch.", "collections.OrderedDict")  # what torch.save itself writes
+
+
+def _pickle_bytes(path: str) -> bytes:
+    """The pickle inside a torch file: its data.pkl for the zip format, else the file."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            return archive.read(name) if name else b""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "a torch checkpoint (.pt)",
+                    map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, but a file that is missing, a folder, empty,
+    truncated, corrupt or holding pickled objects other than tensors and plain data
+    raises ``minidl.errors.InputError``: one line naming the file and the fault (never
+    torch's advice to re-run with weights_only=False)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MissingFileError(f"{path} is a folder, not {what}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise MissingFileError(f"no file at {path!r}: expected {what}")
+    if os.path.getsize(path) == 0:
+        raise CorruptFileError(f"{path} is empty: not {what}")
+    try:
+        with warnings.catch_warnings():  # its refusal says it all; no warning above it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global, or not a pickle at all
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        names = [refused.group(1)] if refused else [
+            name for name in pickle_globals(_pickle_bytes(path)) if not name.startswith(_TORCH_GLOBALS)]
+        if not names:
+            raise CorruptFileError(f"{path} is not {what} (not a torch file)") from None
+        raise UnsafePickleError(refused_pickle(path, names=names)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptFileError(f"{path} is truncated or damaged ({first.split('. ')[0]}); "
+                               f"it cannot be read as {what}") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only);
+    a bad file raises one line (:func:`read_torch_file`)."""
+    return read_torch_file(path, map_location=map_location)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -75,10 +75,10 @@ def test_feature_visualization_quick(tmp_path):
 def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
     out = tmp_path / "fv"
     wrong = torchvision_resnet18_file(tmp_path / "wrong.pth", **{"fc.weight": None})
-    with pytest.raises(ValueError, match=r"(?s)do not fit ResNet.*missing keys: fc\.weight"):
+    with pytest.raises(SystemExit, match=r"--weights: .*do not fit ResNet.*missing keys: fc\.weight"):
         main(["run", "feature_visualization", "--quick", "--weights", str(wrong), "--out", str(out)])
     cifar_stem = torchvision_resnet18_file(tmp_path / "cifar.pth", **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
-    with pytest.raises(ValueError, match=r"shape mismatches: conv1\.weight"):
+    with pytest.raises(SystemExit, match=r"shape mismatches: conv1\.weight"):
         main(["run", "feature_visualization", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
     assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()  # nothing trained
 

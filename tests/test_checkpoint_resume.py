@@ -14,7 +14,7 @@ import torch
 
 import minidl as md
 from minidl.data import DataLoader
-from minidl.errors import CorruptFileError, InputError, MissingFileError
+from minidl.errors import CorruptFileError, InputError, MissingFileError, UnsafePickleError
 from minidl.train import EarlyStopping, fit, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_every_bad_file_gives_one_line_naming_it_and_the_fault(tmp_path):
         message = str(caught.value)
         assert "\n" not in message and str(path) in message, message
         assert "allow_pickle" not in message and "unsafely" not in message, message
-        assert isinstance(caught.value, (CorruptFileError, MissingFileError))
+        assert isinstance(caught.value, (CorruptFileError, MissingFileError, UnsafePickleError))
     with pytest.raises(InputError, match="not a zip"):
         md.load(tmp_path / "random.npz")
 

@@ -17,15 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputError
+from ..errors import CorruptFileError, UnsafePickleError
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class UnsafePickleError(InputError, pickle.UnpicklingError):
-    """A pickle asked for something the CIFAR format never contains."""
 
 
 # --------------------------------------------------------------------------- IDX

@@ -14,6 +14,10 @@ import os
 import torch
 from torch import nn
 
+from minidl.errors import BadValueError
+
+from ..checkpoint import read_torch_file
+
 from .resnet import BasicBlock, ResNet, resnet18, resnet34
 from .thin import ThinBlock, ThinResNet18, thin_resnet18
 from .wrn import WideBlock, WideResNet, wrn28_2
@@ -34,16 +38,15 @@ def weight_layer_names(model: nn.Module) -> list[str]:
 def load_torchvision_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a torchvision-format state_dict file into ``model``, strictly.
 
-    The file is read with ``weights_only=True`` (no arbitrary unpickling). Every key
-    must match by name and shape; otherwise a ValueError lists the missing,
-    unexpected and mis-shaped keys, so a wrong architecture or class count is obvious.
+    The file is read with ``weights_only=True`` (no arbitrary unpickling; a bad file
+    raises one line, see ``checkpoint.read_torch_file``). Every key must match by name
+    and shape; otherwise a ValueError (``minidl.errors.BadValueError``) lists the first
+    missing, unexpected and mis-shaped keys, so a wrong architecture or class count is obvious.
     A ``module.`` prefix (a checkpoint saved from DistributedDataParallel) is removed.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no weight file at {os.fspath(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, "a weight file (torch.save of a state_dict)")
     if not isinstance(state, dict):
-        raise ValueError(f"{os.fspath(path)!r} holds a {type(state).__name__}, expected a state_dict "
+        raise BadValueError(f"{os.fspath(path)!r} holds a {type(state).__name__}, expected a state_dict "
                          "(a dict of parameter name -> tensor); save it with torch.save(model.state_dict(), path)")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -56,10 +59,10 @@ def load_torchvision_weights(model: nn.Module, path: str | os.PathLike) -> nn.Mo
     if missing or unexpected or mis_shaped:
         def show(items: list[str]) -> str:
             return ", ".join(items[:10]) + (f" ... ({len(items)} in all)" if len(items) > 10 else "") or "none"
-        raise ValueError(
-            f"weights in {os.fspath(path)!r} do not fit {type(model).__name__}:\n"
-            f"  missing keys: {show(missing)}\n  unexpected keys: {show(unexpected)}\n"
-            f"  shape mismatches: {show(mis_shaped)}\n"
+        raise BadValueError(  # one line: the command line shows it as it is
+            f"weights in {os.fspath(path)!r} do not fit {type(model).__name__}: "
+            f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}; "
+            f"shape mismatches: {show(mis_shaped)}. "
             "Build the model that wrote the file (same depth, num_classes and stem: a CIFAR "
             "stem has a 3x3 conv1 where ImageNet weights have 7x7).")
     model.load_state_dict(state, strict=True)
