@@ -8,6 +8,9 @@
     reference_torch.data          numpy arrays -> torch DataLoader
     reference_torch.interop       to_minidl / from_minidl: copy weights between twin models
     reference_torch.twins         torch twins of minidl.models (MLP, SmallCNN)
+    reference_torch.gpt           minGPT-shaped GPT, key/value-cache generation, GPT-2 checkpoints
+    reference_torch.text          TextDataset (characters), a grammar corpus whose lines can be checked
+    reference_torch.bpe           byte-level BPE: GPT-2's tokenizer, the core CLIP's reuses
     reference_torch.explain       attributions, deletion/insertion, feature visualisation,
                                   adversarial examples
 

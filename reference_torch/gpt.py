@@ -343,8 +343,8 @@ def _read_weights(path):
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise SystemExit(f"{path}: reading .safetensors needs the safetensors package "
-                             "(pip install safetensors), or use pytorch_model.bin") from None
+            raise ImportError(f"{path}: reading .safetensors needs the safetensors package "
+                              "(pip install safetensors), or use pytorch_model.bin") from None
         return load_file(str(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
