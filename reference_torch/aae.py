@@ -144,11 +144,14 @@ class AdversarialAE(nn.Module):
 
 
 def aae_optimizers(model: AdversarialAE, ae_lr: float = 1e-3, d_lr: float = 5e-3):
-    """Adam for the encoder and decoder, Adam for the discriminator; beta1 0.5, as the
-    course recommends for adversarial training (less momentum to overshoot with)."""
+    """The course's suggestion: Adam with beta1 0.5 (less momentum to overshoot with in a
+    moving game) for the encoder and decoder, plain SGD for the discriminator. With Adam
+    the discriminator won too easily here: its confident logits gave the generator term
+    gradients that tossed the codes about (measured on digits: accuracy 0.8 to 0.97 and
+    codes with a spread near 0 over 6 epochs)."""
     autoencoder = list(model.encoder.parameters()) + list(model.decoder.parameters())
     return (torch.optim.Adam(autoencoder, lr=ae_lr, betas=(0.5, 0.999)),
-            torch.optim.Adam(model.discriminator.parameters(), lr=d_lr, betas=(0.5, 0.999)))
+            torch.optim.SGD(model.discriminator.parameters(), lr=d_lr))
 
 
 def aae_eval_step(model: AdversarialAE, batch):

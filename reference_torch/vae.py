@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .train import Callback
+
 LEVELS = 16  # 4-bit images, as the course discretises MNIST
 
 
@@ -142,6 +144,15 @@ class VAE(nn.Module):
         return next(self.parameters()).device
 
 
+@torch.no_grad()
+def active_units(encoder: CNNEncoder, imgs: torch.Tensor, threshold: float = 0.01) -> int:
+    """How many latent dimensions the encoder uses: those whose mean code varies across the
+    images with a variance above ``threshold`` (Burda et al. 2016). The others are the
+    prior whatever the image ("posterior collapse" when none are left)."""
+    means = torch.cat([encoder(part)[0] for part in imgs.split(500)])
+    return int((means.var(dim=0) > threshold).sum())
+
+
 def vae_step(model: VAE, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The Trainer's training and evaluation step: the bits per dimension as the loss,
     with the two terms of the (negative) ELBO beside it."""
@@ -163,3 +174,36 @@ def visualize_manifold(decoder: CNNDecoder, grid_size: int = 20) -> torch.Tensor
     images = expected_image(decoder(z))[:, 0].cpu()  # (g * g, H, W)
     h, w = images.shape[1:]
     return images.reshape(grid_size, grid_size, h, w).permute(0, 2, 1, 3).reshape(grid_size * h, grid_size * w)
+
+
+class SamplesAtEpochs(Callback):
+    """Draws ``count`` samples (``model.sample``) from the same seed after each of the given
+    epochs, in ``samples`` ({epoch: images}); kept in the checkpoints, so that a resumed
+    run still has them. The training's own random stream is left as it was."""
+
+    def __init__(self, epochs, count: int = 10, seed: int = 0):
+        self.epochs, self.count, self.seed = sorted(set(epochs)), count, seed
+        self.samples: dict[int, torch.Tensor] = {}
+
+    def on_epoch_end(self, trainer, logs):
+        if logs["epoch"] in self.epochs:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                self.samples[logs["epoch"]] = trainer.eval_model.sample(self.count).cpu()
+
+    def state_dict(self):
+        return {"samples": {str(k): v for k, v in self.samples.items()}}
+
+    def load_state_dict(self, state):
+        self.samples = {int(k): v for k, v in state["samples"].items()}
+
+
+class EvaluateEachEpoch(Callback):
+    """Adds ``evaluate(loader)``'s numbers to each epoch's history row as ``<prefix>_<name>``
+    (the test bits per dimension after every epoch, beside the validation ones)."""
+
+    def __init__(self, loader, prefix: str = "test"):
+        self.loader, self.prefix = loader, prefix
+
+    def on_epoch_end(self, trainer, logs):
+        logs.update({f"{self.prefix}_{k}": v for k, v in trainer.evaluate(self.loader).items()})

@@ -5,6 +5,7 @@ image is 1 bit per dimension), the KL term against a Monte Carlo estimate, the
 reparameterisation's moments and gradients, legal samples, both optimisers of the AAE
 restored on resume; then the drivers' quick runs: the decoder fed the encoder's mean
 beats a random code, and the AAE's discriminator cannot tell the codes from the prior."""
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from assignments.__main__ import main  # noqa: E402
 from driver_run import assert_refused, run_quick  # noqa: E402
 from minidl.data import load_dataset  # noqa: E402
 from reference_torch.aae import AAETrainer, AdversarialAE, aae_optimizers  # noqa: E402
@@ -197,7 +197,9 @@ def tiny_aae_run(tmp_path, epochs, resume=False):
     x = torch.rand(48, 1, 28, 28) * 2 - 1
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(48)), batch_size=16,
                                          shuffle=True)
-    trainer = AAETrainer(model, *aae_optimizers(model), lambda_=0.9, device="cpu", progress=False,
+    autoencoder, _ = aae_optimizers(model)
+    discriminator = torch.optim.Adam(model.discriminator.parameters(), lr=1e-3)  # an optimiser with a state
+    trainer = AAETrainer(model, autoencoder, discriminator, lambda_=0.9, device="cpu", progress=False,
                          checkpoint_dir=tmp_path)
     trainer.fit(loader, epochs, resume=resume)
     return trainer
@@ -219,3 +221,70 @@ def test_aae_trainer_alternates_and_resumes_both_optimisers(tmp_path):
     resumed = tiny_aae_run(tmp_path / "resumed", 2, resume=True)
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ the drivers
+@pytest.fixture(scope="module")
+def vae_quick(tmp_path_factory, torch_one_thread):
+    out = tmp_path_factory.mktemp("vae") / "run"
+    return out, *run_quick("vae", out)
+
+
+@pytest.fixture(scope="module")
+def aae_quick(tmp_path_factory, torch_one_thread):
+    out = tmp_path_factory.mktemp("aae") / "run"
+    return out, *run_quick("aae", out)
+
+
+def settings(out):
+    return json.loads((out / "config.json").read_text())["settings"]
+
+
+def test_vae_quick_run(vae_quick):
+    out, metrics, manifest = vae_quick
+    assert {f["file"] for f in manifest["figures"]} == {"reconstructions.png", "samples.png", "training_curves.png",
+                                                       "bpd.png", "manifold.png", "embedding.png"}
+    epochs = settings(out)["epochs"]
+    assert len(metrics["val_bpd"]) == len(metrics["test_bpd"]) == epochs
+    assert all(0 < b < 4 for b in metrics["test_bpd"])  # below the uniform guess after an epoch
+    (table,) = manifest["tables"]
+    assert len(table["rows"]) == epochs + settings(out)["manifold_epochs"]
+
+
+def test_vae_decoder_fed_the_encoders_mean_beats_a_random_code(vae_quick):
+    """From the run's checkpoint: -log p(x|z) of training images is lower with z the
+    encoder's mean than with z drawn from the prior, image by image for most of them."""
+    out, _, _ = vae_quick
+    c = settings(out)
+    model = VAE(num_filters=c["num_filters"], z_dim=c["z_dim"], lr=c["lr"])
+    model.load_state_dict(load_checkpoint(out / "checkpoints" / f"vae_z{c['z_dim']}" / "last.pt")["model"])
+    imgs = discretize(torch.from_numpy(load_dataset("digits", size=28).train.x[:200]))
+    with torch.no_grad():
+        mean, _ = model.encoder(imgs)
+        nll = [torch.nn.functional.cross_entropy(model.decoder(z), imgs[:, 0], reduction="none").sum(dim=(1, 2))
+               for z in (mean, torch.randn(mean.shape, generator=torch.Generator().manual_seed(1)))]
+    assert (nll[0] < nll[1]).float().mean() > 0.8, (nll[0].mean(), nll[1].mean())
+
+
+def test_aae_quick_run_and_its_discriminator_is_near_chance(aae_quick):
+    """The codes match the prior: a discriminator trained against them, measured afresh on
+    validation codes and prior samples, is right about half the time."""
+    out, metrics, manifest = aae_quick
+    assert {f["file"] for f in manifest["figures"]} == {"reconstructions.png", "samples.png", "codes_vs_prior.png",
+                                                       "samples_per_lambda.png", "training_curves.png"}
+    c = settings(out)
+    assert [r["lambda_"] for r in metrics["lambdas"]] == list(c["lambdas"])
+    model = AdversarialAE(z_dim=c["z_dim"])
+    model.load_state_dict(load_checkpoint(out / "checkpoints" / f"aae_z{c['z_dim']}" / "last.pt")["model"])
+    x = torch.from_numpy(load_dataset("digits", size=28).val.x) * 2 - 1
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, logs = model.get_loss_discriminator(model.encoder(x))
+    assert 0.3 < logs["accuracy"].item() < 0.7, logs["accuracy"]
+
+
+@pytest.mark.parametrize("name, option, value", [
+    ("vae", "--z-dim", "0"), ("vae", "--grid-size", "-3"), ("aae", "--lambda", "1.5"), ("aae", "--lambdas", "1,2"),
+])
+def test_bad_options_stop_before_anything_is_written(tmp_path, name, option, value):
+    assert_refused(tmp_path, name, option, value, "--quick")
