@@ -11,6 +11,15 @@ only then renames the file into place. The rename is atomic, so an interrupted o
 failed download never leaves a file under the final name, and a file that exists
 under its final name was complete when it was written. An archive is extracted the
 same way, into a temporary folder that is renamed once every file in it is on disk.
+
+Where the files come from: each dataset's official mirrors, in turn, unless the
+environment variable ``MINIDL_MIRRORS`` names others (base addresses, comma-separated,
+each holding the files under their own names: a proxy cache, a course's server, a
+test's local one). A stalled server cannot hang a download: every network operation
+times out after ``TIMEOUT_S`` seconds, and a file that has not arrived after
+``MINIDL_DOWNLOAD_DEADLINE`` seconds (default ``DEADLINE_S``) is given up; then the
+next mirror is tried. A temporary file is removed whatever happens, SIGTERM included
+(``minidl.fileio.atomic_open``).
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import os
 import secrets
 import shutil
 import tarfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +37,22 @@ from pathlib import Path
 import platformdirs
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..fileio import atomic_open
 
 ENV_DATA_DIR = "MINIDL_DATA_DIR"
+ENV_MIRRORS = "MINIDL_MIRRORS"
+ENV_DEADLINE = "MINIDL_DOWNLOAD_DEADLINE"
 TIMEOUT_S = 30  # per network operation, so an offline machine fails fast
+DEADLINE_S = 1800  # per file and mirror: 170 MB (CIFAR) at 100 kB/s still arrives
 CHUNK = 1 << 16
 
 
-class DownloadError(OSError):
+class DownloadError(InputError, OSError):
     """No mirror gave a complete file with the right checksum."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(InputError, FileNotFoundError):
     """A dataset file is missing and could not (or may not) be downloaded."""
 
 
@@ -76,13 +90,37 @@ def _split_checksum(checksum):
     return algorithm, expected.lower()
 
 
-def download(remote, dest, progress=True):
-    """Fetch ``remote`` to the path ``dest``, trying each mirror in turn.
+def mirror_urls(remote):
+    """The addresses to try for ``remote``: $MINIDL_MIRRORS's, when set, else its own."""
+    bases = [b.strip() for b in os.environ.get(ENV_MIRRORS, "").split(",") if b.strip()]
+    if not bases:
+        return tuple(remote.urls)
+    return tuple(f"{base.rstrip('/')}/{remote.filename}" for base in bases)
+
+
+def _deadline():
+    text = os.environ.get(ENV_DEADLINE)
+    if text is None:
+        return DEADLINE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not value > 0:
+        raise DownloadError(f"${ENV_DEADLINE}={text!r}: expected a number of seconds > 0")
+    return value
+
+
+def download(remote, dest, progress=True, timeout=TIMEOUT_S, deadline=None):
+    """Fetch ``remote`` to the path ``dest``, trying each mirror in turn (see
+    ``mirror_urls``), each for at most ``deadline`` seconds (default
+    $MINIDL_DOWNLOAD_DEADLINE, else ``DEADLINE_S``) with ``timeout`` per network operation.
 
     Returns ``dest``. Raises :class:`DownloadError` naming every address tried and
     why it failed. Whatever happens, ``dest`` is either the verified file or absent.
     """
     dest = Path(dest)
+    deadline = _deadline() if deadline is None else deadline
     algorithm, expected = _split_checksum(remote.checksum)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -93,21 +131,25 @@ def download(remote, dest, progress=True):
         raise DownloadError(f"cannot download {remote.filename}: {dest.parent} is not writable; "
                             f"pass data_dir= a writable folder or set ${ENV_DATA_DIR}")
     failures = []
-    for url in remote.urls:
+    for url in mirror_urls(remote):
         try:
-            _fetch_one(url, dest, algorithm, expected, progress)
+            _fetch_one(url, dest, algorithm, expected, progress, timeout, deadline)
             return dest
         except (OSError, http.client.HTTPException, ValueError) as exc:  # try the next mirror
-            failures.append(f"  {url}: {exc}")
-    raise DownloadError(
-        f"could not download {remote.filename}:\n" + "\n".join(failures) +
-        f"\nDownload it yourself (from any address above) and put it at {dest}")
+            failures.append(f"{url}: {exc}")
+    # one line, so that the command line can show it as it is
+    raise DownloadError(f"could not download {remote.filename} ({'; '.join(failures)}); download "
+                        f"it yourself from one of these addresses and put it at {dest}")
 
 
-def _fetch_one(url, dest, algorithm, expected, progress):
+def _fetch_one(url, dest, algorithm, expected, progress, timeout, deadline):
     # Raising inside atomic_open discards the temporary file: dest is never touched.
+    give_up = time.monotonic() + deadline
     with atomic_open(dest, "wb", suffix=".part") as out, \
-            urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            urllib.request.urlopen(url, timeout=timeout) as response:
+        if response.headers.get_content_type() == "text/html":
+            raise ValueError("the server sent an HTML page, not the file (a login, error or "
+                             "moved-page notice?)")
         digest = hashlib.new(algorithm)
         received = 0
         length = response.headers.get("Content-Length")
@@ -115,7 +157,10 @@ def _fetch_one(url, dest, algorithm, expected, progress):
         bar = tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=dest.name, disable=None if progress else True, leave=False)
         with bar:
-            while block := response.read(CHUNK):
+            while block := response.read1(CHUNK):  # what has arrived, so the deadline is checked
+                if time.monotonic() > give_up:
+                    raise TimeoutError(f"gave up after {deadline:g} s with {received} bytes "
+                                       f"(${ENV_DEADLINE} sets the limit)")
                 out.write(block)
                 digest.update(block)
                 received += len(block)
@@ -127,6 +172,10 @@ def _fetch_one(url, dest, algorithm, expected, progress):
         if found != expected:
             raise ValueError(f"checksum mismatch: expected {algorithm} {expected}, got {found} "
                              f"({received} bytes); the file is corrupt or not the official one")
+
+
+def _hint(hint):
+    return f" {' '.join(hint.split())}" if hint.strip() else ""  # on the same line
 
 
 def ensure_file(remote, folder, download_ok=True, hint=""):
@@ -141,12 +190,12 @@ def ensure_file(remote, folder, download_ok=True, hint=""):
         return path
     if not download_ok:
         raise DatasetNotFoundError(
-            f"{remote.filename} not found at {path}.\nDownload it from {remote.urls[0]} and put it "
-            f"there, or pass download=True (or data_dir=/where/it/is).{hint}")
+            f"{remote.filename} not found at {path}. Download it from {mirror_urls(remote)[0]} and "
+            f"put it there, or pass download=True (or data_dir=/where/it/is).{_hint(hint)}")
     try:
         return download(remote, path)
     except DownloadError as exc:
-        raise DatasetNotFoundError(f"{exc}{hint}") from exc
+        raise DatasetNotFoundError(f"{exc}{_hint(hint)}") from exc
 
 
 def extract_tar(archive, root, folder, members):

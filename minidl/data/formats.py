@@ -86,7 +86,17 @@ def _dtype(spec, *args):
     return np.dtype(spec, *args)
 
 
+def _latin1_bytes(text, encoding="latin1"):
+    """_codecs.encode, as a Python 3 pickle (protocol 2) rebuilds bytes: str -> bytes
+    in latin1 only, so the name lets nothing else through."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode({type(text).__name__}, {encoding!r}) refused; "
+                                "only the latin1 bytes of a Python 3 pickle")
+    return text.encode("latin1")
+
+
 _ALLOWED = {
+    ("_codecs", "encode"): _latin1_bytes,  # bytes in a CIFAR batch re-pickled by Python 3
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,

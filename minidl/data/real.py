@@ -18,7 +18,8 @@ import warnings
 
 import numpy as np
 
-from .download import DatasetNotFoundError, Remote, data_root, ensure_file, extract_tar
+from .download import (DatasetNotFoundError, Remote, data_root, ensure_file, extract_tar,
+                       mirror_urls)
 from .formats import (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, CorruptFileError, read_cifar_pickle,
                       read_idx)
 
@@ -137,7 +138,7 @@ def _cifar_folder(root, name, download):
         return root / spec["folder"]
     if not download:
         raise DatasetNotFoundError(
-            f"{spec['folder']}/ not found under {root}.\nDownload {spec['archive'].urls[0]}, "
+            f"{spec['folder']}/ not found under {root}. Download {mirror_urls(spec['archive'])[0]}, "
             f"extract it there (giving {root / spec['folder']}), or pass download=True "
             "(or data_dir=/where/it/is).")
     archive = ensure_file(spec["archive"], root, True)
