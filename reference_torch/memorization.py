@@ -195,6 +195,29 @@ def weight_layers(model: nn.Module) -> list[WeightLayer]:
     return [WeightLayer(p, _label(p, i, len(paths))) for i, p in enumerate(paths)]
 
 
+def he_init(module: nn.Module) -> None:
+    """A convolution's weights from N(0, 2 / fan_in) (Kaiming, for ReLU) and zero biases; any
+    other layer keeps torch's default (``reset_parameters``). Why: without batch norm torch's
+    default (std 1/sqrt(3 fan_in)) shrinks the signal layer after layer. At initialisation the
+    thin ResNet-18's logits had a standard deviation of 0.06 (2.8 with this), and SGD stayed
+    on the loss plateau of ln 10 for over 1,000 steps on ``shapes`` (with this, it learnt)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        nn.init.zeros_(module.bias)
+    else:
+        module.reset_parameters()
+
+
+INITIALIZERS = {"default": lambda module: module.reset_parameters(), "he": he_init}
+
+
+def initialize(model: nn.Module, init: str = "default") -> nn.Module:
+    """Draw every weight layer of ``model`` from the initialiser ``init`` (INITIALIZERS)."""
+    for layer in weight_layers(model):
+        INITIALIZERS[init](model.get_submodule(layer.path))
+    return model
+
+
 @torch.no_grad()
 def reinitialize(model: nn.Module, path: str, state: dict[str, torch.Tensor]) -> None:
     """Set the layer ``path``'s own tensors to their values in ``state`` (a state_dict,
@@ -208,15 +231,16 @@ def reinitialize(model: nn.Module, path: str, state: dict[str, torch.Tensor]) ->
 
 
 @torch.no_grad()
-def rerandomize(model: nn.Module, path: str, seed: int = 0, init: Callable[[nn.Module], None] | None = None) -> None:
-    """Draw the layer ``path`` afresh from its own initialiser (``init(module)``, default the
-    module's ``reset_parameters``: what built it), seeded, on a CPU copy so that the draw
-    is the same on every device and the global generators are left alone."""
+def rerandomize(model: nn.Module, path: str, seed: int = 0, init: str = "default") -> None:
+    """Draw the layer ``path`` afresh from its own initialiser, the one that built it
+    (``init``, a name of INITIALIZERS: "default" is the module's ``reset_parameters``),
+    seeded, on a CPU copy so that the draw is the same on every device and the global
+    generators are left alone."""
     module = model.get_submodule(path)
     fresh = copy.deepcopy(module).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        (init or type(fresh).reset_parameters)(fresh)
+        INITIALIZERS[init](fresh)
     for (name, tensor), new in zip(module.named_parameters(recurse=False), fresh.parameters(recurse=False)):
         tensor.copy_(new)
 
@@ -227,11 +251,11 @@ def test_error(model: nn.Module, loader, device: str | torch.device | None = Non
 
 
 def layer_robustness(model: nn.Module, checkpoints: dict[int, dict[str, torch.Tensor]], loader, *,
-                     seed: int = 0, draws: int = 1, init: Callable[[nn.Module], None] | None = None,
+                     seed: int = 0, draws: int = 1, init: str = "default",
                      device: str | torch.device | None = None, progress: Callable = iter) -> dict[str, Any]:
     """Part II's study on ``model`` (the trained network): for every weight layer, the test
     error with that layer reset to each checkpoint (``"reinit"``, layers x checkpoints) and
-    with it re-randomised (``"rerandom"``, layers x ``draws`` seeded draws), every other
+    with it re-randomised from ``init`` (``"rerandom"``, layers x ``draws`` seeded draws), every other
     layer kept; ``"base"`` is the trained network's error. The model ends as it started."""
     layers = weight_layers(model)
     trained = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,18 +1,18 @@
 """reference_torch.memorization (corruption, checkpoints, layer re-initialisation) and the
 memorization / layer_criticality drivers on their quick profiles."""
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from reference_torch.memorization import (MLP, EpochCheckpoints, corrupt, layer_robustness,
+from reference_torch.memorization import (MLP, EpochCheckpoints, corrupt, initialize, layer_robustness,
                                           load_epoch_checkpoints, reinitialize, rerandomize,
                                           weight_layers)
 from reference_torch.models import thin_resnet18
 from reference_torch.train import Trainer
-from driver_run import run_quick
+from assignments.__main__ import main
+from driver_run import assert_refused, run_quick
 
 
 def images(n=400, seed=0):
@@ -138,6 +138,20 @@ def test_rerandomizing_draws_from_the_layers_own_initialiser():
     assert torch.equal(again.layer3[0].conv1.weight, weight)  # seeded
 
 
+def test_rerandomizing_a_he_initialised_layer_uses_he_again():
+    model = initialize(thin_resnet18(), "he")
+    fan_in = 16 * 3 * 3
+    assert abs(model.layer1[0].conv2.weight.std().item() - math.sqrt(2 / fan_in)) < 0.05 * math.sqrt(2 / fan_in)
+    with torch.no_grad():
+        model.layer1[0].conv2.weight.mul_(0.1)
+        model.layer1[0].conv2.bias.fill_(1.0)
+    rerandomize(model, "layer1.0.conv2", seed=3, init="he")
+    conv = model.layer1[0].conv2
+    assert abs(conv.weight.std().item() - math.sqrt(2 / fan_in)) < 0.05 * math.sqrt(2 / fan_in)
+    assert torch.count_nonzero(conv.bias) == 0
+    assert abs(model.fc.weight.std().item() - 1 / math.sqrt(3 * 128)) < 0.1 / math.sqrt(3 * 128)  # fc: default
+
+
 # --------------------------------------------------------------------------- checkpoints
 def test_epoch_checkpoints_hold_the_schedule_and_restore_the_network(tmp_path):
     torch.manual_seed(0)
@@ -160,3 +174,54 @@ def test_epoch_checkpoints_hold_the_schedule_and_restore_the_network(tmp_path):
         load_epoch_checkpoints(tmp_path / "ckpt")
     with pytest.raises(FileNotFoundError, match="nothing"):
         load_epoch_checkpoints(tmp_path / "nothing")
+
+
+# --------------------------------------------------------------------------- the drivers
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """memorization on the digits (the MLP 3 x 256), quick: its checkpoints feed Part II."""
+    out = tmp_path_factory.mktemp("memorization")
+    metrics, manifest = run_quick("memorization", out, "--dataset", "digits", "--epochs", "80")
+    return out, metrics, manifest
+
+
+def test_true_labels_are_fitted_in_fewer_steps_than_random_ones(digits_run):
+    out, metrics, manifest = digits_run
+    true, random = metrics["runs"]["true"], metrics["runs"]["random_labels"]
+    assert true["fitted_step"] is not None and true["train_accuracy"] == 1.0
+    assert random["fitted_step"] is None or random["fitted_step"] > true["fitted_step"]
+    assert true["test_error"] < 0.3 < 0.8 < random["test_error"]  # learnt versus memorised (chance: 0.9)
+    assert {f["file"] for f in manifest["figures"]} == {"figure1.png", "regularization.png"}
+    kept = sorted(p.name for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt"))
+    assert kept[0] == "epoch_0000.pt" and len(kept) >= 3
+
+
+def test_layer_criticality_reads_part_one_checkpoints(digits_run, tmp_path):
+    folder = digits_run[0] / "checkpoints" / "mlp_true"
+    metrics, manifest = run_quick("layer_criticality", tmp_path / "out", "--model", "mlp", "--dataset", "digits",
+                                  "--checkpoints", str(folder))
+    reinit = np.array(metrics["reinit"])
+    assert metrics["layers"] == ["layer 1", "layer 2", "layer 3", "output"] and reinit.shape[0] == 4
+    assert np.allclose(reinit[:, -1], metrics["base_error"])  # reset to the trained weights: nothing changes
+    assert metrics["base_error"] < 0.3 and reinit.max() > metrics["base_error"]
+    assert not any("trained its own" in note for note in manifest["notes"])
+
+
+def test_layer_criticality_alone_trains_its_own_resnet_and_maps_21_layers(tmp_path):
+    metrics, manifest = run_quick("layer_criticality", tmp_path / "layer_criticality")
+    assert len(metrics["layers"]) == 21 and np.array(metrics["reinit"]).shape[0] == 21
+    assert np.array(metrics["rerandom"]).shape[0] == 21
+    assert any("trained its own" in note for note in manifest["notes"])
+    assert {f["file"] for f in manifest["figures"]} == {"reinit_heatmaps.png", "critical_layers.png"}
+
+
+def test_missing_or_tampered_checkpoints_are_one_line(tmp_path):
+    message = assert_refused(tmp_path, "layer_criticality", "--checkpoints", str(tmp_path / "nowhere"))
+    assert "run memorization" in message.replace("`python -m assignments run memorization`", "run memorization")
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "epoch_0000.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "layer_criticality", "--quick", "--checkpoints", str(folder), "--out", str(tmp_path / "o")])
+    assert "epoch_0000.pt" in str(stop.value.code) and "\n" not in str(stop.value.code)
+    assert_refused(tmp_path, "memorization", "--settings", "true,blur")
