@@ -39,9 +39,12 @@ else "max". Both callbacks record ``best`` and ``best_epoch``; EarlyStopping als
 history numbers them: from 0 here (``history.epochs``), from 1 in the torch Trainer.
 
 Checkpoints are ``.npz`` archives (model arrays under ``model/``, optimiser arrays
-under ``optimizer/``, everything else as one JSON string), written through
-``minidl.fileio.atomic_open``, so an interrupted save never leaves a half-written
-file; they load with ``allow_pickle=False``, so a checkpoint cannot run code.
+under ``optimizer/``, everything else as one JSON string whose arrays are stored
+beside it), written through ``minidl.fileio.atomic_open``, so an interrupted save never
+leaves a half-written file; they load with ``allow_pickle=False``, so a checkpoint
+cannot run code, and a file that is not one is refused in one line.
+``fit(..., checkpoint=path)`` saves all that an exact resume needs after every epoch;
+``fit(..., resume=path)`` continues bit for bit, as the torch Trainer does.
 """
 from __future__ import annotations
 
@@ -566,6 +569,11 @@ def load_checkpoint(model, path, optimizer=None, scheduler=None, strict=True):
     dict (epoch, monitor, value, logs...). A file that is missing, truncated, corrupt,
     not a checkpoint, pickled, or of another optimiser type raises one line."""
     info, archive = _read_checkpoint(path)
+    _restore(path, info, archive, model, optimizer, scheduler, strict)
+    return info["meta"]
+
+
+def _restore(path, info, archive, model, optimizer, scheduler, strict=True):
     model.load_state_dict({k[len("model/"):]: archive[k] for k in archive
                            if k.startswith("model/")}, strict=strict)
     if optimizer is not None:
@@ -590,7 +598,6 @@ def load_checkpoint(model, path, optimizer=None, scheduler=None, strict=True):
         _check_type(path, "scheduler", saved["type"], scheduler)
         scheduler.load_state_dict({k: v for k, v in _decode(saved["state"], archive).items()
                                    if v is not None})
-    return info["meta"]
 
 
 def _training_state(state, train_loader, callbacks, epochs_done):
@@ -603,7 +610,6 @@ def _training_state(state, train_loader, callbacks, epochs_done):
 def _resume(path, state, train_loader, callbacks):
     """Restore a ``fit(checkpoint=)`` file into ``state`` (model, optimiser, scheduler, history,
     random generator, loader epoch, callbacks); returns the number of epochs already done."""
-    load_checkpoint(state.model, path, state.optimizer, state.scheduler)
     info, archive = _read_checkpoint(path)
     if "training" not in info:
         raise BadValueError(f"{path} was not written by fit(checkpoint=...): it holds no "
@@ -612,6 +618,7 @@ def _resume(path, state, train_loader, callbacks):
     if len(training["callbacks"]) != len(callbacks):
         raise BadValueError(f"{path} was saved with {len(training['callbacks'])} callbacks, this "
                             f"fit has {len(callbacks)}: resume with the same callbacks")
+    _restore(path, info, archive, state.model, state.optimizer, state.scheduler)
     saved = training["history"]
     for i, epoch in enumerate(saved.pop("epoch")):
         state.history.append(epoch, {k: v[i] for k, v in saved.items()})
