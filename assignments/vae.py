@@ -46,7 +46,7 @@ PROFILES = {
     # (the course's 32 in "full" and on MNIST) for a default run of about a minute
     "default": {"epochs": 15, "batch_size": 32, "lr": 1e-3, "z_dim": 20, "num_filters": 16,
                 "manifold_epochs": 12, "grid_size": 15},
-    "quick": {"epochs": 3, "manifold_epochs": 2, "grid_size": 6},
+    "quick": {"epochs": 3, "manifold_epochs": 1, "grid_size": 6},
     "full": {"epochs": 80, "batch_size": 128, "num_filters": 32, "manifold_epochs": 80, "grid_size": 20},
 }
 DATASET_SETTINGS = {"mnist": {"epochs": 4, "batch_size": 128, "num_filters": 32, "manifold_epochs": 4}}
@@ -112,6 +112,7 @@ def plot_bpd(histories, dataset):
         series = {part: (epochs, [h[key] for h in history]) for part, key in
                   (("training (during the epoch)", "bpd"), ("validation", "val_bpd"), ("test", "test_bpd"))}
         plots.line_plot(series, f"Bits per dimension, {label} ({dataset})", "epoch", "bits per dimension", ax=ax)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return fig
 
@@ -154,15 +155,17 @@ def run(ctx):
     metrics.update(val_bpd=[h["val_bpd"] for h in history], test_bpd=[h["test_bpd"] for h in history],
                    final={k: final[k] for k in ("bpd", "val_bpd", "test_bpd", "test_reconstruction_loss",
                                                 "test_regularization_loss")},
-                   reconstruction_nats={"encoder_mean": from_mean, "random_code": from_random}, active_units=active)
+                   reconstruction_nats={"encoder_mean": from_mean, "random_code": from_random},
+                   active_units=active)
+    elbo = final["test_reconstruction_loss"] + final["test_regularization_loss"]
+    collapsed = "; with so few the posterior has collapsed, every image gets much the same code" if active < 3 else ""
     ctx.note(f"After {c.epochs} epochs the z_dim {c.z_dim} VAE scores {final['val_bpd']:.3f} bits per dimension "
              f"on the validation set and {final['test_bpd']:.3f} on the test set (4 bits is a uniform guess "
-             f"over the 16 levels); of the test ELBO's {final['test_reconstruction_loss'] + final['test_regularization_loss']:.0f} "
-             f"nats per image, {final['test_regularization_loss']:.1f} are the KL term, and {active} of the {c.z_dim} "
-             "latent dimensions are active (their mean code varies across the test images with a variance above "
-             f"0.01){'; with so few the posterior has collapsed: the reconstructions are much the same image' if active < 3 else ''}. "
-             f"The decoder fed the encoder's mean codes {from_mean:.0f} nats of a training image, against "
-             f"{from_random:.0f} for a random prior code.")
+             f"over the 16 levels); of the test ELBO's {elbo:.0f} nats per image, "
+             f"{final['test_regularization_loss']:.1f} are the KL term, and {active} of the {c.z_dim} latent "
+             "dimensions are active (their mean code varies across the test images with a variance above "
+             f"0.01){collapsed}. The decoder fed the encoder's mean codes {from_mean:.0f} nats of a training "
+             f"image, against {from_random:.0f} for a random prior code.")
 
     if c.manifold_epochs:
         model2, history2, _ = train_vae(ctx, "vae_z2", 2, c.manifold_epochs, data)
