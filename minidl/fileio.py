@@ -114,23 +114,35 @@ def write_atomic(path, data):
 _ZIP, _NPY = b"PK\x03\x04", b"\x93NUMPY"
 
 
+# What numpy's and torch's own files name: listed after anything else a pickle would load.
+_ORDINARY = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+             "numpy.ndarray", "numpy.dtype", "collections.OrderedDict", "torch.", "_codecs.encode")
+
+
 def pickle_globals(data, limit=3):
     """The ``module.name`` globals a pickle would look up (and could call), found by
-    reading its opcodes, never by running them: what a refusal names."""
-    found, strings = [], []
+    reading its opcodes, never by running them: what a refusal names, the unusual first."""
+    found, strings, memo = [], [], {}
     try:
         for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+            name = opcode.name
+            if name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
                 strings.append(arg)
-            elif opcode.name == "GLOBAL":  # protocols 0-3: "module name" in one argument
+            elif name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                memo[arg] = strings[-1]
+            elif name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                strings.append(memo[arg])
+            elif name == "GLOBAL":  # protocols 0-3: "module name" in one argument
                 found.append(arg.replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:  # protocol 4+
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:  # protocol 4+
                 found.append(f"{strings[-2]}.{strings[-1]}")
-            if len(found) >= limit:
-                break
     except Exception:  # noqa: BLE001  (a damaged pickle: report what was read so far)
         pass
-    return found
+    unusual = [n for n in found if not n.startswith(_ORDINARY)]
+    ordinary = [n for n in found if n.startswith(_ORDINARY)]
+    return list(dict.fromkeys(unusual + ordinary))[:limit]
 
 
 def refused_pickle(path, data=b"", names=None):
@@ -173,14 +185,26 @@ def read_npz(path, what="an .npz archive of arrays"):
     if others:
         hint = " (a torch .pt file?)" if any(m.endswith(".pkl") for m in others) else ""
         raise CorruptFileError(f"{path} holds {others[0]}, not an array{hint}: not {what}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        if "pickle" not in str(exc):
-            raise CorruptFileError(f"{path}: {exc}") from None
-        raise UnsafePickleError(f"{path} holds pickled objects (an array of dtype object): refused; "
-                                "only plain arrays are read") from None
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {}
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as exc:
+                if "pickle" not in str(exc):
+                    raise CorruptFileError(f"{path}: entry {key}: {exc}") from None
+                raise UnsafePickleError(refused_pickle(
+                    f"{path} (entry {key}, an array of dtype object)", _npy_pickle(path, key))) from None
+    return arrays
+
+
+def _npy_pickle(path, key):
+    """The pickle that follows the header of an object array's .npy member."""
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(f"{key}.npy")
+    # magic (6 bytes), version (2), header length (2 bytes in version 1, else 4), header
+    size = 2 if data[6] == 1 else 4
+    return data[8 + size + int.from_bytes(data[8:8 + size], "little"):]
 
 
 def save(obj, path):
