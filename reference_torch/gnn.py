@@ -300,8 +300,8 @@ class AdjacencyMLP(MLP):
 
     def forward(self, x, edge_index):
         n = self.num_nodes
-        adjacency = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(edge_index.shape[1], device=x.device), (n, n),
-                                            check_invariants=True)
+        ones = torch.ones(edge_index.shape[1], device=x.device)
+        adjacency = torch.sparse_coo_tensor(edge_index.flip(0), ones, (n, n), check_invariants=True)
         return super().forward(torch.cat([adjacency, x if x.is_sparse else x.to_sparse()], dim=1))
 
 

@@ -173,21 +173,24 @@ def _edges_of(graph, num_nodes, path):
 
 
 # --------------------------------------------------------- stochastic block model
-def stochastic_block_model(nodes_per_class=100, classes=4, p_in=0.05, p_out=0.005, features=16,
-                           noise=1.0, train_per_class=20, val_size=100, seed=0):
-    """A random graph of ``classes`` communities: two nodes are linked with probability
-    ``p_in`` in the same class and ``p_out`` across classes. Each node's features are its
-    class's mean (drawn from N(0, 1)) plus N(0, noise^2) noise, so that the features
-    alone are ambiguous and the neighbours' help. Node numbers are in random order;
-    ``train_per_class`` nodes of each class train, ``val_size`` others validate, the rest test."""
+def stochastic_block_model(nodes_per_class=100, classes=4, in_degree=5.0, out_degree=1.5, features=16, noise=3.0,
+                           train_per_class=20, val_fraction=0.25, seed=0):
+    """A random graph of ``classes`` communities: each node has on average ``in_degree``
+    neighbours in its own class and ``out_degree`` in the others (each pair linked
+    independently). Its features are its class's mean (drawn from N(0, 1)) plus
+    N(0, noise^2) noise, so that the features alone are ambiguous and the neighbours help.
+    Node numbers are in random order; ``train_per_class`` nodes of each class train, a
+    ``val_fraction`` of all nodes validates, the rest test."""
     rng = np.random.default_rng(seed)
     y = rng.permutation(np.repeat(np.arange(classes), nodes_per_class))
     n = len(y)
+    p_in, p_out = in_degree / nodes_per_class, out_degree / (nodes_per_class * (classes - 1))
     linked = np.triu(rng.random((n, n)) < np.where(y[:, None] == y[None, :], p_in, p_out), k=1)
     target, source = np.nonzero(linked | linked.T)
     means = rng.normal(size=(classes, features))
     x = (means[y] + noise * rng.normal(size=(n, features))).astype(np.float32)
     train = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:train_per_class] for c in range(classes)])
     rest = rng.permutation(np.setdiff1d(np.arange(n), train))
+    val_size = int(val_fraction * n)
     return Graph("sbm", x, y.astype(np.int64), np.stack([source, target]).astype(np.int64), np.sort(train),
                  np.sort(rest[:val_size]), np.sort(rest[val_size:]), [f"class {k}" for k in range(classes)])
