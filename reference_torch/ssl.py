@@ -159,16 +159,18 @@ class SimCLR(nn.Module):
 
 
 def simclr_augment(size: int, crop_scale: tuple[float, float] = (0.08, 1.0), strength: float = 0.5,
-                   blur: bool | None = None, normalize: A.Normalize | None = None, seed: int | None = None
-                   ) -> A.Compose:
+                   blur: bool | None = None, normalize: A.Normalize | None = None, seed: int | None = None,
+                   flip: bool = True) -> A.Compose:
     """SimCLR's views: random resized crop, horizontal flip, colour jitter (brightness,
     contrast, saturation 0.8 x ``strength``, hue 0.2 x ``strength``) with probability 0.8,
     grayscale with probability 0.2, and Gaussian blur (kernel 10 % of the side, sigma in
     [0.1, 2], p 0.5) when ``blur``; by default only from 64 pixels up, as SimCLR leaves it
-    out on CIFAR's 32."""
+    out on CIFAR's 32. ``flip=False`` where a mirrored image is another thing (digits)."""
     s = strength
-    steps = [A.RandomResizedCrop(size, scale=crop_scale), A.RandomHorizontalFlip(),
-             A.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8), A.RandomGrayscale(0.2)]
+    steps = [A.RandomResizedCrop(size, scale=crop_scale)]
+    if flip:
+        steps.append(A.RandomHorizontalFlip())
+    steps += [A.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8), A.RandomGrayscale(0.2)]
     if blur if blur is not None else size >= 64:
         steps.append(A.GaussianBlur(max(3, int(0.1 * size)) // 2 * 2 + 1, sigma=(0.1, 2.0), p=0.5))
     if normalize is not None:
@@ -273,20 +275,26 @@ def balanced_labelled_subset(labels: np.ndarray, per_class: int, seed: int) -> t
     return labelled, np.setdiff1d(np.arange(len(labels)), labelled)
 
 
-def weak_augment(size: int, normalize: A.Normalize | None = None, seed: int | None = None) -> A.Compose:
-    """FixMatch's weak view: horizontal flip and a translation by up to 12.5 % of the side
-    (reflect-padded random crop)."""
-    steps = [A.RandomHorizontalFlip(), A.RandomCrop(padding=round(0.125 * size), padding_mode="reflect")]
+def _flip_translate(size: int, flip: bool) -> list:
+    # Digits pad with their black background: a reflected border would add strokes.
+    translate = A.RandomCrop(padding=round(0.125 * size), padding_mode="reflect" if flip else "constant")
+    return [A.RandomHorizontalFlip(), translate] if flip else [translate]
+
+
+def weak_augment(size: int, normalize: A.Normalize | None = None, seed: int | None = None,
+                 flip: bool = True) -> A.Compose:
+    """FixMatch's weak view: horizontal flip (``flip=False`` for digits: a mirrored 2 is
+    no 2) and a translation by up to 12.5 % of the side (padded random crop)."""
+    steps = _flip_translate(size, flip)
     return A.Compose(steps + ([normalize] if normalize is not None else []), seed=seed)
 
 
 def strong_augment(size: int, normalize: A.Normalize | None = None, seed: int | None = None,
-                   num_ops: int = 2) -> A.Compose:
+                   num_ops: int = 2, flip: bool = True) -> A.Compose:
     """FixMatch's strong view: the weak one, then RandAugment (``num_ops`` operations of
     FixMatch's 14, ``augment.RANDAUGMENT_OPS``, each at a random magnitude), then Cutout
     of a grey square half the side."""
-    steps = [A.RandomHorizontalFlip(), A.RandomCrop(padding=round(0.125 * size), padding_mode="reflect"),
-             A.RandAugment(num_ops, magnitude=1.0), A.Cutout(0.5, fill=0.5)]
+    steps = _flip_translate(size, flip) + [A.RandAugment(num_ops, magnitude=1.0), A.Cutout(0.5, fill=0.5)]
     return A.Compose(steps + ([normalize] if normalize is not None else []), seed=seed)
 
 

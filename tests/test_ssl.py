@@ -179,6 +179,39 @@ def test_weak_and_strong_views_differ_and_share_the_label():
     assert metrics["mask_rate"].item() == 1.0 and metrics["loss_u"].item() < 1e-6
 
 
+# --------------------------------------------------------------------------- the drivers
+@pytest.fixture(scope="module")
+def simclr_run(tmp_path_factory):
+    from driver_run import quick_run_in
+    return quick_run_in(tmp_path_factory, "simclr")
+
+
+@pytest.fixture(scope="module")
+def fixmatch_run(tmp_path_factory):
+    from driver_run import quick_run_in
+    return quick_run_in(tmp_path_factory, "fixmatch")
+
+
+def test_simclr_quick_run_beats_the_random_encoder(simclr_run):
+    out, metrics, manifest = simclr_run
+    assert {f["file"] for f in manifest["figures"]} >= {"similarity_matrix.png", "pretraining.png",
+                                                        "label_budget.png", "tsne.png"}
+    assert metrics["final_loss"] < math.log(2 * 128 - 1) - 0.3  # below chance: uniform over 255 candidates
+    assert metrics["linear_probe_accuracy"] > metrics["random_encoder_accuracy"]
+    assert [row["budget"] for row in metrics["budgets"]] == [0.1, 1.0]
+
+
+def test_fixmatch_quick_run_beats_labelled_only(fixmatch_run):
+    out, metrics, manifest = fixmatch_run
+    assert {f["file"] for f in manifest["figures"]} == {"views.png", "training.png", "tau_sweep.png"}
+    assert metrics["fixmatch_accuracy"] > metrics["labelled_only_accuracy"] + 0.02
+    assert metrics["labels"] == 10 * metrics["per_class"] and 0 < metrics["mask_rate"] <= 1
+    # The labelled subset is the seeded one: the same as reference_torch builds from the seed.
+    import minidl.data
+    y = minidl.data.load_dataset("digits", size=28, seed=0).train.y
+    assert metrics["labelled_indices"] == ssl.balanced_labelled_subset(y, metrics["per_class"], 0)[0][:20].tolist()
+
+
 if __name__ == "__main__":  # one rank, started by torchrun: NT-Xent under DDP
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
