@@ -133,12 +133,15 @@ def plot_heatmaps(study, labels, epochs):
     fig, axes = plt.subplots(1, 2, figsize=(6 + 0.45 * len(epochs), 0.32 * len(labels) + 2.2),
                              gridspec_kw={"width_ratios": [max(len(epochs), 2), max(rerandom.shape[1], 1.5)]})
     top = max(reinit.max(), rerandom.max())
-    for ax, values, title, xlabel, columns in (
-            (axes[0], reinit, "Re-initialisation: layer reset to its value at epoch", "checkpoint (epoch)", epochs),
-            (axes[1], rerandom, "Re-randomisation", "fresh draw", range(1, rerandom.shape[1] + 1))):
-        plots.heatmap(values, title, xlabel, "weight layer", ax=ax, x_labels=[str(e) for e in columns],
-                      y_labels=labels, annotate="{:.0f}", colorbar="test error (%)")
-        ax.images[0].set_clim(0, top)
+    for ax, values, title, xlabel, columns, rows in (
+            (axes[0], reinit, "Re-initialisation: layer reset to its value at epoch", "checkpoint (epoch)", epochs,
+             labels),
+            (axes[1], rerandom, "Re-randomisation", "fresh draw", range(1, rerandom.shape[1] + 1), None)):
+        plots.heatmap(values, title, xlabel, "weight layer" if rows else "", ax=ax, x_labels=[str(e) for e in columns],
+                      y_labels=rows, annotate="{:.0f}", colorbar="test error (%)" if rows is None else None)
+        ax.images[0].set_clim(0, top)  # one colour scale for both panels
+        if rows is None:
+            ax.set_yticks([])
     fig.suptitle(f"Test error (%) with one layer changed, every other layer trained "
                  f"(trained network: {100 * study['base']:.1f} %)")
     fig.tight_layout()
@@ -190,12 +193,21 @@ def run(ctx):
                        "rerandom": ("re-randomised", "{:.1%}"), "verdict": "verdict"})
     critical = [label for label, r in zip(labels, robust) if not r]
     worst = int(np.argmax(at_init))
-    ctx.note(f"Not every layer matters equally: of {len(layers)} weight layers of the {what} (test error "
-             f"{base:.1%}), {int(robust.sum())} are robust (set back to their initial values, the error stays within "
-             f"{100 * c.margin:.0f} points) and {len(critical)} are critical: {', '.join(critical) or 'none'}. The "
-             f"worst is {labels[worst]} ({at_init[worst]:.1%} when re-initialised). Re-randomising is harsher: "
-             f"{int((rerandom <= base + c.margin).sum())} layers survive it, and the mean error over layers is "
-             f"{rerandom.mean():.1%} against {at_init.mean():.1%} for re-initialisation to the initial values.")
+    survivors = int((rerandom <= base + c.margin).sum())
+    if critical:
+        verdict_text = (f"Not every layer matters equally: of {len(layers)} weight layers of the {what} (test error "
+                        f"{base:.1%}), {int(robust.sum())} are robust (set back to their initial values, the error "
+                        f"stays within {100 * c.margin:.0f} points) and {len(critical)} critical: "
+                        f"{', '.join(critical)}.")
+    else:
+        verdict_text = (f"By re-initialisation all {len(layers)} weight layers of the {what} (test error {base:.1%}) "
+                        f"are robust: set back to its initial value, no layer raises the error by more than "
+                        f"{100 * c.margin:.0f} points.")
+    ctx.note(f"{verdict_text} The worst to reset is {labels[worst]} ({at_init[worst]:.1%}). Re-randomisation is "
+             f"harsher: {survivors} of {len(layers)} layers survive it, with a mean error over layers of "
+             f"{rerandom.mean():.1%} against {at_init.mean():.1%} for re-initialisation to the initial values"
+             + ("; so the layers do not matter equally once they are drawn afresh." if survivors < len(layers)
+                else "."))
     if ctx.dataset in ("digits", "mnist"):
         ctx.note("Published reproductions of the MNIST setting (3 x 256): base accuracy about 0.955, the first layer "
                  "re-initialised to its initial value about 0.46, the later layers 0.91 to 0.96, any layer "
