@@ -74,6 +74,8 @@ def check(config):
         return "--resume: these trainings take seconds and keep no checkpoints; run again without it"
     if config.amp:
         return "--amp: these small graphs train in float32; leave it out"
+    if config.weight_decay < 0:
+        return f"--weight-decay {config.weight_decay}: must be 0 or more"
     if config.nodes_per_class < 40:  # 20 of each class train
         return f"--nodes-per-class {config.nodes_per_class}: at least 40 needed"
 
@@ -301,10 +303,10 @@ def attention(ctx, metrics, dim=16):
 
 
 def run(ctx):
+    graph, data = load_graph(ctx)  # first: a missing or refused file stops the run before any work
     metrics = {"dataset": ctx.dataset, "epochs": ctx.config.epochs, "seeds": ctx.config.seeds}
     walks(ctx, metrics)
     aggregations(ctx, metrics)
-    graph, data = load_graph(ctx)
     metrics["graph"] = {"nodes": graph.num_nodes, "edges": graph.edge_index.shape[1] // 2,
                         "features": graph.x.shape[1], "classes": graph.num_classes,
                         "split": [len(graph.train), len(graph.val), len(graph.test)]}

@@ -258,7 +258,7 @@ def test_driver_quick(quick):
 
 
 @pytest.mark.parametrize("option, value", [("--batch-size", "32"), ("--nodes-per-class", "10"),
-                                           ("--gat-dropout", "1.5")])
+                                           ("--gat-dropout", "1.5"), ("--weight-decay", "-0.1")])
 def test_driver_refuses_bad_options(tmp_path, option, value):
     assert_refused(tmp_path, "gnn", option, value)
 
@@ -272,7 +272,7 @@ def test_driver_refuses_a_tampered_cora(tmp_path, shared_data):
         main(["run", "gnn", "--quick", "--dataset", "cora", "--data-dir", str(folder), "--out", str(tmp_path / "out")])
     message = str(stop.value.code)
     assert "ind.cora.graph" in message and "exec" in message and "\n" not in message
-    assert not marker.exists()
+    assert not marker.exists() and not list((tmp_path / "out").glob("*.png"))  # refused before any work
 
 
 @pytest.mark.slow
