@@ -269,21 +269,20 @@ def attention(ctx, metrics, dim=16):
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.4))
     result, length = {}, len(SENTENCE)
-    encodings = {"no positional encoding": torch.zeros(length, dim),
-                 "sinusoidal positional encoding": gnn.sinusoidal_positions(length, dim)}
-    for row, (label, positions) in enumerate(encodings.items()):
+    encodings = {"no positional encoding": ("without positions", torch.zeros(length, dim)),
+                 "sinusoidal positional encoding": ("sinusoidal positions", gnn.sinusoidal_positions(length, dim))}
+    for row, (label, (short, positions)) in enumerate(encodings.items()):
         out, weights, qkv = attend(tokens + positions)
         out_shuffled, weights_shuffled, _ = attend(tokens[order] + positions)
         change = (out_shuffled[back] - out).norm(dim=1)  # each token's output, shuffled against in place
         fused = torch.nn.functional.scaled_dot_product_attention(*qkv)
         result[label] = {"largest_change": change.max().item(), "sdpa_difference": (out - fused).abs().max().item()}
         shuffled_back = weights_shuffled[back][:, back]
-        for col, (shown, where) in enumerate([(weights, "in the sentence"),
-                                              (shuffled_back, "shuffled, put back in sentence order")]):
-            plots.heatmap(shown, f"{label}: attention {where}", "attends to", "token", ax=axes[row, col],
+        for col, (shown, where) in enumerate([(weights, "the sentence"), (shuffled_back, "the shuffle, put back")]):
+            plots.heatmap(shown, f"{short}: attention in {where}", "attends to", "token", ax=axes[row, col],
                           x_labels=SENTENCE, y_labels=SENTENCE, annotate="{:.2f}", colorbar="weight")
         plots.bar_chart({f"{t} ({i})": v for i, (t, v) in enumerate(zip(SENTENCE, change.tolist()))},
-                        f"{label}: output change when shuffled", "|output shuffled - output| (L2)", ax=axes[row, 2],
+                        f"{short}: output change when shuffled", "|output shuffled - output| (L2)", ax=axes[row, 2],
                         fmt="{:.2f}", xlabel="token (position in the sentence)")
     axes[0, 2].set_ylim(axes[1, 2].get_ylim())  # one scale: without encodings the change is rounding
     fig.suptitle(f"Self-attention on '{' '.join(SENTENCE)}' and on its shuffle "
