@@ -181,7 +181,8 @@ def test_epoch_checkpoints_hold_the_schedule_and_restore_the_network(tmp_path):
 def digits_run(tmp_path_factory):
     """memorization on the digits (the MLP 3 x 256), quick: its checkpoints feed Part II."""
     out = tmp_path_factory.mktemp("memorization")
-    metrics, manifest = run_quick("memorization", out, "--dataset", "digits", "--epochs", "80")
+    metrics, manifest = run_quick("memorization", out, "--dataset", "digits", "--epochs", "30",
+                                  "--settings", "true,labels_40,random_labels", "--regularizers", "weight_decay")
     return out, metrics, manifest
 
 
