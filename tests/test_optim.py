@@ -210,25 +210,23 @@ def test_scheduler_learning_rates_equal_torch(name, ours_sched, theirs_sched):
         np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-10)
 
 
-def test_cosine_reaches_eta_min_at_t_max():
-    p = [nn.Parameter(np.zeros(1))]
-    opt = optim.SGD(p, lr=1.0)
-    sched = optim.CosineAnnealingLR(opt, T_max=8, eta_min=0.1)
-    for _ in range(8):
+def stepped(scheduler, steps, **options):
+    """A ``scheduler`` of SGD at lr 1 on one parameter, stepped ``steps`` times."""
+    sched = scheduler(optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0), **options)
+    for _ in range(steps):
         sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1, abs=1e-12)
-    half = optim.CosineAnnealingLR(optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0), T_max=8)
-    for _ in range(4):
-        half.step()
+    return sched
+
+
+def test_cosine_reaches_eta_min_at_t_max():
+    assert stepped(optim.CosineAnnealingLR, 8, T_max=8, eta_min=0.1).get_last_lr()[0] == pytest.approx(0.1, abs=1e-12)
+    half = stepped(optim.CosineAnnealingLR, 4, T_max=8)
     assert half.get_last_lr()[0] == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
 
 
 def test_scheduler_state_dict_resumes():
-    p = [nn.Parameter(np.zeros(1))]
-    opt = optim.SGD(p, lr=1.0)
-    sched = optim.StepLR(opt, step_size=2, gamma=0.5)
-    for _ in range(3):
-        sched.step()
+    sched = stepped(optim.StepLR, 3, step_size=2, gamma=0.5)
+    opt = sched.optimizer
     state, opt_state = sched.state_dict(), opt.state_dict()
     opt2 = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0)
     sched2 = optim.StepLR(opt2, step_size=2, gamma=0.5)
