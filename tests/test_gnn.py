@@ -223,6 +223,12 @@ def test_cora_files(shared_data):
     assert edges.shape == (2, 10556) and not (edges[0] == edges[1]).any()
     assert set(map(tuple, edges.T)) == set(map(tuple, edges[::-1].T))  # both directions
     assert not set(cora.train) & set(cora.test) and not set(cora.val) & set(cora.test)
+    # on the real graph too, the sparse matrix form is the message passing
+    x, edge_index = torch.from_numpy(cora.x).to_sparse(), torch.from_numpy(edges)
+    adjacency = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(edges.shape[1]), (2708, 2708),
+                                        check_invariants=True)
+    layer = gnn.GCNLayer(1433, 8)
+    torch.testing.assert_close(layer.matrix_form(x, adjacency), layer(x, edge_index), atol=1e-5, rtol=1e-4)
 
 
 def test_stochastic_block_model_is_seeded_and_assortative():
