@@ -52,7 +52,6 @@ import copy
 import json
 import math
 import numbers
-import os
 from collections import defaultdict
 
 import numpy as np

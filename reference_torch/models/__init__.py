@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch import nn
 
 from minidl.errors import BadValueError
