@@ -109,7 +109,7 @@ def walks(ctx, metrics):
                          "listed": ", ".join("-".join(map(str, walk)) for walk in w) or "none"}
                         for k, w in listed.items()],
               f"The walks from node {u} to node {v}, listed, and the entry ({u}, {v}) of A^n.",
-              columns={"steps": "steps n", "walks": "walks", "matrix_entry": f"(A^n)[{u}, {v}]", "listed": "walks"})
+              columns={"steps": "steps n", "walks": "walks", "matrix_entry": f"(A^n)[{u}, {v}]", "listed": "the walks"})
     metrics["walks"] = {"agree": agree, "pair": [u, v], "counts": {k: len(w) for k, w in listed.items()}}
 
 
@@ -128,8 +128,8 @@ def aggregations(ctx, metrics):
               "Three hubs aggregate their neighbours' features (no self-loops). Sum tells hub 2 from the others "
               "but not 0 from 1; mean tells none apart; max tells hub 0 apart but not 1 from 2.",
               columns={"hub": "hub", "neighbours": "neighbour features", "sum": "sum", "mean": "mean", "max": "max"})
-    ctx.note("Aggregations: sum gives " + ", mean gives ".join(str(result[a]) for a in ("sum", "mean"))
-             + f", max gives {result['max']} for the three hubs. Aggregating x + x' equals aggregating x and x' "
+    ctx.note(f"Aggregations: sum gives {result['sum']}, mean gives {result['mean']}, max gives {result['max']} "
+             "for the three hubs. Aggregating x + x' equals aggregating x and x' "
              f"separately and adding: sum {additive['sum']}, mean {additive['mean']}, max {additive['max']}. A "
              "matrix form M @ X is always additive, so it can express sum and mean, never max.")
     metrics["aggregations"] = {"hubs": result, "additive": additive}
