@@ -158,18 +158,18 @@ def run(ctx):
     history, accuracy = runs[c.tau]
     ctx.save_figure(plot_training({"labelled only": base_history, "FixMatch": history}, c.steps_per_epoch, c.tau),
                     "training", f"Left: test accuracy of the EMA weights of FixMatch (tau {c.tau:g}) and of the "
-                    f"labelled-only baseline ({c.per_class} labels per class, the same network and steps). Right: "
+                    f"labelled-only baseline ({c.per_class} labelled per class, the same network and steps). Right: "
                     "share of the unlabelled images whose weak view reaches tau, and how many of the pseudo-labels "
                     "are right (true labels used for this plot only).")
     sweep = [{"tau": tau, "test_accuracy": acc, "mask_rate": h[-1]["mask_rate"],
               "pseudo_accuracy": h[-1]["confident_correct"] / max(h[-1]["mask_rate"], 1e-12)}
              for tau, (h, acc) in sorted(runs.items())]
-    values = {f"tau {r['tau']:g}": {"test accuracy": 100 * r["test_accuracy"], "mask rate, last epoch": 100 * r["mask_rate"]}
-              for r in sweep}
+    values = {f"tau {r['tau']:g}": {"test accuracy": 100 * r["test_accuracy"],
+                                    "mask rate, last epoch": 100 * r["mask_rate"]} for r in sweep}
     ctx.save_figure(plots.bar_chart(values, f"FixMatch's threshold tau ({ctx.dataset}, {c.per_class} labelled "
                                     "per class)", "test accuracy / unlabelled images above tau (%)",
-                                    xlabel="confidence threshold", baseline=("labelled only, test accuracy", 100 * base),
-                                    chance=100 / classes, unit=" %", ylim=(0, 105)),
+                                    xlabel="confidence threshold", chance=100 / classes, unit=" %", ylim=(0, 105),
+                                    baseline=("labelled only, test accuracy", 100 * base)),
                     "tau_sweep", "Test accuracy and final mask rate of FixMatch for each threshold tau, the same "
                     "labels, network and steps; the dashed line is the labelled-only baseline.")
     ctx.table("tau_sweep", sweep, f"FixMatch per threshold ({c.epochs * c.steps_per_epoch} steps, batch "

@@ -49,7 +49,7 @@ TORCH = True
 
 PROFILES = {
     "default": {"epochs": 15, "batch_size": 128, "lr": 1e-3, "optimizer": "adam", "weight_decay": 1e-4,
-                "temperature": 0.5, "encoder": "small", "widths": (16, 32, 64), "crop_scale": 0.3,
+                "temperature": 0.5, "encoder": "small", "widths": (16, 32, 64), "crop_scale": 0.5,
                 "budgets": (0.01, 0.1, 1.0), "supervised_steps": 300, "shapes_images": 4000, "test_size": None},
     "quick": {"epochs": 4, "budgets": (0.1, 1.0), "supervised_steps": 60, "shapes_images": 1000},
     "full": {"epochs": 60, "shapes_images": 10000},
@@ -95,6 +95,14 @@ def similarity(model, views, temperature):
     model.eval()
     z1, z2 = model(views.to(next(model.parameters()).device)).float().cpu().chunk(2)
     return [m.numpy() for m in ssl.similarity_matrix(z1, z2, temperature)]
+
+
+def contrast(cosine):
+    """Mean cosine of the positive pairs minus that of the other pairs (the diagonal left out)."""
+    n = len(cosine) // 2
+    positive = np.roll(np.eye(2 * n, dtype=bool), n, axis=1)
+    negative = ~positive & ~np.eye(2 * n, dtype=bool)
+    return float(cosine[positive].mean() - cosine[negative].mean())
 
 
 def plot_similarity(before, after, temperature):
@@ -150,14 +158,15 @@ def run(ctx):
     tx = torch.from_numpy(splits.test.x[:c.test_size]).repeat(1, channels, 1, 1)
     ty = torch.from_numpy(splits.test.y[:c.test_size])
     normalize, size = A.Normalize(list(splits.mean) * channels, list(splits.std) * channels), x.shape[-1]
-    augment = ssl.simclr_augment(size, crop_scale=(c.crop_scale, 1.0), normalize=normalize)
+    flip = ctx.dataset != "digits"  # a mirrored 2 is no 2
+    augment = ssl.simclr_augment(size, crop_scale=(c.crop_scale, 1.0), normalize=normalize, flip=flip)
 
     seed_everything(ctx.seed)
     encoder, dim = encoder_for(c)
     model = ssl.SimCLR(encoder, dim, projection_dim=min(128, dim))  # no wider than the features
     random_encoder = copy.deepcopy(model.encoder)
-    views = ssl.simclr_augment(size, crop_scale=(c.crop_scale, 1.0), normalize=normalize, seed=ctx.seed)(
-        x[:SHOWN].repeat(2, 1, 1, 1))
+    shown = ssl.simclr_augment(size, crop_scale=(c.crop_scale, 1.0), normalize=normalize, seed=ctx.seed, flip=flip)
+    views = shown(x[:SHOWN].repeat(2, 1, 1, 1))  # rows i and SHOWN + i: two views of image i
     before = similarity(model, views, c.temperature)
 
     step = ssl.simclr_step(augment, c.temperature)
@@ -217,7 +226,9 @@ def run(ctx):
              f"{full['simclr']:.1%} test accuracy, against {full['random']:.1%} on a random frozen encoder and "
              f"{full['supervised']:.1%} from scratch; the k-NN monitor went from {history[0]['knn_accuracy']:.1%} "
              f"to {history[-1]['knn_accuracy']:.1%}.")
-    return {"dataset": ctx.dataset, "epochs": c.epochs, "temperature": c.temperature, "optimizer": c.optimizer,
+    gaps = {f"positive_minus_negative_cosine_{when}": contrast(cosine) for when, (cosine, _) in
+            (("before", before), ("after", after))}
+    return {**gaps, "dataset": ctx.dataset, "epochs": c.epochs, "temperature": c.temperature, "optimizer": c.optimizer,
             "lr": c.lr, "batch_size": c.batch_size, "encoder": c.encoder, "budgets": rows,
             "linear_probe_accuracy": full["simclr"], "random_encoder_accuracy": full["random"],
             "supervised_accuracy": full["supervised"], "knn_accuracy": history[-1]["knn_accuracy"],

@@ -197,6 +197,8 @@ def test_simclr_quick_run_beats_the_random_encoder(simclr_run):
     assert {f["file"] for f in manifest["figures"]} >= {"similarity_matrix.png", "pretraining.png",
                                                         "label_budget.png", "tsne.png"}
     assert metrics["final_loss"] < math.log(2 * 128 - 1) - 0.3  # below chance: uniform over 255 candidates
+    # Similarity and contrast: positive pairs end up closer than the other pairs, far more than before.
+    assert metrics["positive_minus_negative_cosine_after"] > metrics["positive_minus_negative_cosine_before"] + 0.2
     assert metrics["linear_probe_accuracy"] > metrics["random_encoder_accuracy"]
     assert [row["budget"] for row in metrics["budgets"]] == [0.1, 1.0]
 
