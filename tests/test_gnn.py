@@ -56,6 +56,7 @@ def test_normalized_adjacency_by_hand():
 @pytest.mark.parametrize("norm", gnn.NORMS)
 def test_message_passing_equals_matrix_form(norm):
     adjacency, edges = random_graph()
+    assert torch.equal(gnn.adjacency_from_edge_index(edges, len(adjacency)).double(), adjacency)  # and back
     x = torch.randn(len(adjacency), 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     layer = gnn.GCNLayer(5, 3, norm).double()
     with torch.no_grad():
