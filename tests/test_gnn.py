@@ -111,7 +111,7 @@ def test_tutorial_gat_example_by_hand():
     # node 0, head 0 on paper: e_00 = 0, e_01 = 0.3 * 2 = 0.6, alpha_01 = 1 / (1 + e^-0.6) = 0.6457
     assert probabilities[0, 0, 1].item() == pytest.approx(0.6457, abs=1e-4)
     assert out[0, 0].item() == pytest.approx(2 * 0.6457, abs=1e-3)
-    # the tutorial's first printed row of attention probabilities, head 1
+    # head 1, node 1, as recalled from the tutorial's printout (the hand derivation above is the check)
     np.testing.assert_allclose(probabilities[1, 1].numpy(), [0.2975, 0.2436, 0.2340, 0.2249], atol=1e-4)
 
 
