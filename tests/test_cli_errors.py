@@ -46,7 +46,7 @@ def test_a_missing_data_dir_is_refused_and_not_created(tmp_path):
 def test_an_out_that_cannot_be_written_is_refused(tmp_path, where):
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "run" if where == "under a file" else Path("/proc/minidl-test-out")
-    if not out.parent.is_dir():
+    if where == "in /proc" and not Path("/proc").is_dir():
         pytest.skip("no /proc here")
     with pytest.raises(SystemExit) as stop:
         main(["run", "regression", "--quick", "--out", str(out)])
