@@ -7,6 +7,9 @@ prediction (top probability >= tau) is the hard pseudo-label that the strong vie
 (RandAugment + Cutout) must predict; one forward pass for all of it. The labelled-only
 baseline trains the same network on the same labelled images for the same steps with
 weak augmentation. The EMA of the weights is evaluated, as in the paper.
+
+Offline the default is ``digits`` (28 px, grey repeated to RGB, no flips) with one label
+per class; on ``shapes`` a CPU budget leaves too few confident pseudo-labels (see DATASETS).
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ predicting, for a strongly augmented view (RandAugment, Cutout), the hard pseudo
 of a weakly augmented view (flip, translation) where its confidence is at least tau.
 Compare with a network trained on the labelled images alone, with the same network and
 budget. Follow the mask rate (share of unlabelled images above tau) and the accuracy of
-the pseudo-labels during training, and sweep tau. (Offline the kit uses ``shapes`` and
-a small CNN in place of CIFAR-10 and WRN-28-2.)
+the pseudo-labels during training, and sweep tau. (Offline the kit uses ``digits`` with
+one label per class and a small CNN in place of CIFAR-10 and WRN-28-2.)
 """
 # digits first: on shapes, a few hundred CPU steps leave the network too unsure for any
 # pseudo-label (measured: 50 labels per class, 4,000 images, 100 steps: 0.1 % of the
@@ -129,7 +132,10 @@ def run(ctx):
     # Grey images as RGB, so that RandAugment's colour operations apply.
     channels = 3 // splits.train.x.shape[1]
     x, y = torch.from_numpy(splits.train.x).repeat(1, channels, 1, 1), torch.from_numpy(splits.train.y)
-    labelled_idx, unlabelled_idx = ssl.balanced_labelled_subset(splits.train.y, c.per_class, ctx.seed)
+    try:
+        labelled_idx, unlabelled_idx = ssl.balanced_labelled_subset(splits.train.y, c.per_class, ctx.seed)
+    except ValueError as error:
+        raise SystemExit(f"{NAME}: --per-class {c.per_class} is too many for {ctx.dataset} ({error})") from None
     # The labelled images repeated to fill an epoch: each epoch is a reshuffle of them.
     repeat = np.tile(labelled_idx, -(-c.steps_per_epoch * c.batch_size // len(labelled_idx)))
     repeat = repeat[:c.steps_per_epoch * c.batch_size]

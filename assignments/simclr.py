@@ -7,6 +7,10 @@ representation (the encoder's output, before the head) during pre-training. Then
 encoder is frozen and a linear probe (logistic regression) is fitted on its features
 with 1 %, 10 % and 100 % of the training labels, against the same probe on a randomly
 initialised frozen encoder and the same network trained from scratch on those labels.
+
+Offline the default is ``digits`` (28 px, grey repeated to RGB, no flips). ``shapes`` is
+there too, but a few CPU minutes of SimCLR learn its backgrounds, which the two views of
+an image share, and its probe stays near the random encoder's (see DATASETS).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ similarity and contrast are enforced: the cosine-similarity matrix of a batch's 
 before and after training, with the positive pairs marked, beside each view's softmax
 over its candidates. Evaluate the representation with a linear probe on the frozen
 features at several label budgets, against a randomly initialised encoder and a network
-trained from scratch with the same labels. (Offline the kit uses ``shapes`` and a small CNN.)
+trained from scratch with the same labels. (Offline the kit uses ``digits`` at 28 px and a small CNN.)
 """
 # digits first: on shapes, a few CPU minutes of SimCLR learn the background (the two views of an
 # image share its stripes and blotches, a shortcut to the positive) and the probe stayed at the

@@ -214,6 +214,17 @@ def test_fixmatch_quick_run_beats_labelled_only(fixmatch_run):
     assert metrics["labelled_indices"] == ssl.balanced_labelled_subset(y, metrics["per_class"], 0)[0][:20].tolist()
 
 
+def test_bad_options_stop_with_one_line(tmp_path):
+    from driver_run import assert_refused
+
+    from assignments.__main__ import main
+    assert_refused(tmp_path, "simclr", "--budgets", "0.1,0")
+    assert_refused(tmp_path, "fixmatch", "--taus", "0.5,1.5")
+    assert_refused(tmp_path, "fixmatch", "--ema", "1")
+    with pytest.raises(SystemExit, match="--per-class 500 is too many for digits"):
+        main(["run", "fixmatch", "--quick", "--per-class", "500", "--out", str(tmp_path / "many")])
+
+
 if __name__ == "__main__":  # one rank, started by torchrun: NT-Xent under DDP
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
