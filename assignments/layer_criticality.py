@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from reference_torch.memorization import layer_robustness, load_epoch_checkpoints
+from reference_torch.memorization import build_network, layer_robustness, load_epoch_checkpoints
 
 from . import memorization, plots
 from .runner import comma_list, fraction
@@ -157,7 +157,7 @@ def run(ctx):
     splits = ctx.load_dataset(**meta["dataset_options"])
     test_x, test_y = splits.normalize(splits.test.x)[:c.test_size], splits.test.y[:c.test_size]
     loader = ctx.loader(test_x, test_y, batch_size=500)
-    model = memorization.build_model(meta)
+    model = build_network(meta)
     last = max(checkpoints)
     model.load_state_dict(checkpoints[last])
     model.to(ctx.device)

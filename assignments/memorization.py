@@ -1,15 +1,12 @@
 """KTH advanced DL, memorisation practical part I: learning versus memorisation (Zhang et
 al. 2017, "Understanding deep learning requires rethinking generalization").
 
-The same network is trained with SGD and momentum, nothing else (no weight decay, no
-augmentation, no dropout), on the training set with its true labels, with a share of the
-labels replaced by random classes, and with the images destroyed (shuffled pixels, random
-pixels, gaussian noise): every corrupted set drawn once by
-``reference_torch.memorization.corrupt`` and fixed for the run. Each run stops once an
-epoch's running training accuracy reaches the threshold, or when the epoch budget ends.
-The true-label run of Part II's network keeps its initialisation and checkpoints at a
-fixed schedule of epochs in ``<out>/checkpoints/<model>_true``: ``layer_criticality`` reads
-them.
+One network, SGD with momentum and nothing else, on the true labels, on partly and fully
+random labels and on destroyed images, each set drawn once by
+``reference_torch.memorization.corrupt``; a run stops once an epoch's running training
+accuracy reaches the threshold, or when the epoch budget ends. The true-label run of Part
+II's network keeps its initialisation and checkpoints at a fixed schedule of epochs in
+``<out>/checkpoints/<model>_true``, where ``layer_criticality`` finds them.
 """
 from __future__ import annotations
 
@@ -18,12 +15,11 @@ import numpy as np
 import torch
 
 from reference_torch import augment as A
-from reference_torch.memorization import MLP, EpochCheckpoints, StopWhenFitted, corrupt, fitted_step, initialize
-from reference_torch.models.thin import ThinResNet18
+from reference_torch.memorization import EpochCheckpoints, StopWhenFitted, build_network, corrupt, fitted_step
 from reference_torch.train import seed_everything
 
 from . import plots
-from .runner import comma_list, fraction, positive_int
+from .runner import comma_list, fraction, nonnegative_int, positive_int
 
 NAME = "memorization"
 COURSE = "KTH advanced DL"
@@ -86,7 +82,7 @@ def add_arguments(parser):
                         help="the regularisation study (true and random labels)")
     parser.add_argument("--train-size", type=positive_int, help="training images (None: all)")
     parser.add_argument("--fit-threshold", type=fraction, help="training accuracy that counts as fitted")
-    parser.add_argument("--checkpoint-epochs", type=comma_list(int), help="epochs whose weights are kept")
+    parser.add_argument("--checkpoint-epochs", type=comma_list(nonnegative_int), help="epochs whose weights are kept")
 
 
 def check(config):
@@ -94,35 +90,22 @@ def check(config):
         return "the thin ResNet-18 needs colour images: --model mlp --part2-model mlp with --dataset digits"
     if "true" not in config.settings:
         return "--settings must include true (the reference every other setting is compared with)"
-    if min(config.checkpoint_epochs) < 0:
-        return f"--checkpoint-epochs must be 0 or more, got {min(config.checkpoint_epochs)}"
 
 
 # --------------------------------------------------------------------------- pieces Part II uses too
-def build_model(meta, dropout=0.0):
-    """The network a checkpoint's ``meta`` describes, drawn from its initialiser (current seed)."""
-    if meta["model"] == "resnet":
-        model = ThinResNet18(meta["num_classes"], widths=tuple(meta["widths"]))
-        if dropout:  # before the classifier; the weight layers keep their names
-            model.avgpool = torch.nn.Sequential(model.avgpool, torch.nn.Dropout(dropout))
-    else:
-        model = MLP(int(np.prod(meta["in_shape"])), tuple(meta["hidden"]), meta["num_classes"], dropout)
-    return initialize(model, meta["init"])
-
-
 def model_meta(ctx, splits, name, dataset_options):
     """What Part II needs to rebuild the network and its data from the checkpoints alone."""
     c = ctx.config
-    return {"model": name, "init": INITS[name], "widths": list(c.widths), "hidden": list(c.hidden), "num_classes": splits.num_classes,
-            "in_shape": list(splits.in_shape), "dataset": ctx.dataset, "dataset_options": dataset_options,
-            "seed": ctx.seed, "train_size": c.train_size}
+    return {"model": name, "init": INITS[name], "widths": list(c.widths), "hidden": list(c.hidden),
+            "num_classes": splits.num_classes, "in_shape": list(splits.in_shape), "dataset": ctx.dataset,
+            "dataset_options": dataset_options, "seed": ctx.seed, "train_size": c.train_size}
 
 
 def train(ctx, label, meta, x, y, epochs, lr, *, weight_decay=0.0, augment=None, dropout=0.0,
           threshold=None, checkpoint_epochs=None):
     """One SGD run (momentum 0.9) from the run's seed; returns (trainer, history, steps per epoch)."""
     seed_everything(ctx.seed)  # every setting starts from the same weights
-    model = build_model(meta, dropout)
+    model = build_network(meta, dropout)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     callbacks = [StopWhenFitted(threshold)] if threshold else []
     if checkpoint_epochs:
@@ -148,7 +131,7 @@ def load_data(ctx, c):
 
 
 # --------------------------------------------------------------------------- figures
-def plot_figure1(runs, shares, budget_steps, test_errors, train_errors, model, dataset):
+def plot_figure1(runs, shares, budget_steps, model, dataset):
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
     curves = {SETTINGS[s][2]: (np.array([h["epoch"] for h in r["history"]]) * r["steps_per_epoch"],
                                [h["loss"] for h in r["history"]]) for s, r in runs.items()}
@@ -164,8 +147,8 @@ def plot_figure1(runs, shares, budget_steps, test_errors, train_errors, model, d
     plots.line_plot(series, "(b) convergence slowdown", "label corruption (%)", "steps until fitted", ax=axes[1])
     axes[1].set_ylim(0, None)
     x = [100 * shares[s] for s in shares]
-    plots.line_plot({"test error": (x, [100 * test_errors[s] for s in shares]),
-                     "training error (last epoch)": (x, [100 * train_errors[s] for s in shares])},
+    plots.line_plot({"test error": (x, [100 * runs[s]["test_error"] for s in shares]),
+                     "training error (last epoch)": (x, [100 - 100 * runs[s]["train_accuracy"] for s in shares])},
                     "(c) generalisation error growth", "label corruption (%)", "error (%)", ax=axes[2], chance=90,
                     unit=" %")
     fig.suptitle(f"Fitting random labels and random pixels ({model}, {dataset})")
@@ -207,7 +190,8 @@ def run(ctx):
         if kind == "labels":  # scored on the true test labels
             run["test_error"] = 1 - trainer.evaluate(test_loader)["accuracy"]
         elif kind == "shuffled_pixels":  # the test images shuffled alike (same seed: same permutation)
-            tx = splits.normalize(corrupt(splits.test.x, test_y, kind, num_classes=10, seed=ctx.seed + 1)[0])
+            tx = splits.normalize(corrupt(splits.test.x, test_y, kind, num_classes=splits.num_classes,
+                                          seed=ctx.seed + 1)[0])
             run["test_error"] = 1 - trainer.evaluate(ctx.loader(tx, test_y, batch_size=500))["accuracy"]
         runs[name] = run
         tested = f"; test error {run['test_error']:.1%}" if "test_error" in run else ""
@@ -216,8 +200,7 @@ def run(ctx):
 
     shares = {s: SETTINGS[s][1] for s in c.settings if SETTINGS[s][0] == "labels"}
     budget = {s: c.epochs * runs[s]["steps_per_epoch"] for s in shares}
-    ctx.save_figure(plot_figure1(runs, shares, budget, {s: runs[s]["test_error"] for s in shares},
-                                 {s: 1 - runs[s]["train_accuracy"] for s in shares}, c.model, ctx.dataset),
+    ctx.save_figure(plot_figure1(runs, shares, budget, c.model, ctx.dataset),
                     "figure1", f"(a) Training loss of the {c.model} per data setting, until its training set is fitted "
                     f"(an epoch at {c.fit_threshold:.0%} training accuracy) or {c.epochs} epochs end. (b) Steps until "
                     "fitted against the share of random labels. (c) Test error on the true test labels and final "
@@ -243,8 +226,6 @@ def run(ctx):
         regularization_study(ctx, meta, splits, x, y, test_loader, runs, metrics)
     if c.part2_model not in (c.model, "none"):
         part2_run(ctx, splits, x, y, test_loader, options, metrics)
-    metrics.update(steps_to_fit={k: r["fitted_step"] for k, r in runs.items()},
-                   test_error={k: r["test_error"] for k, r in runs.items() if "test_error" in r})
     return metrics
 
 
@@ -288,37 +269,29 @@ def regularization_study(ctx, meta, splits, x, y, test_loader, runs, metrics):
                   "regularizer": "regulariser", "true_train": ("train acc, true", "{:.1%}"),
                   "true_test": ("test acc, true", "{:.1%}"), "random_train": ("train acc, random", "{:.1%}"),
                   "true_epochs": "epochs, true", "random_epochs": "epochs, random"})
-    none = next((r for r in rows if r["regularizer"] == "none"), None)
-    best = max(rows, key=lambda r: r["true_test"])
-    chance = 1 / splits.num_classes
-    text = (f"Regularisation: on the true labels the best test accuracy is {best['true_test']:.1%} "
-            f"({REGULARIZERS[best['regularizer']]})")
-    if none is not None:
-        text += (f", {none['true_test']:.1%} without any (chance {chance:.0%}), so regularisation "
-                 f"{'is not' if none['true_test'] > 2 * chance else 'may be'} necessary to generalise here")
+    def listed(group, key):
+        return ", ".join(f"{REGULARIZERS[r['regularizer']]} {r[key]:.1%}" for r in group)
+    none = [r for r in rows if r["regularizer"] == "none"]
     memorised = [r for r in rows if r["regularizer"] != "none" and r["random_train"] >= 0.5]
     held = [r for r in rows if r["regularizer"] != "none" and r["random_train"] < 0.5]
-    if memorised:
-        text += (". With " + ", ".join(f"{REGULARIZERS[r['regularizer']]} ({r['random_train']:.1%})" for r in memorised)
-                 + " the network still fits most random labels, so that regulariser is not sufficient to stop "
-                 "memorisation")
-    if held:
-        text += ("; " + ", ".join(f"{REGULARIZERS[r['regularizer']]} ({r['random_train']:.1%})" for r in held)
-                 + f" kept the random-label training accuracy low within the {c.epochs}-epoch budget (it slows "
-                 "memorisation; a longer run would show whether it stops it)")
-    ctx.note(text + ".")
+    ctx.note(f"Regularisation, test accuracy on true labels: {listed(rows, 'true_test')} (chance "
+             f"{1 / splits.num_classes:.0%})" + (f"; without any regulariser the network generalises too (not "
+             "necessary)" if none and none[0]["true_test"] > 2 / splits.num_classes else "")
+             + (f". With {listed(memorised, 'random_train')} training accuracy on random labels it still memorises "
+                "them (not sufficient to prevent it)" if memorised else "")
+             + (f"; {listed(held, 'random_train')} kept random labels unfitted within the {c.epochs}-epoch budget "
+                "(memorisation slowed, not shown to be impossible)" if held else "") + ".")
 
 
 def part2_run(ctx, splits, x, y, test_loader, options, metrics):
     """Part II's network on the true labels, with its checkpoints."""
-    c = ctx.config
-    meta = model_meta(ctx, splits, c.part2_model, options)
-    label = f"{c.part2_model}_true"
-    trainer, history, _ = train(ctx, label, meta, x, y, c.part2_epochs, c.part2_lr,
-                                checkpoint_epochs=c.checkpoint_epochs)
-    error = 1 - trainer.evaluate(test_loader)["accuracy"]
+    c, label = ctx.config, f"{ctx.config.part2_model}_true"
+    kept = ", ".join(map(str, c.checkpoint_epochs))
+    trainer, history, _ = train(ctx, label, model_meta(ctx, splits, c.part2_model, options), x, y, c.part2_epochs,
+                                c.part2_lr, checkpoint_epochs=c.checkpoint_epochs)
     metrics["part2"] = {"model": c.part2_model, "epochs": len(history), "train_accuracy": history[-1]["accuracy"],
-                        "test_error": error, "checkpoints": str(ctx.out / "checkpoints" / label)}
-    ctx.note(f"Part II's network ({c.part2_model}, true labels, {len(history)} epochs, lr {c.part2_lr:g}): "
-             f"training accuracy {history[-1]['accuracy']:.1%}, test error {error:.1%}; its checkpoints "
-             f"(epochs {', '.join(map(str, c.checkpoint_epochs))}) are in {ctx.out / 'checkpoints' / label}.")
+                        "test_error": 1 - trainer.evaluate(test_loader)["accuracy"],
+                        "checkpoints": str(ctx.out / "checkpoints" / label)}
+    ctx.note(f"Part II's network ({c.part2_model}, true labels, {len(history)} epochs, lr {c.part2_lr:g}): training "
+             f"accuracy {history[-1]['accuracy']:.1%}, test error {metrics['part2']['test_error']:.1%}; its "
+             f"checkpoints (epochs {kept}) are in {metrics['part2']['checkpoints']}.")

@@ -28,6 +28,7 @@ from torch import nn
 from minidl.train import Callback
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .models.thin import ThinResNet18
 from .train import evaluate
 
 CORRUPTIONS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
@@ -90,6 +91,20 @@ class MLP(nn.Module):
         for layer in self.hidden:
             x = self.dropout(torch.relu(layer(x)))
         return self.output(x)
+
+
+def build_network(meta: dict[str, Any], dropout: float = 0.0) -> nn.Module:
+    """The network that ``meta`` (plain data, as the checkpoints keep it) describes, drawn
+    from its initialiser: ``{"model": "resnet", "num_classes", "widths", "init"}`` is the
+    thin ResNet-18, ``{"model": "mlp", "in_shape", "hidden", "num_classes", "init"}`` an MLP.
+    ``dropout`` goes before the ResNet's classifier (its weight layers keep their names)."""
+    if meta["model"] == "resnet":
+        model = ThinResNet18(meta["num_classes"], widths=tuple(meta["widths"]))
+        if dropout:
+            model.avgpool = nn.Sequential(model.avgpool, nn.Dropout(dropout))
+    else:
+        model = MLP(int(np.prod(meta["in_shape"])), tuple(meta["hidden"]), meta["num_classes"], dropout)
+    return initialize(model, meta["init"])
 
 
 class StopWhenFitted(Callback):
