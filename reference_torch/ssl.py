@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import augment as A
+from .models import resnet18
 from .train import Callback
 
 # --------------------------------------------------------------------------- NT-Xent
@@ -54,7 +55,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.contiguous()
+        grad = grad.contiguous().clone()  # summed in place: not autograd's own tensor
         dist.all_reduce(grad)
         n = grad.shape[0] // dist.get_world_size()
         rank = dist.get_rank()
@@ -133,7 +134,6 @@ def small_encoder(widths: tuple[int, ...] = (16, 32, 64), in_channels: int = 3) 
 
 def resnet18_encoder() -> nn.Module:
     """ResNet-18 with the CIFAR stem (3x3 conv, no max-pool) and no classifier: (B, 512)."""
-    from .models import resnet18
     model = resnet18(num_classes=10, cifar_stem=True)
     model.fc = nn.Identity()
     return model
