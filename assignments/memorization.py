@@ -109,7 +109,10 @@ def train(ctx, label, meta, x, y, epochs, lr, *, weight_decay=0.0, augment=None,
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     callbacks = [StopWhenFitted(threshold)] if threshold else []
     if checkpoint_epochs:
-        callbacks.append(EpochCheckpoints(ctx.out / "checkpoints" / label, checkpoint_epochs, meta))
+        folder = ctx.out / "checkpoints" / label
+        for stale in [] if ctx.config.resume else folder.glob("epoch_*.pt"):  # a fresh run: none of an older one
+            stale.unlink()
+        callbacks.append(EpochCheckpoints(folder, checkpoint_epochs, meta))
     trainer = ctx.trainer(label, model, optimizer, callbacks=callbacks)
     loader = ctx.loader(x, y, shuffle=True, transform=augment)
     history = ctx.fit(trainer, loader, epochs)

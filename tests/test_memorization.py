@@ -177,12 +177,15 @@ def test_epoch_checkpoints_hold_the_schedule_and_restore_the_network(tmp_path):
 
 
 # --------------------------------------------------------------------------- the drivers
+DIGITS_RUN = ("--dataset", "digits", "--epochs", "30", "--settings", "true,labels_40,random_labels",
+              "--regularizers", "weight_decay")
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """memorization on the digits (the MLP 3 x 256), quick: its checkpoints feed Part II."""
     out = tmp_path_factory.mktemp("memorization")
-    metrics, manifest = run_quick("memorization", out, "--dataset", "digits", "--epochs", "30",
-                                  "--settings", "true,labels_40,random_labels", "--regularizers", "weight_decay")
+    metrics, manifest = run_quick("memorization", out, *DIGITS_RUN)
     return out, metrics, manifest
 
 
@@ -195,6 +198,14 @@ def test_true_labels_are_fitted_in_fewer_steps_than_random_ones(digits_run):
     assert {f["file"] for f in manifest["figures"]} == {"figure1.png", "regularization.png"}
     kept = sorted(p.name for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt"))
     assert kept[0] == "epoch_0000.pt" and len(kept) >= 3
+
+
+def test_a_finished_run_resumes_to_the_same_numbers_and_keeps_its_checkpoints(digits_run):
+    out, metrics, _ = digits_run
+    kept = {p.name: p.read_bytes() for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt")}
+    again, _ = run_quick("memorization", out, *DIGITS_RUN, "--resume")
+    assert again["runs"] == metrics["runs"]
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt")} == kept
 
 
 def test_layer_criticality_reads_part_one_checkpoints(digits_run, tmp_path):
