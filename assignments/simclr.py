@@ -174,7 +174,9 @@ def run(ctx):
     before = similarity(model, views, c.temperature)
 
     step = ssl.simclr_step(augment, c.temperature)
-    monitor = ssl.KNNMonitor((normalize(x[:2000]), y[:2000]), (normalize(tx), ty), classes)
+    vx = torch.from_numpy(splits.val.x[:c.test_size]).repeat(1, channels, 1, 1)
+    val = (normalize(vx), torch.from_numpy(splits.val.y[:len(vx)]))
+    monitor = ssl.KNNMonitor((normalize(x[:2000]), y[:2000]), val, classes)
     trainer = ctx.trainer("pretrain", model, optimizer_for(c, model.parameters()), training_step=step,
                           callbacks=[monitor])
     history = ctx.fit(trainer, ctx.loader(x, y, shuffle=True, drop_last=len(x) > c.batch_size))
@@ -185,12 +187,12 @@ def run(ctx):
                     "(top) and after (bottom) pre-training. Red squares mark each view's positive partner.")
     ctx.save_figure(plots.training_curves({"SimCLR": history}, metrics=("loss", "top1", "knn_accuracy"),
                                           units={"top1": "positive ranked first (fraction)",
-                                                 "knn_accuracy": "k-NN test accuracy (%)"},
+                                                 "knn_accuracy": "k-NN accuracy (%)"},
                                           titles={"loss": "NT-Xent loss", "top1": "Top-1 of the positive",
                                                   "knn_accuracy": "k-NN monitor (k = 20)"}, chance=1 / classes),
                     "pretraining", f"Pre-training: NT-Xent loss, how often a view's partner is the most similar of "
-                    f"the 2N - 1 candidates (batch {c.batch_size}), and the k-NN accuracy of the encoder's features "
-                    "on the test images (2,000 labelled training images as neighbours).")
+                    f"the 2N - 1 candidates (batch {c.batch_size}) on the training views, and the k-NN accuracy of the "
+                    "encoder's features on the validation images (up to 2,000 labelled training images as neighbours).")
 
     features = {"SimCLR encoder": trainer.model.encoder, "random encoder": random_encoder}
     feats = {k: (ssl.extract_features(e, x, transform=normalize), ssl.extract_features(e, tx, transform=normalize))
@@ -228,12 +230,12 @@ def run(ctx):
     full = rows[-1]
     ctx.note(f"After {c.epochs} epochs of SimCLR the linear probe with {full['budget']:.0%} of the labels reaches "
              f"{full['simclr']:.1%} test accuracy, against {full['random']:.1%} on a random frozen encoder and "
-             f"{full['supervised']:.1%} from scratch; the k-NN monitor went from {history[0]['knn_accuracy']:.1%} "
-             f"to {history[-1]['knn_accuracy']:.1%}.")
+             f"{full['supervised']:.1%} from scratch; the validation k-NN monitor went from "
+             f"{history[0]['val_knn_accuracy']:.1%} to {history[-1]['val_knn_accuracy']:.1%}.")
     gaps = {f"positive_minus_negative_cosine_{when}": contrast(cosine) for when, (cosine, _) in
             (("before", before), ("after", after))}
     return {**gaps, "dataset": ctx.dataset, "epochs": c.epochs, "temperature": c.temperature, "optimizer": c.optimizer,
             "lr": c.lr, "batch_size": c.batch_size, "encoder": c.encoder, "budgets": rows,
             "linear_probe_accuracy": full["simclr"], "random_encoder_accuracy": full["random"],
-            "supervised_accuracy": full["supervised"], "knn_accuracy": history[-1]["knn_accuracy"],
+            "supervised_accuracy": full["supervised"], "val_knn_accuracy": history[-1]["val_knn_accuracy"],
             "final_loss": history[-1]["loss"], "final_top1": history[-1]["top1"]}

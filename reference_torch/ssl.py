@@ -241,17 +241,17 @@ def knn_accuracy(bank_x: Tensor, bank_y: Tensor, query_x: Tensor, query_y: Tenso
 
 
 class KNNMonitor(Callback):
-    """Adds ``knn_accuracy`` to each epoch's history row: the k-NN accuracy on ``query``
-    of the evaluated model's features, with ``bank`` as the labelled neighbours (both
-    ``(x, y)`` CPU tensors, normalised as the model expects)."""
+    """Adds ``key`` to each epoch's history row: the k-NN accuracy on ``query`` of the
+    evaluated model's features, with ``bank`` as the labelled neighbours (both ``(x, y)``
+    CPU tensors, normalised as the model expects)."""
 
     def __init__(self, bank: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor], num_classes: int,
-                 k: int = 20) -> None:
-        self.bank, self.query, self.num_classes, self.k = bank, query, num_classes, k
+                 k: int = 20, key: str = "val_knn_accuracy") -> None:
+        self.bank, self.query, self.num_classes, self.k, self.key = bank, query, num_classes, k, key
 
     def on_epoch_end(self, trainer, logs) -> None:
         encoder = trainer.eval_model.encoder
-        logs["knn_accuracy"] = knn_accuracy(extract_features(encoder, self.bank[0]), self.bank[1],
+        logs[self.key] = knn_accuracy(extract_features(encoder, self.bank[0]), self.bank[1],
                                             extract_features(encoder, self.query[0]), self.query[1],
                                             self.num_classes, self.k)
 
