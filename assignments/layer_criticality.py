@@ -139,7 +139,9 @@ def plot_heatmaps(study, labels, epochs):
             (axes[1], rerandom, "Re-randomisation", "fresh draw", range(1, rerandom.shape[1] + 1), None)):
         plots.heatmap(values, title, xlabel, "weight layer" if rows else "", ax=ax, x_labels=[str(e) for e in columns],
                       y_labels=rows, annotate="{:.0f}", colorbar="test error (%)" if rows is None else None)
-        ax.images[0].set_clim(0, top)  # one colour scale for both panels
+        ax.images[0].set_clim(0, top)  # one colour scale for both panels, so the text colours follow it
+        for text in ax.texts:
+            text.set_color("white" if float(text.get_text()) < 0.5 * top else "black")
         if rows is None:
             ax.set_yticks([])
     fig.suptitle(f"Test error (%) with one layer changed, every other layer trained "
