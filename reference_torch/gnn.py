@@ -321,9 +321,7 @@ def train_full_batch(model, x, edge_index, y, train, val, epochs, lr, weight_dec
         loss = F.cross_entropy(model(x, edge_index)[train], y[train])
         loss.backward()
         optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            logits = model(x, edge_index)
+        logits = predict(model, x, edge_index)
         row = {"epoch": epoch, "loss": loss.item(), "accuracy": accuracy(logits[train], y[train]),
                "val_loss": F.cross_entropy(logits[val], y[val]).item(), "val_accuracy": accuracy(logits[val], y[val])}
         history.append(row)
@@ -331,6 +329,13 @@ def train_full_batch(model, x, edge_index, y, train, val, epochs, lr, weight_dec
             best, best_state = row["val_accuracy"], copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     return history
+
+
+def predict(model, x, edge_index):
+    """The model's logits for every node, in eval mode (no dropout), without gradients."""
+    model.eval()
+    with torch.no_grad():
+        return model(x, edge_index)
 
 
 def accuracy(logits, y):

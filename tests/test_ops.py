@@ -53,6 +53,7 @@ TARGET = rng0.integers(0, 5, size=6)
 TARGET_IGNORE = np.array([0, 3, -100, 1, 4, 2])
 WEIGHT = rng0.uniform(0.5, 2, 5)
 INDEX = np.array([2, 0, 2, 1])
+IDS = np.array([[4, 0, 4], [1, 1, 2]])  # embedding ids, repeated ones accumulate
 BCE_TARGET = rng0.uniform(0, 1, (4, 3))
 COND = rng0.random((3, 4)) > 0.5
 
@@ -139,6 +140,10 @@ ROWS = [
     Row("softmax", lambda a: F.softmax(a, dim=1), lambda a: TF.softmax(a, dim=1), [(3, 4, 2)]),
     Row("log_softmax", lambda a: F.log_softmax(a, dim=-1), lambda a: TF.log_softmax(a, dim=-1), [(3, 4)]),
     Row("linear", F.linear, TF.linear, [(5, 3), (4, 3), (4,)]),
+    Row("embedding", lambda w: F.embedding(IDS, w), lambda w: TF.embedding(torch.from_numpy(IDS), w), [(5, 3)]),
+    Row("layer_norm", lambda a, w, b: F.layer_norm(a, (4,), w, b), lambda a, w, b: TF.layer_norm(a, (4,), w, b),
+        [(2, 3, 4), (4,), (4,)]),
+    Row("layer_norm_2d_plain", lambda a: F.layer_norm(a, (3, 4)), lambda a: TF.layer_norm(a, (3, 4)), [(2, 3, 4)]),
     Row("linear_nobias_3d", F.linear, TF.linear, [(2, 5, 3), (4, 3)]),
     Row("batch_norm_train", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
         lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True), [(6, 3), (3,), (3,)]),
