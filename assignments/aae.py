@@ -119,7 +119,7 @@ def run(ctx):
                "disc_lr": c.disc_lr}
 
     model, history, test = train_aae(ctx, f"aae_z{c.z_dim}", c.z_dim, c.lambda_, c.epochs, data)
-    histories = {f"z_dim {c.z_dim}, lambda_ {c.lambda_:g}": history}
+    histories = {f"main (z_dim {c.z_dim}, lambda_ {c.lambda_:g})": history}
     shown = ctx.to_device(images["test"][:SHOWN])
     with torch.no_grad():
         recon, _ = model(shown)
@@ -146,7 +146,7 @@ def run(ctx):
             model2, test2 = model, test  # the main run
         else:
             model2, history2, test2 = train_aae(ctx, f"aae_z{z}_lambda{lambda_:g}", z, lambda_, c.lambda_epochs, data)
-            histories[f"z_dim {z}, lambda_ {lambda_:g}"] = history2
+            histories[f"lambda_ {lambda_:g} run (z_dim {z})"] = history2
         torch.manual_seed(ctx.seed)
         runs[lambda_] = {"codes": encode(model2, ctx.to_device(images["test"])), "test": test2,
                          "samples": model2.sample(SHOWN).cpu()}
