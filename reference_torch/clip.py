@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLIP", "VisionTransformer", "Transformer", "build_model", "load_clip", "preprocess",
+__all__ = ["CLIP", "VisionTransformer", "Transformer", "build_model", "load_clip", "preprocess", "class_features",
            "CLIP_MEAN", "CLIP_STD"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's preprocessing, RGB
@@ -166,6 +166,21 @@ class CLIP(nn.Module):
         """(logits_per_image (N, M), logits_per_text (M, N)), as OpenAI's."""
         logits_per_image = self.logits(self.encode_image(images), self.encode_text(tokens))
         return logits_per_image, logits_per_image.t()
+
+
+@torch.no_grad()
+def class_features(model, tokenizer, classes, templates, batch_size=256):
+    """(classes, dim) text features for zero-shot classification: each class name in each
+    template, the normalised features averaged over the templates (an ensemble when
+    there are several), normalised again."""
+    device = model.logit_scale.device
+    features = []
+    for name in classes:
+        tokens = tokenizer.tokenize([t.format(name) for t in templates], model.context_length)
+        f = torch.cat([model.encode_text(tokens[i:i + batch_size].to(device)) for i in range(0, len(tokens), batch_size)])
+        f = (f / f.norm(dim=-1, keepdim=True)).mean(0)
+        features.append(f / f.norm())
+    return torch.stack(features)
 
 
 def architecture(state_dict):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .clip import preprocess
+
 __all__ = ["PadPrompter", "FixedPatchPrompter", "RandomPatchPrompter", "DeepPrompter", "PromptCLIP",
            "VISUAL_PROMPTERS"]
 
@@ -111,12 +113,17 @@ class PromptCLIP(nn.Module):
     """A frozen CLIP that classifies by its text features of the classes (``text_features``,
     (classes, dim), computed once by the caller), with an optional visual prompt (on the
     preprocessed image) and deep prompt. Only the prompts train, and only they are in
-    ``state_dict()``: checkpoints stay small and hold what was learned."""
+    ``state_dict()``: checkpoints stay small and hold what was learned.
 
-    def __init__(self, clip, text_features, visual_prompt=None, deep_prompt=None):
+    With ``image_size`` the inputs are images in [0, 1], preprocessed here as CLIP's
+    (``reference_torch.clip.preprocess``); while ``noise`` is a (std, generator) pair,
+    gaussian noise of that std is added after the preprocessing (the course's test noise)."""
+
+    def __init__(self, clip, text_features, visual_prompt=None, deep_prompt=None, image_size=None):
         super().__init__()
         self.clip = clip.eval().requires_grad_(False)
         self.visual_prompt, self.deep_prompt = visual_prompt, deep_prompt
+        self.image_size, self.noise = image_size, None
         features = text_features / text_features.norm(dim=-1, keepdim=True)
         self.register_buffer("text_features", features.detach(), persistent=False)
 
@@ -125,6 +132,10 @@ class PromptCLIP(nn.Module):
                                                   ("deep_prompt", self.deep_prompt)) if m is not None})
 
     def encode_image(self, images):
+        if self.image_size is not None:
+            images = preprocess(images, self.image_size)
+        if self.noise is not None:  # drawn on the CPU from a seeded generator: the same noise on any device
+            images = images + self.noise[0] * torch.randn(images.shape, generator=self.noise[1]).to(images)
         if self.visual_prompt is not None:
             images = self.visual_prompt(images)
         if self.deep_prompt is not None:

@@ -244,3 +244,49 @@ def test_deep_prompts_lengthen_the_sequence(small_clip):
     prompted = inputs_of_blocks(small_clip, lambda x: every.encode_image(small_clip.visual, x), images)
     assert [s.shape[1] for s in prompted] == [4 + patches] * 2
     assert all(torch.equal(s[:, 1:4], torch.full((2, 3, 64), float(i))) for i, s in enumerate(prompted))
+
+
+# ------------------------------------------------------------------ drivers
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory, torch_one_thread):
+    """--quick runs of the three drivers in one folder: the first trains the mini-CLIP into
+    <folder>/mini_clip, the others read it."""
+    from driver_run import run_quick
+    folder = tmp_path_factory.mktemp("clip")
+    return {name: run_quick(name, folder / name) for name in ("visual_prompting", "clip_zeroshot", "deep_prompting")}
+
+
+def test_zero_shot_quick(quick_runs):
+    metrics, manifest = quick_runs["clip_zeroshot"]
+    assert {f["file"] for f in manifest["figures"]} == {"templates.png", "predictions.png"}
+    assert "read from its cache" in metrics["model"]  # visual_prompting trained it
+    assert len(metrics["templates"]) == 6 and metrics["templates"][0]["template"] == "This is a photo of a {}"
+    assert metrics["top5"] > metrics["top1"] and metrics["trainable_parameters"] == 0
+    # the quick mini-CLIP is near chance (see reference_torch.mini_clip): only the plumbing is checked here
+
+
+def test_visual_prompting_quick(quick_runs):
+    metrics, manifest = quick_runs["visual_prompting"]
+    runs = metrics["runs"]
+    assert metrics["shift"] == "dark" and "trained here" in metrics["model"]
+    # the padding prompt: 4 frames of width 4 around 32 x 32 images, 3 channels
+    assert runs["padding"]["trainable_parameters"] == 3 * (2 * 4 * 32 + 2 * 4 * 24)
+    assert runs["padding"]["frozen_parameters"] == 214_209  # the whole mini-CLIP
+    assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "prompts.png"}
+
+
+def test_deep_prompting_quick(quick_runs):
+    metrics, _ = quick_runs["deep_prompting"]
+    runs = metrics["runs"]
+    assert set(runs) == {"zero_shot", "layer_0", "every_layer", "padding", "linear_probe"}
+    assert runs["layer_0"]["trainable_parameters"] == 4 * 64  # 4 tokens of the encoder's width
+    assert runs["every_layer"]["trainable_parameters"] == 2 * 4 * 64  # fresh ones before each of the 2 blocks
+    assert runs["linear_probe"]["trainable_parameters"] == 64 * 10 + 10
+
+
+def test_refusals(tmp_path):
+    from driver_run import assert_refused
+    assert "needs OpenAI's weights" in assert_refused(tmp_path, "clip_zeroshot", "--dataset", "cifar10")
+    assert_refused(tmp_path, "visual_prompting", "--weights", str(tmp_path / "missing.pt"))
+    assert_refused(tmp_path, "visual_prompting", "--prompts", "padding,frame")
+    assert_refused(tmp_path, "deep_prompting", "--shift", "sideways")
