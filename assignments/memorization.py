@@ -58,7 +58,7 @@ PROFILES = {
                 "dataset_channels": 3, "train_size": None, "shapes_images": 4000, "image_size": 16,
                 "settings": tuple(SETTINGS), "regularizers": tuple(REGULARIZERS), "weight_decay": 5e-4,
                 "dropout": 0.5, "fit_threshold": 1.0, "checkpoint_epochs": (0, 1, 2, 4, 8, 14, 20)},
-    "quick": {"epochs": 15, "shapes_images": 500, "settings": ("true", "labels_40", "random_labels", "shuffled_pixels"),
+    "quick": {"epochs": 10, "shapes_images": 500, "settings": ("true", "labels_40", "random_labels", "shuffled_pixels"),
               "regularizers": ("none", "weight_decay"), "part2_epochs": 2, "checkpoint_epochs": (0, 1, 2)},
     "full": {"epochs": 300, "model": "resnet", "widths": (16, 32, 64, 128), "shapes_images": 10000, "image_size": 32,
              "part2_epochs": 60, "checkpoint_epochs": (0, 1, 2, 5, 10, 20, 40, 60)},
