@@ -13,6 +13,13 @@
     reference_torch.bpe           byte-level BPE: GPT-2's tokenizer, the core CLIP's reuses
     reference_torch.explain       attributions, deletion/insertion, feature visualisation,
                                   adversarial examples
+    reference_torch.memorization  label/pixel corruption, epoch checkpoints, one-layer re-initialisation
+    reference_torch.ssl           NT-Xent (DDP all-gather), SimCLR and FixMatch augmentations and steps
+    reference_torch.clip          OpenAI-layout CLIP (build_model from a state dict), its tokenizer
+                                  (clip_tokenizer), a mini-CLIP trained offline (mini_clip), the
+                                  course's visual and deep prompts (prompting)
+    reference_torch.vae, .aae     the UvA DL1 VAE (bits per dimension) and adversarial autoencoder
+    reference_torch.gnn           GCN (message passing and matrix form), max aggregation, GAT
 
 Submodules are imported explicitly (``from reference_torch.train import fit``) so that
 importing one part does not pull in the others.
