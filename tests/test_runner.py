@@ -5,7 +5,6 @@ torch, and one driver under torchrun with two gloo processes."""
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import assignments
 import tiny_driver
 from driver_run import BLOCK_TORCH
+from two_ranks import run_two_ranks
 from assignments.runner import parser_for, run_driver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,12 +170,6 @@ def test_torch_driver_options_need_torch_only_when_they_run():
         cli("--device", "cuda", "--out", "/nonexistent/never-made")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
@@ -192,13 +186,7 @@ def test_a_driver_under_torchrun_trains_on_both_ranks_and_rank_0_writes(tmp_path
     pytest.importorskip("torch")
     script = tmp_path / "launch.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script)]
-    env = {**os.environ, "TORCH_TRAIN": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_two_ranks(script, timeout=240, TORCH_TRAIN="1")
     assert not (tmp_path / "rank1").exists()  # rank 1 trained but wrote nothing
     metrics = json.loads((tmp_path / "rank0" / "metrics.json").read_text())
     # 64 examples, batch 8 per process, two processes: 4 steps an epoch, 2 epochs

@@ -8,8 +8,6 @@ The ``__main__`` block at the end is what each torchrun rank runs."""
 import gc
 import math
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from torch import nn  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from reference_torch import ssl  # noqa: E402
+from two_ranks import run_two_ranks  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 PER_RANK, DIM = 3, 6  # the gloo test: 2 ranks x 3 images, 6-d inputs
@@ -84,20 +83,8 @@ def encoder():
     return nn.Linear(DIM, 4)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", __file__, str(tmp_path)]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_two_ranks(__file__, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
     x1, x2 = global_batch()

@@ -6,14 +6,13 @@ statistics per process and would differ from a single-process run without SyncBN
 """
 import gc
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from two_ranks import run_two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, EPOCHS, N = 16, 2, 64
@@ -42,20 +41,8 @@ def train(train_loader, checkpoint_dir=None, progress=False):
     return trainer
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_stay_in_sync_and_match_one_process(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", __file__, str(tmp_path)]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_two_ranks(__file__, tmp_path)
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and ranks[1]["rank"] == 1

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from driver_run import assert_refused, run_quick  # noqa: E402
+from driver_run import assert_refused, quick_run_in  # noqa: E402
 from minidl.data import load_dataset  # noqa: E402
 from reference_torch.aae import AAETrainer, AdversarialAE, aae_optimizers  # noqa: E402
 from reference_torch.checkpoint import load_checkpoint  # noqa: E402
@@ -226,14 +226,12 @@ def test_aae_trainer_alternates_and_resumes_both_optimisers(tmp_path):
 # ------------------------------------------------------------------------ the drivers
 @pytest.fixture(scope="module")
 def vae_quick(tmp_path_factory, torch_one_thread):
-    out = tmp_path_factory.mktemp("vae") / "run"
-    return out, *run_quick("vae", out)
+    return quick_run_in(tmp_path_factory, "vae")
 
 
 @pytest.fixture(scope="module")
 def aae_quick(tmp_path_factory, torch_one_thread):
-    out = tmp_path_factory.mktemp("aae") / "run"
-    return out, *run_quick("aae", out)
+    return quick_run_in(tmp_path_factory, "aae")
 
 
 def settings(out):
