@@ -112,7 +112,7 @@ def run(ctx):
               layer=layer, tokens=c.tokens)
     for count in c.token_counts:
         if count != c.tokens:
-            learn(f"tokens_{count}", f"{count} tokens before block {c.layers[0]}",
+            learn(f"tokens_{count}", f"{count} token{'s' * (count > 1)} before block {c.layers[0]}",
                   deep=DeepPrompter(width, count, c.layers[0]), layer=c.layers[0], tokens=count)
     if c.every_layer:
         learn("every_layer", f"{c.tokens} fresh tokens before every block from {c.layers[0]}",
@@ -171,6 +171,9 @@ def figures(ctx, runs, num_classes, m):
                                                          [100 * r["test"] for r in count_runs])},
                         "Against the number of tokens", "prompt tokens", "test accuracy (%)", ax=axes[1],
                         chance=100 / num_classes, logx=True)
+        axes[0].set_xticks([r["layer"] for r in layer_runs])
+        axes[1].set_xticks([r["tokens"] for r in count_runs], [str(r["tokens"]) for r in count_runs])
+        axes[1].minorticks_off()
         for ax in axes:
             ax.axhline(100 * m["zero_shot_accuracy"], color="0.3", ls="--", lw=1, label="zero-shot")
             ax.legend(fontsize=8)
