@@ -63,7 +63,7 @@ from minidl.fileio import atomic_open, write_atomic  # noqa: E402
 
 RUNS_DIR = Path("runs")
 PROFILE_NAMES = ("quick", "default", "full")
-EMBEDDED = ("toy", "digits", "shapes", "sbm")  # datasets in the package (sbm: generated): nothing to read or download
+EMBEDDED = ("toy", "digits", "shapes", "sbm", "grammar")  # in the package (sbm, grammar: generated): nothing to download
 TORCH_SETTINGS = ("epochs", "batch_size", "lr")  # every TORCH driver's profiles hold these
 
 

@@ -252,4 +252,4 @@ def test_run_name_help_shows_that_drivers_options_and_profiles(capsys):
     # the profiles' values, shown in the option's help (up to the next option)
     shown = text.split("--epochs EPOCHS ", 1)[1].split(" --", 1)[0]
     default, quick = cifar_cnn.PROFILES["default"]["epochs"], cifar_cnn.PROFILES["quick"].get("epochs")
-    assert f"[default: {default}" + (f"; quick: {quick}]" if quick else "]") in shown, shown
+    assert f"[default: {default}" + (f"; quick: {quick}" if quick else "") in shown, shown
