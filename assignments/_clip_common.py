@@ -20,7 +20,7 @@ from reference_torch.clip_tokenizer import CLIPTokenizer
 from reference_torch.mini_clip import MINI_CLIP, mini_clip
 from reference_torch.train import warmup_cosine
 
-from .runner import positive_int
+from .runner import positive_float, positive_int
 
 COURSE_TEMPLATE = "This is a photo of a {}"
 REAL_WEIGHTS = ("To use OpenAI's weights: --weights ViT-B-32.state_dict.pt (a state dict of their ViT-B/32) "
@@ -34,6 +34,8 @@ def add_arguments(parser):
                         "(None: found in an installed clip or open_clip package)")
     parser.add_argument("--test-size", type=positive_int, help="test images scored (None: the whole test set)")
     parser.add_argument("--shapes-images", type=positive_int, help="shapes images generated (80/10/10 split)")
+    parser.add_argument("--test-noise", type=positive_float, help="std of the gaussian test noise, after "
+                        "CLIP's normalisation (the course's --test_noise)")
 
 
 def check(config):
@@ -65,6 +67,18 @@ def load_model(ctx):
         ctx.note(f"No --weights: the model is a {description}; its zero-shot accuracy on 1,000 held-out shapes "
                  f"images was {info['held_out_zero_shot_accuracy']:.1%} (chance 10%). {REAL_WEIGHTS}")
     return model.to(ctx.device).eval().requires_grad_(False), tokenizer, description
+
+
+def load_model_and_data(ctx):
+    """(CLIP, its tokenizer, a description of it, the data splits, the class names)."""
+    return (*load_model(ctx), *load_data(ctx))
+
+
+def accuracy_columns(config, first):
+    """The table columns of a prompt or method (``first``: its key) and its test accuracies."""
+    return {first: first, "trainable_parameters": ("trainable parameters", "{:,}"),
+            "test": ("test (%)", "{:.1%}"), "clean_test": ("test, unshifted images (%)", "{:.1%}"),
+            "noisy_test": (f"test, noise std {config.test_noise:g} (%)", "{:.1%}")}
 
 
 def load_data(ctx):

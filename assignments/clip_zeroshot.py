@@ -11,7 +11,7 @@ from reference_torch.prompting import PromptCLIP
 
 from . import _clip_common as common
 from . import plots
-from .runner import comma_list, positive_float
+from .runner import comma_list
 
 NAME = "clip_zeroshot"
 COURSE = "UvA DL1"
@@ -45,14 +45,11 @@ def add_arguments(parser):
     common.add_arguments(parser)
     parser.add_argument("--templates", type=comma_list(), help="prompt templates, {} for the class name; the "
                         "first is the main one (commas separate them)")
-    parser.add_argument("--test-noise", type=positive_float, help="std of the gaussian test noise, after "
-                        "CLIP's normalisation (the course's --test_noise)")
 
 
 def run(ctx):
     c = ctx.config
-    clip, tokenizer, description = common.load_model(ctx)
-    splits, classes = common.load_data(ctx)
+    clip, tokenizer, description, splits, classes = common.load_model_and_data(ctx)
     x, y = splits.test.x, splits.test.y
     trainable, frozen = common.parameter_counts(clip)
     ctx.log(f"{trainable:,} trainable and {frozen:,} frozen parameters (zero-shot: nothing trains)")

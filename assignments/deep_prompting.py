@@ -61,7 +61,6 @@ def add_arguments(parser):
     parser.add_argument("--padding-lr", type=positive_float, help="learning rate of the padding prompt compared")
     parser.add_argument("--probe-lr", type=positive_float, help="Adam learning rate of the linear probe")
     parser.add_argument("--shift", choices=tuple(common.SHIFTS), help="a change to every image, train and test")
-    parser.add_argument("--test-noise", type=positive_float, help="std of the gaussian test noise")
 
 
 class LinearProbe(nn.Module):
@@ -85,8 +84,7 @@ def image_features(ctx, clip, x, batch_size=256):
 
 def run(ctx):
     c = ctx.config
-    clip, tokenizer, description = common.load_model(ctx)
-    splits, classes = common.load_data(ctx)
+    clip, tokenizer, description, splits, classes = common.load_model_and_data(ctx)
     layers = len(clip.visual.transformer.resblocks)
     if any(not 0 <= layer < layers for layer in c.layers):
         raise SystemExit(f"--layers {','.join(map(str, c.layers))}: the image encoder has blocks 0 to {layers - 1}")
@@ -145,9 +143,7 @@ def linear_probe(ctx, clip, data, x_clean, y, num_classes):
 def figures(ctx, runs, num_classes, m):
     c = ctx.config
     shift = f"{ctx.dataset}, {common.SHIFTS[c.shift]}"
-    columns = {"method": "method", "trainable_parameters": ("trainable parameters", "{:,}"),
-               "test": ("test (%)", "{:.1%}"), "clean_test": ("test, unshifted images (%)", "{:.1%}"),
-               "noisy_test": (f"test, noise std {c.test_noise:g} (%)", "{:.1%}")}
+    columns = common.accuracy_columns(c, "method")
     ctx.table("methods", [{k: r.get(k) for k in columns} for r in runs.values()],
               f"Test accuracy on {m['test_images']:,} test images ({shift}) of the frozen CLIP with deep prompts, "
               f"with a padding prompt, and of a linear probe; {c.epochs} epochs each ({4 * c.epochs} for the probe).",

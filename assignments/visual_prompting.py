@@ -13,7 +13,7 @@ from reference_torch.train import seed_everything
 
 from . import _clip_common as common
 from . import plots
-from .runner import comma_list, nonnegative_int, positive_float, positive_int
+from .runner import comma_list, nonnegative_int, positive_int
 
 NAME = "visual_prompting"
 COURSE = "UvA DL1"
@@ -57,18 +57,17 @@ def add_arguments(parser):
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="SGD with momentum 0.9 (the course) or Adam")
     parser.add_argument("--warmup", type=nonnegative_int, help="warm-up steps (capped at a tenth of all steps)")
     parser.add_argument("--shift", choices=tuple(common.SHIFTS), help="a change to every image, train and test")
-    parser.add_argument("--test-noise", type=positive_float, help="std of the gaussian test noise, after "
-                        "CLIP's normalisation (the course's --test_noise)")
 
 
 def run(ctx):
     c = ctx.config
-    clip, tokenizer, description = common.load_model(ctx)
-    splits, classes = common.load_data(ctx)
-    data = {part: (common.shifted(getattr(splits, part).x, c.shift), getattr(splits, part).y) for part in ("train", "val", "test")}
+    clip, tokenizer, description, splits, classes = common.load_model_and_data(ctx)
+    data = {part: (common.shifted(getattr(splits, part).x, c.shift), getattr(splits, part).y)
+            for part in ("train", "val", "test")}
     x_clean, y = splits.test.x, splits.test.y
     size = clip.visual.input_resolution
     text = common.text_features(ctx, clip, tokenizer, classes, [common.COURSE_TEMPLATE])  # once for the run
+
     def scores(model):
         return common.scores(ctx, model, data["test"][0], x_clean, y)
 
@@ -95,9 +94,7 @@ def run(ctx):
 def figures(ctx, runs, prompted, x, num_classes, m):
     c = ctx.config
     shift = f"{ctx.dataset}, {common.SHIFTS[c.shift]}"
-    columns = {"prompt": "prompt", "trainable_parameters": ("trainable parameters", "{:,}"),
-               "test": ("test (%)", "{:.1%}"), "clean_test": ("test, unshifted images (%)", "{:.1%}"),
-               "noisy_test": (f"test, noise std {c.test_noise:g} (%)", "{:.1%}")}
+    columns = common.accuracy_columns(c, "prompt")
     ctx.table("prompts", [{k: r.get(k) for k in columns} for r in runs.values()],
               f"Test accuracy of the frozen CLIP with each learned prompt and without one (zero-shot), on "
               f"{m['test_images']:,} test images ({shift}); then the same prompts on the unshifted test images and "
