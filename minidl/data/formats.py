@@ -107,15 +107,17 @@ _ALLOWED = {
 class RestrictedUnpickler(pickle.Unpickler):
     """Only numpy array reconstruction, dtypes and plain containers (dict, list,
     str, bytes, numbers: these need no lookup at all). Every other global a pickle
-    names -- the only way a pickle can call code -- is refused before it is called."""
+    names -- the only way a pickle can call code -- is refused before it is called.
+    A subclass for another format sets ``allowed`` and ``format_contains``."""
+    allowed = _ALLOWED
+    format_contains = ("CIFAR batches contain only numpy arrays and plain containers, so this file "
+                       "is not an official CIFAR batch")
 
     def find_class(self, module, name):
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
-            raise UnsafePickleError(
-                f"refusing {module}.{name}: CIFAR batches contain only numpy arrays and plain "
-                "containers, so this file is not an official CIFAR batch") from None
+            raise UnsafePickleError(f"refusing {module}.{name}: {self.format_contains}") from None
 
     def persistent_load(self, pid):
         raise UnsafePickleError("refusing a persistent id: not part of the CIFAR format")

@@ -79,14 +79,9 @@ _PLANETOID_ALLOWED = {
 class PlanetoidUnpickler(RestrictedUnpickler):
     """The CIFAR unpickler's numpy arrays and plain containers, plus csr matrices (as
     their parts) and a defaultdict of lists: nothing else is looked up."""
-
-    def find_class(self, module, name):
-        try:
-            return _PLANETOID_ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing {module}.{name}: Planetoid files contain only scipy csr matrices, numpy "
-                "arrays and a dict of lists, so this file is not an official Planetoid file") from None
+    allowed = _PLANETOID_ALLOWED
+    format_contains = ("Planetoid files contain only scipy csr matrices, numpy arrays and a dict of lists, "
+                       "so this file is not an official Planetoid file")
 
 
 def read_planetoid_pickle(path):
