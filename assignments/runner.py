@@ -214,7 +214,11 @@ def settings(driver, given):
         raise SystemExit(f"{driver.NAME} has no {run['profile']!r} profile; "
                          f"choose one of {', '.join(profiles)}")
     chosen = profiles.get(run["profile"], {}) if run["profile"] != "default" else {}
-    values = {**(TORCH_DEFAULTS if getattr(driver, "TORCH", False) else {}), **profiles["default"],
+    # an option's own default= (a file option that is None unless given): also where the driver's
+    # command line is not parsed, as in `run --default`, which parses only the shared options
+    declared = {action.dest: action.default for action in parser_for(driver)._actions
+                if action.default is not argparse.SUPPRESS and action.dest not in (*RUN_KEYS, "config", "help")}
+    values = {**(TORCH_DEFAULTS if getattr(driver, "TORCH", False) else {}), **declared, **profiles["default"],
               **getattr(driver, "DATASET_SETTINGS", {}).get(run["dataset"], {}), **chosen, **given}
     config = SimpleNamespace(**values)
     message = driver.check(config) if hasattr(driver, "check") else None

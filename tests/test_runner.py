@@ -34,7 +34,7 @@ def test_settings_from_profile_dataset_and_command_line_in_that_order(tmp_path):
     cli("--out", str(tmp_path / "a"))
     assert settings_seen(tmp_path / "a") == {"device": "auto", "amp": None, "workers": 0, "resume": False,
                                              "epochs": 4, "batch_size": 8, "lr": 0.1, "width": 3,
-                                             "names": ["a", "b"]}
+                                             "names": ["a", "b"], "extra": None}
     cli("--profile", "full", "--out", str(tmp_path / "b"))
     assert settings_seen(tmp_path / "b")["epochs"] == 6 and settings_seen(tmp_path / "b")["width"] == 5
     # the dataset's settings sit on "default"; a chosen profile and the command line win over them
@@ -44,6 +44,12 @@ def test_settings_from_profile_dataset_and_command_line_in_that_order(tmp_path):
     seen = settings_seen(tmp_path / "d")
     assert (seen["width"], seen["epochs"], seen["names"]) == (7, 9, ["c", "a"])
     assert json.loads((tmp_path / "d" / "config.json").read_text())["profile"] == "quick"
+
+
+def test_a_run_without_the_drivers_command_line_has_its_options_defaults(tmp_path):
+    # `run --default` parses only the shared options: an option's own default= must still apply
+    _, ctx = run_driver(tiny_driver, {"profile": "quick", "out": str(tmp_path / "e")})
+    assert ctx.config.extra is None and ctx.config.epochs == 2
 
 
 def test_help_shows_the_datasets_and_the_settings_values(capsys):

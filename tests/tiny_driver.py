@@ -28,6 +28,7 @@ DATASET_SETTINGS = {"digits": {"width": 7, "epochs": 3}}
 def add_arguments(parser):
     parser.add_argument("--width", type=positive_int, help="a setting the profiles hold")
     parser.add_argument("--names", type=comma_list(choices=("a", "b", "c")), help="a list setting")
+    parser.add_argument("--extra", default=None, help="an option with its own default, not in the profiles")
 
 
 def check(config):
