@@ -217,32 +217,24 @@ def test_dropout_is_repeatable_with_manual_seed():
 
 
 # --------------------------------------------------------------- state dicts
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
-        self.head = nn.Linear(8, 3)
+def net_class(lib):
+    """The same network written once for ``minidl.nn`` and ``torch.nn``: the same code runs on both."""
+    class Net(lib.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = lib.Sequential(lib.Linear(6, 8), lib.BatchNorm1d(8), lib.ReLU())
+            self.blocks = lib.ModuleList([lib.Linear(8, 8), lib.Linear(8, 8)])
+            self.head = lib.Linear(8, 3)
 
-    def forward(self, x):
-        x = self.features(x)
-        for block in self.blocks:
-            x = block(x).tanh()
-        return self.head(x)
+        def forward(self, x):
+            x = self.features(x)
+            for block in self.blocks:
+                x = block(x).tanh()
+            return self.head(x)
+    return Net
 
 
-class TorchNet(tnn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = tnn.Sequential(tnn.Linear(6, 8), tnn.BatchNorm1d(8), tnn.ReLU())
-        self.blocks = tnn.ModuleList([tnn.Linear(8, 8), tnn.Linear(8, 8)])
-        self.head = tnn.Linear(8, 3)
-
-    def forward(self, x):
-        x = self.features(x)
-        for block in self.blocks:
-            x = torch.tanh(block(x))
-        return self.head(x)
+Net, TorchNet = net_class(nn), net_class(tnn)
 
 
 def test_names_order_and_shapes_match_torch():
