@@ -17,51 +17,34 @@ import minidl as md
 import minidl.optim
 import minidl.nn.functional as F
 from minidl import nn, threads
-from minidl.nn.conv import BatchNorm2d, Conv2d, MaxPool2d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-class CNN(nn.Module):
-    """conv-(bn)-relu-pool twice, then a linear classifier."""
+def cnn_class(lib):
+    """conv-(bn)-relu-pool twice, then a linear classifier, written once for ``minidl.nn`` and
+    ``torch.nn``: the same code builds both twins, with the same names, so state dicts line up."""
+    class CNN(lib.Module):
+        def __init__(self, size, widths=(16, 32), batch_norm=False, **dtype):
+            super().__init__()
+            self.conv1 = lib.Conv2d(1, widths[0], 3, padding=1, **dtype)
+            self.bn1 = lib.BatchNorm2d(widths[0], **dtype) if batch_norm else None
+            self.conv2 = lib.Conv2d(widths[0], widths[1], 3, padding=1, **dtype)
+            self.bn2 = lib.BatchNorm2d(widths[1], **dtype) if batch_norm else None
+            self.pool = lib.MaxPool2d(2)
+            self.fc = lib.Linear(widths[1] * (size // 4) ** 2, 10, **dtype)
 
-    def __init__(self, size, widths=(16, 32), batch_norm=False, dtype=np.float32):
-        super().__init__()
-        self.conv1 = Conv2d(1, widths[0], 3, padding=1, dtype=dtype)
-        self.bn1 = BatchNorm2d(widths[0], dtype=dtype) if batch_norm else None
-        self.conv2 = Conv2d(widths[0], widths[1], 3, padding=1, dtype=dtype)
-        self.bn2 = BatchNorm2d(widths[1], dtype=dtype) if batch_norm else None
-        self.pool = MaxPool2d(2)
-        self.fc = nn.Linear(widths[1] * (size // 4) ** 2, 10, dtype=dtype)
-
-    def forward(self, x):
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
-            x = conv(x)
-            if bn is not None:
-                x = bn(x)
-            x = self.pool(F.relu(x))
-        return self.fc(x.reshape(x.shape[0], -1))
+        def forward(self, x):
+            for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+                x = conv(x)
+                if bn is not None:
+                    x = bn(x)
+                x = self.pool(x.relu())
+            return self.fc(x.reshape(x.shape[0], -1))
+    return CNN
 
 
-class TorchCNN(torch.nn.Module):
-    """The twin, with the same attribute names so that state dicts line up."""
-
-    def __init__(self, size, widths=(16, 32), batch_norm=False):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, widths[0], 3, padding=1)
-        self.bn1 = torch.nn.BatchNorm2d(widths[0]) if batch_norm else None
-        self.conv2 = torch.nn.Conv2d(widths[0], widths[1], 3, padding=1)
-        self.bn2 = torch.nn.BatchNorm2d(widths[1]) if batch_norm else None
-        self.pool = torch.nn.MaxPool2d(2)
-        self.fc = torch.nn.Linear(widths[1] * (size // 4) ** 2, 10)
-
-    def forward(self, x):
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
-            x = conv(x)
-            if bn is not None:
-                x = bn(x)
-            x = self.pool(torch.relu(x))
-        return self.fc(x.flatten(1))
+CNN, TorchCNN = cnn_class(nn), cnn_class(torch.nn)
 
 
 def train(model, x, y, epochs, lr, batch_size=64, seed=0):
