@@ -41,6 +41,16 @@ def quick_run_in(tmp_path_factory, name, *extra):
     return out, *run_quick(name, out, *extra)
 
 
+def quick_run_fixture(name, *extra):
+    """A module-scoped fixture giving ``quick_run_in``'s (output folder, metrics, manifest) of
+    one --quick run of driver ``name``, shared by a module's tests:
+    ``gnn_run = quick_run_fixture("gnn")``."""
+    @pytest.fixture(scope="module")
+    def run(tmp_path_factory, torch_one_thread):
+        return quick_run_in(tmp_path_factory, name, *extra)
+    return run
+
+
 def torchvision_resnet18_file(path, **changes):
     """A ResNet-18 weight file in torchvision's layout (random weights), with entries
     replaced (``key=tensor``) or deleted (``key=None``): the files ``--weights`` reads."""

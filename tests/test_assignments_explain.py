@@ -10,14 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import assert_refused, quick_run_in, run_quick  # noqa: E402
+from driver_run import assert_refused, quick_run_fixture, run_quick  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-@pytest.fixture(scope="module")
-def explanations(tmp_path_factory):
-    return quick_run_in(tmp_path_factory, "explanations")
+explanations = quick_run_fixture("explanations")
 
 
 def test_explanations_quick(explanations):
@@ -68,9 +66,7 @@ def test_bad_option_value_stops_before_any_file(tmp_path, name, option, value):
     assert_refused(tmp_path, name, option, value, "--quick")
 
 
-@pytest.fixture(scope="module")
-def model_bias(tmp_path_factory):
-    return quick_run_in(tmp_path_factory, "model_bias")
+model_bias = quick_run_fixture("model_bias")
 
 
 def test_model_bias_quick_verdict(model_bias):

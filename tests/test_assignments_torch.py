@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import quick_run_in, run_quick, torchvision_resnet18_file  # noqa: E402
+from driver_run import quick_run_fixture, run_quick, torchvision_resnet18_file  # noqa: E402
 from reference_torch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -60,9 +60,7 @@ class Killed(Exception):
 
 
 # ------------------------------------------------------------------ transfer_learning
-@pytest.fixture(scope="module")
-def tl_quick(tmp_path_factory, torch_one_thread):
-    return quick_run_in(tmp_path_factory, "transfer_learning")
+tl_quick = quick_run_fixture("transfer_learning")
 
 
 def test_transfer_learning_quick(tl_quick):
@@ -237,9 +235,7 @@ def test_transfer_learning_with_a_torchvision_resnet18_file(tmp_path):
 
 
 # ------------------------------------------------------------------------ augmentation
-@pytest.fixture(scope="module")
-def aug_quick(tmp_path_factory, torch_one_thread):
-    return quick_run_in(tmp_path_factory, "augmentation")
+aug_quick = quick_run_fixture("augmentation")
 
 
 def test_augmentation_quick(aug_quick):

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import assert_refused, quick_run_in, run_quick  # noqa: E402
+from driver_run import assert_refused, quick_run_fixture, run_quick  # noqa: E402
 from minidl.data import CorruptFileError, DatasetNotFoundError, UnsafePickleError  # noqa: E402
 from minidl.data.graphs import (PLANETOID_PARTS, load_planetoid, read_planetoid_pickle,  # noqa: E402
                                 stochastic_block_model)
@@ -242,9 +242,7 @@ def test_stochastic_block_model_is_seeded_and_assortative():
 
 
 # ------------------------------------------------------------------ the driver
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory, torch_one_thread):
-    return quick_run_in(tmp_path_factory, "gnn")
+quick = quick_run_fixture("gnn")
 
 
 def test_driver_quick(quick):

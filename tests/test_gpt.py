@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import minidl.gpt  # noqa: E402
-from driver_run import assert_refused, quick_run_in, run_quick  # noqa: E402
+from driver_run import assert_refused, quick_run_fixture, run_quick  # noqa: E402
 from reference_torch.bpe import BPE, GPT2Tokenizer, bytes_to_unicode, read_merges  # noqa: E402
 from reference_torch.gpt import GPT, nucleus  # noqa: E402
 from reference_torch.text import TextDataset, accepts, grammar_corpus, grammar_scores  # noqa: E402
@@ -279,9 +279,7 @@ def test_grammar_accepts_its_corpus_and_rejects_broken_agreement():
 
 
 # ---------------------------------------------------------------- driver
-@pytest.fixture(scope="module")
-def gpt_quick(tmp_path_factory, torch_one_thread):
-    return quick_run_in(tmp_path_factory, "gpt")
+gpt_quick = quick_run_fixture("gpt")
 
 
 def test_gpt_driver_quick_learns_the_grammar(gpt_quick):

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from driver_run import assert_refused, quick_run_in  # noqa: E402
+from driver_run import assert_refused, quick_run_fixture  # noqa: E402
 from minidl.data import load_dataset  # noqa: E402
 from reference_torch.aae import AAETrainer, AdversarialAE, aae_optimizers  # noqa: E402
 from reference_torch.checkpoint import load_checkpoint  # noqa: E402
@@ -224,14 +224,10 @@ def test_aae_trainer_alternates_and_resumes_both_optimisers(tmp_path):
 
 
 # ------------------------------------------------------------------------ the drivers
-@pytest.fixture(scope="module")
-def vae_quick(tmp_path_factory, torch_one_thread):
-    return quick_run_in(tmp_path_factory, "vae")
+vae_quick = quick_run_fixture("vae")
 
 
-@pytest.fixture(scope="module")
-def aae_quick(tmp_path_factory, torch_one_thread):
-    return quick_run_in(tmp_path_factory, "aae")
+aae_quick = quick_run_fixture("aae")
 
 
 def settings(out):
