@@ -300,6 +300,12 @@ def to_jsonable(value):
     return value
 
 
+def binomial_se(accuracy, count):
+    """The standard error of an accuracy measured on ``count`` test examples; the
+    difference of two models on different test draws has about sqrt(2) times it."""
+    return float(np.sqrt(accuracy * (1 - accuracy) / count))
+
+
 def _rank():
     """This process's rank under torchrun (0 otherwise), read without importing torch."""
     return int(os.environ.get("RANK", "0"))
@@ -316,6 +322,7 @@ class Run:
         self.out = Path(run["out"]) if run["out"] else RUNS_DIR / self.name
         self.is_main = _rank() == 0
         self.figures, self.tables, self.notes, self.histories = [], [], [], {}
+        self.headline_result = None
         self._device = None
 
     # ------------------------------------------------------------- outputs
@@ -339,6 +346,26 @@ class Run:
                  "format": None if isinstance(v, str) else v[1]} for k, v in columns.items()]
         self.tables.append({"name": name, "rows": rows, "caption": caption, "columns": spec})
         return rows
+
+    def headline(self, label, value, baseline, baseline_label, noise=None, unit="%",
+                 higher_is_better=True):
+        """The run's main result beside what it must beat, for the report's overview:
+        ``ctx.headline("test accuracy", 0.962, 0.1, "chance", noise=binomial_se(0.962, 360))``.
+        ``noise`` is one standard error of the difference (a seed spread, or
+        ``binomial_se`` of the test set); a difference within two of them is flagged.
+        Values in ``unit`` "%" are fractions (0.962), shown as percentages."""
+        gain = (value - baseline) if higher_is_better else (baseline - value)
+        if gain <= 0:
+            verdict = "does not beat the baseline"
+        elif noise is not None and gain <= 2 * noise:
+            verdict = "within noise"
+        else:
+            verdict = "beats the baseline"
+        self.headline_result = to_jsonable({
+            "label": label, "value": value, "baseline": baseline, "baseline_label": baseline_label,
+            "noise": noise, "unit": unit, "higher_is_better": higher_is_better, "verdict": verdict})
+        self.log(f"{label} {value:.4g} against {baseline_label} {baseline:.4g}: {verdict}")
+        return verdict
 
     def note(self, text):
         """A sentence for the report: what the results show."""
@@ -444,7 +471,7 @@ class Run:
         return self.history(trainer.label, history)
 
     # ---------------------------------------------------------------- files
-    def finish(self, metrics, seconds):
+    def finish(self, metrics, seconds, cpu_seconds=None):
         if not self.is_main:
             return
         config = {"driver": self.name, "dataset": self.dataset, "profile": self.profile,
@@ -455,8 +482,10 @@ class Run:
             "summary": self.driver.SUMMARY, "statement": self.driver.STATEMENT.strip(),
             "dataset": self.dataset, "profile": self.profile, "quick": self.quick,
             "seconds": round(seconds, 1), "figures": self.figures, "tables": self.tables,
-            "notes": self.notes,
+            "notes": self.notes, "headline": self.headline_result,
         }
+        if cpu_seconds is not None:
+            manifest["cpu_seconds"] = round(cpu_seconds, 1)
         if self.histories:
             write_atomic(self.out / "history.csv", history_csv(self.histories))
             manifest["history"] = "history.csv"
@@ -553,11 +582,11 @@ def run_driver(driver, given):
             raise SystemExit(f"--out {ctx.out}: cannot be created ({error.strerror or error}); "
                              "pass a folder you can write to") from None
     ctx.log(f"running ({ctx.profile} profile, dataset {ctx.dataset}) -> {ctx.out}")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     threads = thread_count(driver, ctx.threads)
     with cpu_threads(threads) if threads else nullcontext():
         metrics = driver.run(ctx)
     seconds = time.perf_counter() - start
-    ctx.finish(metrics, seconds)
+    ctx.finish(metrics, seconds, time.process_time() - cpu_start)
     ctx.log(f"done in {seconds:.1f} s")
     return metrics, ctx

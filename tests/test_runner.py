@@ -52,6 +52,17 @@ def test_a_run_without_the_drivers_command_line_has_its_options_defaults(tmp_pat
     assert ctx.config.extra is None and ctx.config.epochs == 2
 
 
+def test_the_headline_is_judged_against_its_baseline_and_noise(tmp_path):
+    cli("--out", str(tmp_path / "a"))  # 4 epochs: val accuracy 0.8 against 0.5, noise 0.05
+    headline = json.loads((tmp_path / "a" / "manifest.json").read_text())["headline"]
+    assert (headline["value"], headline["baseline"], headline["verdict"]) == (0.8, 0.5, "beats the baseline")
+    cli("--epochs", "2", "--out", str(tmp_path / "b"))  # 0.6: a gain of 0.1, two standard errors
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["headline"]["verdict"] == "within noise"
+    cli("--epochs", "1", "--out", str(tmp_path / "c"))  # 0.5: no gain at all
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["headline"]["verdict"] == \
+        "does not beat the baseline"
+
+
 def test_help_shows_the_datasets_and_the_settings_values(capsys):
     with pytest.raises(SystemExit) as stop:
         parser_for(tiny_driver).parse_args(["--help"])

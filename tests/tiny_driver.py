@@ -45,6 +45,7 @@ def run(ctx):
     ctx.table("settings", [{"width": ctx.config.width, "val_accuracy": history[-1]["val_accuracy"]}],
               "What the run saw.", columns={"width": "width", "val_accuracy": ("val accuracy", "{:.1%}")})
     ctx.note("Done.")
+    ctx.headline("val accuracy", history[-1]["val_accuracy"], 0.5, "first epoch", noise=0.05)
     metrics = {"config": vars(ctx.config), "dataset": ctx.dataset, "profile": ctx.profile}
     if os.environ.get("TORCH_TRAIN"):
         metrics.update(train_torch(ctx))
