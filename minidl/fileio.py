@@ -110,6 +110,26 @@ def write_atomic(path, data):
     return Path(path)
 
 
+@contextmanager
+def file_lock(path):
+    """Hold an exclusive lock on ``<path>.lock`` while the block runs: two processes that
+    build the same cached file (two drivers run side by side) take turns, and the second
+    finds the first one's file. POSIX only; elsewhere the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no side-by-side runs there
+        yield
+        return
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # ------------------------------------------------------------ reading back, safely
 _ZIP, _NPY = b"PK\x03\x04", b"\x93NUMPY"
 

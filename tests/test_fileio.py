@@ -37,3 +37,19 @@ def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'wb' or 'w', got 'a'"):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def test_file_lock_makes_a_second_process_wait_for_the_first(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from minidl.fileio import file_lock
+    target = tmp_path / "cache.pt"
+    other = (f"import time; from minidl.fileio import file_lock\n"
+             f"with file_lock({str(target)!r}): print(time.time(), flush=True)")
+    with file_lock(target):
+        child = subprocess.Popen([sys.executable, "-c", other], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        released = time.time()
+    entered = float(child.communicate(timeout=30)[0])
+    assert entered >= released  # the child got the lock only once this process let it go
