@@ -102,23 +102,27 @@ def line_plot(series, title, xlabel, ylabel, ax=None, chance=None, logx=False, l
 
 
 # ------------------------------------------------------------ matrices
-def confusion_matrix(matrix, classes, title, ax=None):
-    """Rows are true classes, in per cent of each row; values under 0.5 % left blank."""
-    matrix = np.asarray(matrix, dtype=float)
-    rates = 100 * matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+def confusion_matrix(matrix, classes, title, ax=None, fontsize=None):
+    """Rows are true classes. Each cell holds its count of images and, under it, its
+    share of the row (the colour); empty cells are left blank. Counts are what a text
+    quotes ("12 test images"), shares what compares classes of different sizes."""
+    counts = np.asarray(matrix)
+    rates = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = _axes(ax, (0.5 * n + 3.2, 0.45 * n + 2.6))
+    fig, ax = _axes(ax, (0.62 * n + 3.2, 0.55 * n + 2.6))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
+    size = fontsize or (7 if n <= 10 else 5.5)
     for i in range(n):
         for j in range(n):
-            if rates[i, j] >= 0.5:
-                ax.text(j, i, f"{rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 55 else "black")
+            if counts[i, j]:
+                ax.text(j, i, f"{counts[i, j]:.0f}\n{rates[i, j]:.0f}%", ha="center", va="center",
+                        fontsize=size, linespacing=0.95, color="white" if rates[i, j] > 55 else "black")
     long = max(len(str(c)) for c in classes) > 2
     ax.set_xticks(range(n), classes, rotation=45 if long else 0, ha="right" if long else "center", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
-    return _finish(fig, ax, title, "predicted class", "true class", legend=False, grid=False)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class (colour)")
+    return _finish(fig, ax, title + "\n(cells: images, % of the true class)", "predicted class", "true class",
+                   legend=False, grid=False)
 
 
 def heatmap(matrix, title, xlabel, ylabel, ax=None, x_labels=None, y_labels=None, signed=None,
