@@ -483,6 +483,7 @@ class Run:
             "dataset": self.dataset, "profile": self.profile, "quick": self.quick,
             "seconds": round(seconds, 1), "figures": self.figures, "tables": self.tables,
             "notes": self.notes, "headline": self.headline_result,
+            "datasets": list(self.driver.DATASETS),  # the report tells a stand-in from the real one
         }
         if cpu_seconds is not None:
             manifest["cpu_seconds"] = round(cpu_seconds, 1)
