@@ -5,13 +5,22 @@ and picking the images to show. Everything about explaining lives in
 ``reference_torch.explain``; this module only wires a model to it.
 
 The model is ``Sequential(normalize=Normalize(mean, std), net=SmallCNN(...))``: it takes
-images in [0, 1], so attributions, deletion substrates (0 = black), attack budgets and
-feature visualisations all live in pixel space. It lives on the run's device, and every
-batch of images reaches it through ``ctx.to_device``.
+images in [0, 1], so attributions, deletion substrates, attack budgets and feature
+visualisations all live in pixel space. It lives on the run's device, and every batch of
+images reaches it through ``ctx.to_device``.
+
+The drivers train the same model, so it is trained once per configuration and cached:
+``<cache>/<dataset>-<hash>.pt``, the hash of everything that changes the trained weights
+(``training_recipe``), in ``$MINIDL_MODEL_CACHE`` or else ``.cache`` beside the run
+folders (``runs/.cache`` for ``runs/<name>``). Two drivers run side by side take turns
+under ``minidl.fileio.file_lock``: the second finds the first one's file.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +31,7 @@ from torch import nn
 
 import minidl.data
 from minidl.errors import InputError
+from minidl.fileio import file_lock
 from reference_torch import explain as E
 from reference_torch.checkpoint import load_checkpoint, save_checkpoint
 from reference_torch.train import evaluate, seed_everything, warmup_cosine
@@ -38,6 +48,10 @@ TRAINING = {"shapes_images": 10000, "train_images": 8000, "epochs": 4, "batch_si
 QUICK_TRAINING = {"shapes_images": 2000, "train_images": 1600, "epochs": 2}
 DATASET_SETTINGS = {"cifar10": {"train_images": 20000, "epochs": 4, "batch_size": 64}}
 WIDTHS = (16, 32, 64)
+# Part of every cache key: raise it when train_model changes in a way that changes the
+# weights it returns, so that older cached models are not mistaken for new ones.
+RECIPE_VERSION = 1
+CACHE_ENV = "MINIDL_MODEL_CACHE"
 
 
 def existing_file(text):
@@ -187,19 +201,21 @@ def test_accuracy(ctx, model, split, limit=None):
     return evaluate(model, ctx.loader(split.x[:limit], split.y[:limit], batch_size=500))["accuracy"]
 
 
-def save_model(ctx, model, splits, path):
+def save_model(ctx, model, splits, path, **extra):
+    """``model`` as a model.pt (weights and 'arch'), with ``extra`` plain-data entries."""
     if ctx.is_main:
         arch = {"in_shape": list(splits.in_shape), "num_classes": splits.num_classes, "widths": list(WIDTHS),
                 "mean": model.normalize.mean.flatten().tolist(), "std": model.normalize.std.flatten().tolist(),
                 "dataset": splits.name, "classes": [str(c) for c in splits.classes]}
-        save_checkpoint({"model": model.state_dict(), "arch": arch}, path)
+        save_checkpoint({"model": model.state_dict(), "arch": arch, **extra}, path)
 
 
-def load_model(ctx, path, splits, option="--checkpoint"):
+def load_model(ctx, path, splits, option="--checkpoint", state=None):
     """A model saved by ``save_model``, on the run's device; checks that it fits the
-    dataset. ``option`` names the command-line option the path came from."""
+    dataset. ``option`` names the command-line option the path came from; ``state``:
+    the file's contents when already read."""
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path) if state is None else state
     except Exception as error:  # not a torch file, or one holding arbitrary Python objects
         raise SystemExit(f"{option} {path}: cannot be read as a model.pt ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from error
@@ -215,8 +231,63 @@ def load_model(ctx, path, splits, option="--checkpoint"):
                          f"{arch['num_classes']} classes, but this run uses {splits.name} "
                          f"{list(splits.in_shape)} with {splits.num_classes}; pass the matching --dataset")
     model = build_model(arch["in_shape"], arch["num_classes"], arch["mean"], arch["std"], arch["widths"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # keys or shapes that do not fit (model_file checks --checkpoint)
+        raise SystemExit(f"{option} {path}: the weights do not fit the model ({str(error).splitlines()[0]})") from None
     return model.to(ctx.device).eval()
+
+
+# ------------------------------------------------------------------------ the cache
+def training_recipe(ctx, splits):
+    """Everything that decides the weights ``train_model`` returns, as plain data: the
+    dataset and its options, the seed, the training settings, the architecture, the device
+    kind and AMP (their arithmetic differs slightly)."""
+    cfg = ctx.config
+    return {"recipe": RECIPE_VERSION, "dataset": splits.name, "data_options": splits.options,
+            "train_size": len(splits.train), "seed": ctx.seed, "widths": list(WIDTHS),
+            "train_images": min(cfg.train_images, len(splits.train)), "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "device": ctx.device.type, "amp": cfg.amp}
+
+
+def cache_file(ctx, recipe):
+    """Where the model of ``recipe`` is cached: ``<cache>/<dataset>-<16 hex digits>.pt``."""
+    folder = Path(os.environ.get(CACHE_ENV) or ctx.out.parent / ".cache")
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"{recipe['dataset']}-{digest}.pt"
+
+
+def read_cached(ctx, path, splits, recipe, label):
+    """The model and its training info from a cache file (its training history kept under
+    ``label``), or None, with one line in the log, when the file is damaged or was written
+    for another recipe: the caller trains the model again."""
+    try:
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or state.get("recipe") != recipe:
+            raise ValueError("it was written for other settings")
+        model = load_model(ctx, path, splits, option="cached model", state=state)
+        info, history = dict(state["training"]), list(state["history"])
+    except (InputError, SystemExit, KeyError, TypeError, ValueError) as error:
+        ctx.log(f"the cached model {path} cannot be used ({str(error).splitlines()[0]}); training it again")
+        return None
+    ctx.history(label, history)
+    return model, info
+
+
+def cached_model(ctx, splits, label):
+    """``train_model``'s model and info, trained only once per ``training_recipe``: read
+    from the cache when an earlier run (of any of these drivers) trained it, else trained
+    and cached. Under the file's lock, so that a second process waits and then reads it."""
+    recipe = training_recipe(ctx, splits)
+    path = cache_file(ctx, recipe)
+    with file_lock(path):
+        found = read_cached(ctx, path, splits, recipe, label) if path.exists() else None
+        if found:
+            ctx.log(f"{label}: trained by an earlier run with the same settings; read from {path}")
+            return found[0], {**found[1], "source": f"cached {path.name} (trained once for these settings)"}
+        model, info = train_model(ctx, splits, label)
+        save_model(ctx, model, splits, path, recipe=recipe, training=info, history=ctx.histories[label])
+    return model, {**info, "source": "trained in this run"}
 
 
 def data_and_model(ctx):
@@ -226,16 +297,19 @@ def data_and_model(ctx):
 
 
 def get_model(ctx, splits, label="model", path=None, save_as="model.pt"):
-    """The run's model: loaded from ``path`` (--checkpoint), else trained and saved as
-    ``<out>/<save_as>``, which later runs can pass as --checkpoint. Returns (model, info)."""
+    """The run's model: loaded from ``path`` (--checkpoint), else trained (or read from the
+    cache where an earlier run trained it) and saved as ``<out>/<save_as>``, which later
+    runs can pass as --checkpoint. Returns (model, info)."""
     if path:
         model, info = load_model(ctx, path, splits), {"source": f"checkpoint {path}"}
         ctx.log(f"loaded {label} from {path}")
-    else:
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank must train, none may wait on a lock
         model, info = train_model(ctx, splits, label)
         info["source"] = "trained in this run"
-        if save_as:
-            save_model(ctx, model, splits, ctx.out / save_as)
+    else:
+        model, info = cached_model(ctx, splits, label)
+    if not path and save_as:
+        save_model(ctx, model, splits, ctx.out / save_as)
     info.update(test_accuracy=test_accuracy(ctx, model, splits.test), chance=1 / splits.num_classes)
     ctx.log(f"{label}: test accuracy {100 * info['test_accuracy']:.1f} % (chance {100 * info['chance']:.0f} %)")
     return model, info
@@ -262,13 +336,13 @@ SIGNED = {"occlusion": True, "saliency": False, "input_x_gradient": True, "gradc
 
 
 def attribution_methods(model, height, ig_steps=32):
-    """The five methods by key, all explaining pixels in [0, 1]: occlusion with a black
-    patch a quarter of the image wide (half-overlapping), Grad-CAM at the last conv block
+    """The five methods by key, all explaining pixels in [0, 1]: occlusion with a grey
+    patch (0.5) a quarter of the image wide (half-overlapping), Grad-CAM at the last conv block
     (after its ReLU, before pooling), integrated gradients from a black image in
     ``ig_steps`` steps."""
     patch = max(2, height // 4)  # 8 px on 32-pixel images: about the size of a small shape
     return {
-        "occlusion": E.Occlusion(model, patch=patch, stride=patch // 2, baseline=0.0),
+        "occlusion": E.Occlusion(model, patch=patch, stride=patch // 2, baseline=0.5),
         "saliency": E.Saliency(model),
         "input_x_gradient": E.InputXGradient(model),
         "gradcam": E.GradCAM(model, layer=blocks(model, height)[-1].relu),

@@ -5,7 +5,7 @@
                   Method(model, ...).attribute(x, target=None) -> Attribution
                   (.relevance (B, H, W), .logits, .target, .raw, .delta)
     metrics       deletion_curve, insertion_curve (RISE), deletion_insertion (both, each
-                  beside a random order), auc, mask_share, pointing_game
+                  beside a random order), auc, auc_difference, mask_share, pointing_game
     activations   activation_maps(model, x, layers), capture (forward hooks)
     featvis       visualize(model, channel(layer, c) | neuron(...) | class_logit(k), ...)
                   with PixelImage / FourierImage and RandomTransforms
@@ -22,13 +22,14 @@ from .attribution import (METHODS, Attribution, AttributionMethod, GradCAM, Inpu
                           IntegratedGradients, LayerSaliency, Occlusion, Saliency, SmoothGrad)
 from .featvis import (FourierImage, PixelImage, RandomTransforms, channel, class_logit, dataset_examples,
                       neuron, transform_robustness, visualize)
-from .metrics import (Curve, auc, deletion_curve, deletion_insertion, insertion_curve, mask_share,
-                      pointing_game)
+from .metrics import (Curve, auc, auc_difference, deletion_curve, deletion_insertion, insertion_curve,
+                      mask_share, pointing_game)
 
 __all__ = [
     "Attribution", "AttributionMethod", "Occlusion", "Saliency", "InputXGradient", "GradCAM",
     "IntegratedGradients", "SmoothGrad", "LayerSaliency", "METHODS",
-    "Curve", "auc", "deletion_curve", "insertion_curve", "deletion_insertion", "mask_share", "pointing_game",
+    "Curve", "auc", "auc_difference", "deletion_curve", "insertion_curve", "deletion_insertion", "mask_share",
+    "pointing_game",
     "activation_maps", "capture",
     "visualize", "channel", "neuron", "class_logit", "PixelImage", "FourierImage", "RandomTransforms",
     "Normalize", "fgsm", "pgd", "accuracy_under_attack",

@@ -4,10 +4,17 @@ Deletion and insertion (Petsiuk et al. 2018, RISE): order the pixels by relevanc
 most relevant first, and change them ``step`` at a time, recording the probability of
 the explained class after every step.
 
-    deletion   starts from the image and moves pixels to a substrate (0, black, by
-               default): a faithful map makes the probability fall fast (low AUC)
+    deletion   starts from the image and moves pixels to a substrate: a faithful map
+               makes the probability fall fast (low AUC)
     insertion  starts from a blurred image (gaussian, sigma 5) and puts the image's
                pixels back: a faithful map makes the probability rise fast (high AUC)
+
+The substrate of deletion: 0 (black, RISE's choice and the default), a number or tensor,
+``"blur"`` (the blurred image insertion starts from) or ``"mean"`` (each image's mean
+colour). On a small CNN black pixels are far from anything it was trained on: a few
+scattered ones change its prediction whatever their order, so every curve, a random
+order's too, collapses at the first step and nothing is told apart. A blurred or mean
+substrate removes the information of a pixel without adding a strong new signal.
 
 The x axis is the share of pixels changed, 0 to 1, and the area under the curve is
 taken with the trapezoid rule. An AUC means little alone, so always put the same curve
@@ -45,6 +52,23 @@ class Curve:
     @property
     def mean_auc(self) -> float:
         return float(self.auc.mean())
+
+    @property
+    def auc_se(self) -> float:
+        """Standard error of ``mean_auc`` over the images (0 for a single image)."""
+        n = len(self.auc)
+        return float(self.auc.double().std() / n ** 0.5) if n > 1 else 0.0
+
+
+def auc_difference(curve: Curve, baseline: Curve) -> tuple[float, float]:
+    """Mean over images of ``curve.auc - baseline.auc`` and its standard error, for two
+    curves of the same images (paired: each image is compared with itself, which cancels
+    the large spread between easy and hard images)."""
+    if curve.auc.shape != baseline.auc.shape:
+        raise ValueError(f"the curves must be of the same images, got {len(curve.auc)} and {len(baseline.auc)}")
+    difference = (curve.auc - baseline.auc).double()
+    n = len(difference)
+    return float(difference.mean()), float(difference.std() / n ** 0.5) if n > 1 else 0.0
 
 
 def auc(fractions: Tensor, scores: Tensor) -> Tensor:
@@ -128,16 +152,31 @@ def _prepare(model, x, relevance, target, step, seed, batch_size, who):
     return x, ranks, target, step
 
 
+SUBSTRATES = ("blur", "mean")  # the named substrates; a number or a tensor is a colour
+
+
+def substrate_images(x: Tensor, substrate: float | Tensor | str, blur_sigma: float = 5.0) -> Tensor:
+    """What deleted pixels become, (B, C, H, W): ``"blur"`` a gaussian blur of ``x``,
+    ``"mean"`` each image's mean colour, a number or tensor that colour everywhere."""
+    if isinstance(substrate, str):
+        if substrate not in SUBSTRATES:
+            raise ValueError(f"substrate must be a number, a tensor, 'blur' or 'mean', got {substrate!r}")
+        if substrate == "blur":
+            return gaussian_blur(x, blur_sigma)
+        return x.mean((2, 3), keepdim=True).expand_as(x)
+    return torch.as_tensor(substrate, dtype=x.dtype, device=x.device).expand_as(x)
+
+
 def deletion_curve(model: nn.Module, x: Tensor, relevance: Tensor | str, target: Target = None, *,
-                   step: int | None = None, substrate: float | Tensor = 0.0, seed: int = 0,
-                   batch_size: int = 256) -> Curve:
+                   step: int | None = None, substrate: float | Tensor | str = 0.0, blur_sigma: float = 5.0,
+                   seed: int = 0, batch_size: int = 256) -> Curve:
     """Probability of ``target`` (default: the predicted class) as the most relevant
-    pixels are set to ``substrate``, ``step`` pixels (default: one image row) at a time.
+    pixels are set to ``substrate`` (0 = black, ``"blur"``, ``"mean"``: see the module),
+    ``step`` pixels (default: one image row) at a time.
     ``relevance``: (B, H, W), an Attribution, or ``"random"`` for the random-order baseline."""
     with inspecting(model):
         x, ranks, target, step = _prepare(model, x, relevance, target, step, seed, batch_size, "deletion_curve")
-        end = torch.as_tensor(substrate, dtype=x.dtype, device=x.device).expand_as(x)
-        return _curve(model, x, end, ranks, target, step, batch_size)
+        return _curve(model, x, substrate_images(x, substrate, blur_sigma), ranks, target, step, batch_size)
 
 
 def insertion_curve(model: nn.Module, x: Tensor, relevance: Tensor | str, target: Target = None, *,
@@ -148,17 +187,19 @@ def insertion_curve(model: nn.Module, x: Tensor, relevance: Tensor | str, target
     or into ``substrate`` when given. ``relevance`` as for ``deletion_curve``."""
     with inspecting(model):
         x, ranks, target, step = _prepare(model, x, relevance, target, step, seed, batch_size, "insertion_curve")
-        start = gaussian_blur(x, blur_sigma) if substrate is None else \
-            torch.as_tensor(substrate, dtype=x.dtype, device=x.device).expand_as(x)
+        start = substrate_images(x, "blur" if substrate is None else substrate, blur_sigma)
         return _curve(model, start, x, ranks, target, step, batch_size)
 
 
 def deletion_insertion(model: nn.Module, x: Tensor, relevance: Tensor, target: Target = None, *,
-                       step: int | None = None, seed: int = 0, batch_size: int = 256) -> dict[str, Curve]:
-    """All four curves: ``deletion``, ``deletion_random``, ``insertion``, ``insertion_random``."""
+                       step: int | None = None, substrate: float | Tensor | str = 0.0, seed: int = 0,
+                       batch_size: int = 256) -> dict[str, Curve]:
+    """All four curves: ``deletion``, ``deletion_random``, ``insertion``, ``insertion_random``
+    (``substrate``: that of deletion)."""
     options = dict(target=target, step=step, seed=seed, batch_size=batch_size)
-    return {"deletion": deletion_curve(model, x, relevance, **options),
-            "deletion_random": deletion_curve(model, x, "random", **options),
+    deletion = dict(options, substrate=substrate)
+    return {"deletion": deletion_curve(model, x, relevance, **deletion),
+            "deletion_random": deletion_curve(model, x, "random", **deletion),
             "insertion": insertion_curve(model, x, relevance, **options),
             "insertion_random": insertion_curve(model, x, "random", **options)}
 

@@ -135,13 +135,16 @@ def attribution_grid(images, maps: Mapping[str, object], row_labels: Sequence[st
 
 def curve_panel(ax, fractions, curves: Mapping[str, object], title: str, ylabel: str,
                 styles: Mapping[str, dict] | None = None):
-    """Mean curve (over images) per method, with the AUC in the legend."""
+    """Mean curve (over images) per method, with the AUC in the legend: for curves of
+    several images (B, S) its mean over the images and that mean's standard error."""
     x = to_numpy(fractions)
     for name, scores in curves.items():
         scores = to_numpy(scores)
+        areas = np.trapezoid(scores, x, axis=-1)
         mean = scores.mean(0) if scores.ndim == 2 else scores
-        area = float(np.trapezoid(mean, x))
-        ax.plot(100 * x, mean, label=f"{name} (AUC {area:.3f})", **(styles or {}).get(name, {}))
+        error = f" ± {areas.std(ddof=1) / len(areas) ** 0.5:.3f}" if scores.ndim == 2 and len(scores) > 1 else ""
+        ax.plot(100 * x, mean, label=f"{name} (AUC {float(np.mean(areas)):.3f}{error})",
+                **(styles or {}).get(name, {}))
     ax.set(title=title, xlabel="pixels changed (%)", ylabel=ylabel, xlim=(0, 100), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
