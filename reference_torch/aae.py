@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .distributed import all_reduce_sum
 from .train import Trainer
 
 
@@ -167,16 +168,29 @@ class AAETrainer(Trainer):
     """The Trainer with the course's alternating updates, one of each per batch: the
     autoencoder (``optimizer``) on ``get_loss_autoencoder``, then the discriminator
     (``disc_optimizer``) on the same codes, detached so that its step does not move the
-    encoder. Checkpoints hold both optimisers. One process (no DistributedDataParallel)."""
+    encoder. Checkpoints hold both optimisers.
+
+    Under torchrun the gradients are averaged over the processes by hand after each of
+    the two backward passes: DistributedDataParallel expects one forward and one
+    backward per step through the wrapped module, and the discriminator's update runs
+    outside the model's forward. DDP's wrapper is still built first, for the one thing
+    it does here: copy rank 0's initial weights to every rank."""
 
     def __init__(self, model: AdversarialAE, optimizer, disc_optimizer, *, lambda_: float = 1.0, **options):
         if not 0 <= lambda_ <= 1:
             raise ValueError(f"lambda_ must be between 0 and 1, got {lambda_}")
         options.setdefault("eval_step", aae_eval_step)
         super().__init__(model, optimizer, **options)
-        if self.dist.enabled:
-            raise RuntimeError("AAETrainer runs in one process; start it without torchrun")
+        self.train_model = self.model  # the plain module: both losses are the model's methods
         self.disc_optimizer, self.lambda_ = disc_optimizer, lambda_
+
+    def _average_gradients(self, optimizer) -> None:
+        """The mean of every process's gradient, so that all take the same step."""
+        if self.dist.enabled:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        all_reduce_sum(p.grad).div_(self.dist.world_size)
 
     def train_step(self, batch, *extra_batches):
         x = batch[0]
@@ -185,11 +199,13 @@ class AAETrainer(Trainer):
             ae_loss, ae_logs = self.model.get_loss_autoencoder(x, recon_x, z_fake, self.lambda_)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(ae_loss).backward()
+        self._average_gradients(self.optimizer)
         self.scaler.step(self.optimizer)
         with self.autocast():
             disc_loss, disc_logs = self.model.get_loss_discriminator(z_fake.detach())
         self.disc_optimizer.zero_grad(set_to_none=True)  # also drops what ae_loss left on D
         self.scaler.scale(disc_loss).backward()
+        self._average_gradients(self.disc_optimizer)
         self.scaler.step(self.disc_optimizer)
         self.scaler.update()
         logs = {"loss": ae_loss, "recon_loss": ae_logs["recon_loss"], "gen_loss": ae_logs["gen_loss"],
