@@ -34,7 +34,7 @@ p, ul, .statement, figcaption, .offline { max-width: 48rem; overflow-wrap: break
 section { border-top: 1px solid #ddd; padding-top: .5rem; margin-top: 2rem; }
 h2 { margin-bottom: .2rem; }
 .summary { margin-top: 0; font-style: italic; }
-.meta { color: #555; font-size: .9rem; }
+.meta { color: #555; font-size: .9em; }
 .statement { background: #fafafa; border-left: 3px solid #88a; padding: .1rem 1rem; }
 .offline { background: #fff6e0; border-left: 3px solid #c90; padding: .5rem 1rem; }
 code { font-size: .92em; background: #f0f0f3; padding: 0 .2em; border-radius: 3px; }
@@ -62,6 +62,8 @@ th { background: #eef; }
   nav { display: none; }
   main { margin: 0; padding: 0; max-width: none; }
   .scroll { overflow: visible; }
+  table { font-size: 8pt; }
+  .num, .verdict { white-space: normal; }  /* wrap rather than run off the paper */
   figure, tr { break-inside: avoid; }
   a { color: inherit; text-decoration: none; }
 }
@@ -131,17 +133,15 @@ def _table_html(rows, caption, columns=None):
     Numbers are right-aligned; a table wider than the page scrolls inside its own box."""
     columns = columns or [{"key": k, "label": k, "format": None}
                           for k in dict.fromkeys(k for row in rows for k in row)]
-    head, formats, numeric = [], [], []
+    head, formats = [], []
     for c in columns:
-        values = [row.get(c["key"]) for row in rows if row.get(c["key"]) is not None]
-        is_num = bool(values) and all(_is_number(v) for v in values)
-        numeric.append(is_num)
-        formats.append(c.get("format") or (_column_format(values) if is_num else None))
-        head.append(f'<th{" class=num" if is_num else ""}>{esc(c["label"])}</th>')
+        numbers = [row[c["key"]] for row in rows if _is_number(row.get(c["key"]))]
+        formats.append(c.get("format") or (_column_format(numbers) if numbers else None))
+        head.append(f'<th{" class=num" if numbers else ""}>{esc(c["label"])}</th>')
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=num" if n else ""}>{esc(_cell(row.get(c["key"]), f))}</td>'
-                         for c, f, n in zip(columns, formats, numeric)) + "</tr>"
-        for row in rows)
+        "<tr>" + "".join(f'<td{" class=num" if _is_number(row.get(c["key"])) else ""}>'
+                         f'{esc(_cell(row.get(c["key"]), f))}</td>' for c, f in zip(columns, formats))
+        + "</tr>" for row in rows)
     return _captioned_table(render_inline(caption), f'<thead><tr>{"".join(head)}</tr></thead><tbody>{body}</tbody>')
 
 
@@ -214,13 +214,18 @@ def _value(value, unit):
     return f"{value:.3g}" + (f" {unit}" if unit else "")
 
 
+def _noise(noise, unit):
+    """A difference of percentages is in points."""
+    return f"± {100 * noise:.1f} points" if unit == "%" else f"± {_value(noise, unit)}"
+
+
 def _headline_cells(headline):
     """(result, baseline, noise, verdict) cells of a run's headline, or dashes."""
     if not headline:
         return ["—"] * 4
     unit = headline.get("unit", "%")
     noise = headline.get("noise")
-    noise_text = "—" if noise is None else f"± {_value(noise, unit).replace(' %', ' points')}"
+    noise_text = "—" if noise is None else _noise(noise, unit)
     kind, mark = VERDICT_FLAGS[headline["verdict"]]
     verdict = f'<span class="{kind}">{mark} {esc(headline["verdict"])}</span>'
     return [f"{esc(headline['label'])}: {_value(headline['value'], unit)}",
@@ -278,9 +283,13 @@ def _section(run_dir, manifest, metrics):
         parts.append(f'<p class="summary">{render_inline(manifest["summary"])}</p>')
     parts += [f'<p class="meta">{meta}</p>', _offline_note(manifest),
               f'<div class="statement">{render_markup(manifest["statement"])}</div>']
-    if manifest.get("headline"):
-        result, baseline, noise, verdict = _headline_cells(manifest["headline"])
-        parts.append(f"<p><b>Headline.</b> {result} against {baseline} (noise {noise}): {verdict}.</p>")
+    headline = manifest.get("headline")
+    if headline:
+        unit, noise = headline.get("unit", "%"), headline.get("noise")
+        noise = "" if noise is None else f" (noise {esc(_noise(noise, unit))})"
+        parts.append(f"<p><b>Headline.</b> {esc(headline['label'])} {_value(headline['value'], unit)} "
+                     f"against {esc(headline['baseline_label'])} {_value(headline['baseline'], unit)}"
+                     f"{noise}: {_headline_cells(headline)[3]}.</p>")
     parts += [f"<p>{render_inline(note)}</p>" for note in manifest.get("notes", [])]
     parts += [_figure_html(run_dir, fig) for fig in manifest.get("figures", [])]
     parts += [_table_html(t["rows"], t["caption"], t.get("columns")) if t["rows"] else
@@ -298,15 +307,16 @@ def _section(run_dir, manifest, metrics):
 
 def _overview(runs):
     """One row per run: the task, its data, its headline beside the baseline, the flag."""
-    head = ("task", "dataset", "result", "baseline", "noise (1 SE)", "verdict", "run time")
+    head = ("task", "verdict", "result", "baseline", "noise (1 SE)", "dataset", "run time")
     rows = []
     for _, manifest, _ in runs:
         result, baseline, noise, verdict = _headline_cells(manifest.get("headline"))
         cells = [f'<a href="#{esc(manifest["name"])}">{esc(_title(manifest))}</a> '
                  f'<span class="meta">({esc(manifest["name"])})</span>', _dataset_cell(manifest)]
-        rows.append(f'<tr id="overview-{esc(manifest["name"])}"><td>{cells[0]}</td><td>{cells[1]}</td>'
-                    f'<td class="num">{result}</td><td class="num">{baseline}</td>'
-                    f'<td class="num">{noise}</td><td class="verdict">{verdict}</td>'
+        # the verdict beside the task: what a phone shows before the table scrolls
+        rows.append(f'<tr id="overview-{esc(manifest["name"])}"><td>{cells[0]}</td>'
+                    f'<td class="verdict">{verdict}</td><td class="num">{result}</td>'
+                    f'<td class="num">{baseline}</td><td class="num">{noise}</td><td>{cells[1]}</td>'
                     f'<td class="num">{_run_time(manifest)}</td></tr>')
     header = "".join(f"<th>{h}</th>" for h in head)
     caption = ("<b>Overview.</b> Every task's headline result beside the baseline it must beat. Noise "
