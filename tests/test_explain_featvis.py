@@ -7,7 +7,8 @@ from torch import nn
 from reference_torch.explain import (FourierImage, Normalize, PixelImage, RandomTransforms, activation_maps, capture,
                                      channel, class_logit, dataset_examples, neuron, transform_robustness,
                                      visualize)
-from reference_torch.explain.featvis import total_variation
+from reference_torch.explain.featvis import (class_examples, direction, gradient_x_activation, neuron_groups, nmf,
+                                             strongest_channels, total_variation)
 from reference_torch.models import resnet18
 
 
@@ -141,3 +142,107 @@ def test_transform_robustness_is_seeded_and_keeps_a_flat_images_score():
     noise = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     first, again = (transform_robustness(model, class_logit([0, 1]), noise, seed=3) for _ in range(2))
     torch.testing.assert_close(first, again)
+
+
+def test_class_examples_are_the_clearest_image_of_each_class_not_the_largest_logit():
+    """The "images" are their own logits: image 1 has large logits for every class (the
+    largest of classes 0 and 2 too), but it is a class-1 image and only by a small margin."""
+    logits = torch.tensor([[5.0, 1.0, 0.0], [9.0, 8.5, 9.0], [0.0, 3.0, 0.0], [1.0, 0.0, 2.0], [0.0, 0.0, 4.0]])
+    labels = [0, 1, 1, 2, 2]
+    index, margin = class_examples(nn.Flatten(), logits[:, :, None, None], labels, [0, 1, 2])
+    assert index.tolist() == [0, 2, 4]
+    torch.testing.assert_close(margin, torch.tensor([4.0, 3.0, 4.0]))
+    with pytest.raises(ValueError, match="no image of class 3"):
+        class_examples(nn.Flatten(), logits[:, :, None, None], labels, [3])
+
+
+def test_a_direction_objective_is_the_projection_on_a_mix_of_channels():
+    activation = torch.rand(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    mix = torch.tensor([[1.0, 0, 0, 0], [0, 0.5, 0, 2.0]])
+    scores = direction("x", mix)(activation)
+    torch.testing.assert_close(scores[0], activation[0, 0].mean())
+    torch.testing.assert_close(scores[1], (0.5 * activation[1, 1] + 2 * activation[1, 3]).mean())
+    torch.testing.assert_close(direction("x", mix).per_unit(activation)[:, 0], activation[:, 0].mean((1, 2)))
+    with pytest.raises(ValueError, match="directions have 4 channels, x has 5"):
+        direction("x", mix)(torch.rand(2, 5, 3, 3))
+
+
+# --------------------------------------------------------------------------- the building blocks
+def test_nmf_recovers_known_groups_of_a_low_rank_non_negative_matrix():
+    """60 positions x 12 channels made of 3 groups: each position holds one group (with a
+    random strength), each group is a different set of 4 channels (with random weights)."""
+    g = torch.Generator().manual_seed(0)
+    group_of_position = torch.arange(60) % 3
+    maps = torch.zeros(60, 3)
+    maps[torch.arange(60), group_of_position] = torch.rand(60, generator=g) + 0.5
+    directions = torch.zeros(3, 12)
+    for k in range(3):
+        directions[k, 4 * k:4 * k + 4] = torch.rand(4, generator=g) + 0.2
+    matrix = maps @ directions
+    w, h = nmf(matrix, 3, steps=1500)
+    assert (w >= 0).all() and (h >= 0).all()
+    torch.testing.assert_close(h.norm(dim=1), torch.ones(3))
+    assert (matrix - w @ h).norm() / matrix.norm() < 1e-3
+    cosine = h @ (directions / directions.norm(dim=1, keepdim=True)).T  # (found, true)
+    match = cosine.argmax(1)
+    assert sorted(match.tolist()) == [0, 1, 2]  # each true group found once: a permutation
+    assert (cosine.max(1).values > 0.999).all()
+    for found, true in enumerate(match.tolist()):  # and the same positions hold it, up to scale
+        ratio = w[:, found][group_of_position == true] / maps[:, true][group_of_position == true]
+        assert ratio.std() / ratio.mean() < 1e-2 and w[:, found][group_of_position != true].max() < 1e-2
+    with pytest.raises(ValueError, match="non-negative"):
+        nmf(matrix - 1, 3)
+
+
+def pooled_head_cnn():
+    """Conv, ReLU, max-pooling and a linear head: gradient x activation at the ReLU is exact."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 5))
+
+
+def test_gradient_x_activation_before_a_pooled_linear_head_sums_to_the_logit_minus_bias():
+    model, x = pooled_head_cnn(), torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    target = [0, 3, 4]
+    maps = gradient_x_activation(model, "1", x, target)
+    assert maps.shape == (3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)[torch.arange(3), target] - model[4].bias[target]
+    torch.testing.assert_close(maps.sum((1, 2)), expected, atol=1e-5, rtol=1e-5)
+    # the maps differ between images: not the head's weights alone
+    assert not torch.allclose(maps[0] / maps[0].abs().max(), maps[1] / maps[1].abs().max(), atol=0.1)
+
+
+def test_neuron_groups_factorise_the_activation_and_share_out_each_logit():
+    """The layer's activation is the image itself (a ReLU of a non-negative image), made of
+    two known groups: the left half holds channels 0-2, the right half channels 3-5."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    g = torch.Generator().manual_seed(2)
+    maps = torch.zeros(2, 8, 8)
+    maps[0, :, :4], maps[1, :, 4:] = torch.rand(8, 4, generator=g) + 0.5, torch.rand(8, 4, generator=g) + 0.5
+    directions = torch.zeros(2, 6)
+    directions[0, :3], directions[1, 3:] = torch.rand(3, generator=g) + 0.2, torch.rand(3, generator=g) + 0.2
+    image = torch.einsum("ghw,gc->chw", maps, directions)
+    groups = neuron_groups(model, "0", image, groups=2, steps=1500)
+    assert groups.maps.shape == (2, 8, 8) and groups.directions.shape == (2, 6) and groups.attribution.shape == (2, 5)
+    assert groups.error < 1e-3
+    left = int(groups.maps[1, :, :4].sum() > groups.maps[0, :, :4].sum())  # the group found on the left half
+    assert groups.maps[left, :, 4:].max() < 1e-2 and groups.maps[1 - left, :, :4].max() < 1e-2
+    with torch.no_grad():
+        logit_minus_bias = model(image[None])[0] - model[3].bias
+        # each group's attribution: the logit of the image holding that group alone
+        alone = torch.stack([model(torch.einsum("hw,c->chw", maps[k], directions[k])[None])[0] - model[3].bias
+                             for k in range(2)])
+    torch.testing.assert_close(groups.attribution.sum(0), logit_minus_bias, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(groups.attribution[[left, 1 - left]], alone, atol=1e-3, rtol=1e-3)
+
+
+def test_strongest_channels_are_the_largest_at_the_strongest_position():
+    activation = torch.zeros(5, 4, 4)
+    activation[:, 1, 2] = torch.tensor([0.5, 3.0, 0.0, 2.0, 1.0])  # the position with the largest sum
+    activation[0, 3, 3] = 4.0
+    position, channels, values = strongest_channels(activation, 3)
+    assert position == (1, 2) and channels.tolist() == [1, 3, 4]
+    torch.testing.assert_close(values, torch.tensor([3.0, 2.0, 1.0]))
+    position, channels, _ = strongest_channels(activation, 1, position=(3, 3))
+    assert position == (3, 3) and channels.tolist() == [0]

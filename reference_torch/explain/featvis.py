@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ._common import inspecting
 from .activations import capture
+from .attribution import _layer_gradients
 
 # Square root of ImageNet's colour covariance (from lucid), scaled so that its largest
 # column has length 1. Optimising in these decorrelated colour axes and mixing them back
@@ -48,10 +49,24 @@ _COLOR_SQRT_COV = torch.tensor([[0.26, 0.09, 0.02],
 _COLOR_SQRT_COV = _COLOR_SQRT_COV / _COLOR_SQRT_COV.norm(dim=0).max()
 
 
-def _to_rgb(t: Tensor, decorrelate: bool) -> Tensor:
-    """Unbounded (N, C, H, W) -> image in [0, 1]: mix colours (3 channels), then sigmoid."""
-    if decorrelate and t.shape[1] == 3:
-        t = torch.einsum("dc,nchw->ndhw", _COLOR_SQRT_COV.to(t), t)
+def color_correlation(images: Tensor) -> Tensor:
+    """The square root of the colour covariance of ``images`` (N, 3, H, W), scaled like
+    ImageNet's (largest column of length 1): the colour mixing that matches a dataset.
+    ImageNet's mixes colours towards greys and browns; for a dataset of saturated colours
+    it keeps visualisations washed out, even where a saturated colour is the answer."""
+    pixels = torch.as_tensor(images, dtype=torch.float64).transpose(0, 1).flatten(1)  # (3, pixels)
+    values, vectors = torch.linalg.eigh(torch.cov(pixels))
+    root = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    return (root / root.norm(dim=0).max()).float()
+
+
+def _to_rgb(t: Tensor, decorrelate: bool | Tensor) -> Tensor:
+    """Unbounded (N, C, H, W) -> image in [0, 1]: mix colours (3 channels), then sigmoid.
+    ``decorrelate``: True mixes with ImageNet's colour correlation, a (3, 3) tensor with
+    that one (``color_correlation``), False not at all."""
+    mixing = _COLOR_SQRT_COV if decorrelate is True else decorrelate
+    if isinstance(mixing, Tensor) and t.shape[1] == 3:
+        t = torch.einsum("dc,nchw->ndhw", mixing.to(t), t)
     return torch.sigmoid(t)
 
 
@@ -60,7 +75,7 @@ class PixelImage(nn.Module):
     """One free number per pixel and channel: the simplest and noisiest parameterisation.
     Pair it with a total-variation penalty (``visualize(..., tv_weight=...)``)."""
 
-    def __init__(self, n: int, channels: int, size: tuple[int, int], decorrelate: bool = True,
+    def __init__(self, n: int, channels: int, size: tuple[int, int], decorrelate: bool | Tensor = True,
                  sd: float = 0.01, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.decorrelate = decorrelate
@@ -80,7 +95,7 @@ class FourierImage(nn.Module):
     one reason its defaults suit 224-pixel images better than 32-pixel ones).
     """
 
-    def __init__(self, n: int, channels: int, size: tuple[int, int], decorrelate: bool = True,
+    def __init__(self, n: int, channels: int, size: tuple[int, int], decorrelate: bool | Tensor = True,
                  sd: float = 0.01, decay_power: float = 1.0, generator: torch.Generator | None = None) -> None:
         super().__init__()
         h, w = size
@@ -156,23 +171,40 @@ class Objective:
     """Maximise, for image i, unit ``indices[i]`` of ``layer`` (None: the model's output).
 
     ``where``: "mean" averages a channel over all positions; "center" takes the middle
-    position only (one neuron, whose receptive field is centred on the image)."""
+    position only (one neuron, whose receptive field is centred on the image).
+    ``directions`` (U, C), if given, makes unit i the activation projected on
+    ``directions[i]`` (a mix of channels, like a neuron group's) instead of channel
+    ``indices[i]``; ``indices`` then only number the units."""
     layer: str | None
     indices: list[int]
     where: str = "mean"
+    directions: Tensor | None = None
 
     def __call__(self, activation: Tensor) -> Tensor:
         if activation.shape[0] != len(self.indices):
             raise ValueError(f"objective has {len(self.indices)} indices for {activation.shape[0]} images")
-        if max(self.indices) >= activation.shape[1]:
-            raise ValueError(f"index {max(self.indices)} is out of range: {self.layer or 'the output'} has "
-                             f"{activation.shape[1]} channels")
-        # image i's unit indices[i], kept as a unit axis of size 1: (N, 1) or (N, 1, h, w)
-        return self._reduce(activation[torch.arange(len(self.indices)), self.indices].unsqueeze(1))[:, 0]
+        self._check(activation)
+        if self.directions is None:  # image i's unit indices[i]: (N,) or (N, h, w)
+            own = activation[torch.arange(len(self.indices)), self.indices]
+        else:
+            own = torch.einsum("nc...,nc->n...", activation, self.directions.to(activation))
+        return self._reduce(own.unsqueeze(1))[:, 0]
 
     def per_unit(self, activation: Tensor) -> Tensor:
         """(N, units): every image's score on every unit of ``indices``."""
-        return self._reduce(activation[:, self.indices])
+        self._check(activation)
+        if self.directions is None:
+            return self._reduce(activation[:, self.indices])
+        return self._reduce(torch.einsum("nc...,uc->nu...", activation, self.directions.to(activation)))
+
+    def _check(self, activation: Tensor) -> None:
+        where = self.layer or "the output"
+        if self.directions is not None and self.directions.shape[1] != activation.shape[1]:
+            raise ValueError(f"directions have {self.directions.shape[1]} channels, {where} has "
+                             f"{activation.shape[1]}")
+        if self.directions is None and max(self.indices) >= activation.shape[1]:
+            raise ValueError(f"index {max(self.indices)} is out of range: {where} has "
+                             f"{activation.shape[1]} channels")
 
     def _reduce(self, picked: Tensor) -> Tensor:  # (N, U) or (N, U, h, w) -> (N, U)
         if picked.dim() == 2:
@@ -208,6 +240,15 @@ def class_logit(index: int | Sequence[int]) -> Objective:
     return Objective(None, _indices(index), "mean")
 
 
+def direction(layer: str, vectors: Tensor) -> Objective:
+    """Mean over positions of ``layer``'s activation projected on each row of ``vectors``
+    (U, C), one image each: what a mix of channels (a neuron group) responds to."""
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+    if vectors.dim() != 2 or len(vectors) == 0:
+        raise ValueError(f"directions must be a (units, channels) matrix, got shape {tuple(vectors.shape)}")
+    return Objective(layer, list(range(len(vectors))), "mean", vectors)
+
+
 # --------------------------------------------------------------------------- the loop
 @dataclass
 class Visualization:
@@ -235,21 +276,23 @@ def _activation(model: nn.Module, layer: str | None, images: Tensor) -> Tensor:
 
 
 def visualize(model: nn.Module, objective: Objective, size: int | tuple[int, int] = 32, *, channels: int = 3,
-              steps: int = 256, lr: float = 0.05, param: str = "fourier", decorrelate: bool = True,
+              steps: int = 256, lr: float = 0.05, param: str = "fourier", decorrelate: bool | Tensor = True,
               transforms: RandomTransforms | None = RandomTransforms(), tv_weight: float = 0.0,
-              seed: int = 0) -> Visualization:
+              sd: float = 0.01, seed: int = 0) -> Visualization:
     """Images that maximise ``objective`` by gradient ascent (Adam, ``lr``) for ``steps``.
 
     ``param``: "fourier" (default) or "pixel"; ``transforms``: a ``RandomTransforms``,
     or None for none; ``tv_weight`` adds a total-variation penalty (useful with "pixel").
-    ``seed`` fixes the starting image and the random transforms.
+    ``decorrelate``: True (ImageNet's colour correlation), a (3, 3) matrix
+    (``color_correlation`` of the model's training images) or False. ``sd``: the spread
+    of the random start around grey; ``seed`` fixes it and the random transforms.
     """
     size = (size, size) if isinstance(size, int) else tuple(size)
     if param not in PARAMETERISATIONS:
         raise ValueError(f"param must be one of {sorted(PARAMETERISATIONS)}, got {param!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same images on any device
-    image = PARAMETERISATIONS[param](len(objective.indices), channels, size, decorrelate,
+    image = PARAMETERISATIONS[param](len(objective.indices), channels, size, decorrelate, sd=sd,
                                      generator=generator).to(device)
     optimizer = torch.optim.Adam(image.parameters(), lr=lr)
     history = torch.empty(steps)
@@ -292,3 +335,123 @@ def dataset_examples(model: nn.Module, objective: Objective, images: Tensor,
             images[i:i + batch_size], device=device))) for i in range(0, len(images), batch_size)])
     best, index = scores.max(0)
     return best, index, scores.std(0)
+
+
+def class_examples(model: nn.Module, images: Tensor, labels: Sequence[int], classes: Sequence[int],
+                   batch_size: int = 250) -> tuple[Tensor, Tensor]:
+    """For each class k of ``classes``, the image of class k (``labels == k``) that the model
+    holds most clearly to be a k: the largest margin, logit k minus the largest other
+    logit. Returns the indices into ``images`` and the margins. (The largest raw logit is
+    no choice: an image with large activations everywhere has large logits for several
+    classes, and one such image can top the list of classes it does not belong to.)"""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    labels = torch.as_tensor(labels).reshape(-1)
+    with inspecting(model), torch.no_grad():
+        logits = torch.cat([model(torch.as_tensor(images[i:i + batch_size], device=device)).cpu()
+                            for i in range(0, len(images), batch_size)])
+    indices, margins = [], []
+    for k in classes:
+        own = torch.nonzero(labels == k).flatten()
+        if len(own) == 0:
+            raise ValueError(f"no image of class {k} among the {len(images)} images")
+        others = logits[own].clone()
+        others[:, k] = -torch.inf
+        margin = logits[own, k] - others.max(1).values
+        indices.append(int(own[margin.argmax()]))
+        margins.append(float(margin.max()))
+    return torch.tensor(indices), torch.tensor(margins)
+
+
+# --------------------------------------------------------------------------- one image, one layer: the building blocks
+def layer_gradients(model: nn.Module, layer: str, image: Tensor) -> tuple[Tensor, Tensor]:
+    """For one image (C, H, W): ``layer``'s activation (C', h, w) and the gradient of every
+    class logit with respect to it (classes, C', h, w)."""
+    with inspecting(model), capture(model, [layer], as_leaf=True) as (record,):
+        logits = model(image[None])[0]
+        grads = torch.stack([torch.autograd.grad(logit, record.value, retain_graph=True)[0][0]
+                             for logit in logits])
+    return record.value.detach()[0], grads
+
+
+def gradient_x_activation(model: nn.Module, layer: str, x: Tensor, target: Sequence[int],
+                          batch_size: int = 64) -> Tensor:
+    """(B, h, w): per position, the activation of ``layer`` times the gradient of the class
+    ``target[i]``'s logit, summed over channels: how much each position adds to the logit
+    (a first-order estimate; exact, up to the bias, where only ReLUs, max-pooling and
+    linear layers follow). The gradient alone, at a layer that a linear head follows, is
+    that head's weights routed through the pooling: it depends on the image only through
+    which position of each pooling window wins."""
+    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    with inspecting(model):
+        activation, grads = _layer_gradients(model, layer, x.detach(), target, batch_size)
+    return (activation * grads).sum(1)
+
+
+def strongest_channels(activation: Tensor, count: int, position: tuple[int, int] | None = None
+                       ) -> tuple[tuple[int, int], Tensor, Tensor]:
+    """The semantic dictionary of Olah et al. (2018, "The Building Blocks of
+    Interpretability") at one position of one image's activation (C, h, w): the ``count``
+    channels that are largest there. ``position`` (row, column) defaults to where the
+    activations' sum is largest. Returns the position, the channels and their values."""
+    if position is None:
+        flat = int(activation.sum(0).argmax())
+        position = (flat // activation.shape[2], flat % activation.shape[2])
+    values, channels = activation[:, position[0], position[1]].topk(min(count, activation.shape[0]))
+    return position, channels, values
+
+
+def nmf(matrix: Tensor, groups: int, steps: int = 500, seed: int = 0, eps: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """Non-negative matrix factorisation: ``matrix`` (n, m) >= 0 ~ W (n, groups) @ H (groups, m)
+    with W, H >= 0, by Lee and Seung's (2001) multiplicative updates for the squared error.
+
+    Each update multiplies a factor by (what the data asks for) / (what the factors give),
+    a ratio of non-negative numbers: the factors stay non-negative, and the error never
+    grows. The rows of H are scaled to length one (W takes the scale), and the groups are
+    sorted by their share of the matrix (the sum of their column of W), largest first."""
+    if (matrix < 0).any():
+        raise ValueError("nmf needs a non-negative matrix (activations after a ReLU)")
+    matrix = matrix.double()
+    generator = torch.Generator().manual_seed(seed)
+    scale = (matrix.mean() / groups).sqrt()
+    w = torch.rand(matrix.shape[0], groups, generator=generator, dtype=matrix.dtype).to(matrix) * scale
+    h = torch.rand(groups, matrix.shape[1], generator=generator, dtype=matrix.dtype).to(matrix) * scale
+    for _ in range(steps):
+        h = h * (w.T @ matrix) / (w.T @ w @ h + eps)
+        w = w * (matrix @ h.T) / (w @ h @ h.T + eps)
+    norms = h.norm(dim=1).clamp(min=eps)
+    w, h = w * norms, h / norms[:, None]
+    order = w.sum(0).argsort(descending=True)
+    return w[:, order].float(), h[order].float()
+
+
+@dataclass
+class NeuronGroups:
+    """One image's activation (C, h, w) at one layer as a few groups of channels.
+
+    maps (G, h, w): how strongly each position holds each group; directions (G, C): each
+    group's mix of channels (non-negative, length one), so activation ~ sum over g of
+    maps[g] x directions[g]; attribution (G, classes): what each group adds to each class
+    logit; error: the factorisation's relative error ||A - W H|| / ||A||."""
+    maps: Tensor
+    directions: Tensor
+    attribution: Tensor
+    error: float
+
+
+def neuron_groups(model: nn.Module, layer: str, image: Tensor, groups: int = 4, steps: int = 500,
+                  seed: int = 0) -> NeuronGroups:
+    """Neuron groups (Olah et al. 2018): NMF of ``layer``'s activations of one image (C, H, W)
+    over its positions (positions x channels ~ maps x directions), and each group's
+    attribution to every class logit: gradient x activation with the activation replaced
+    by the group's part of it, summed over positions,
+    sum over p of maps[g, p] (directions[g] . d logit / d activation[p]).
+    Summed over the groups it is the layer's whole gradient x activation, up to the
+    factorisation's error."""
+    activation, grads = layer_gradients(model, layer, image)
+    channels, h, w = activation.shape
+    positions = activation.flatten(1).T.cpu()  # (h w, C), one row per position
+    maps, directions = nmf(positions, groups, steps, seed)
+    error = float((positions - maps @ directions).norm() / positions.norm().clamp(min=1e-12))
+    along = torch.einsum("gc,kcp->gkp", directions, grads.flatten(2).cpu())  # gradient along each direction
+    attribution = torch.einsum("pg,gkp->gk", maps, along)
+    return NeuronGroups(maps.T.reshape(groups, h, w), directions, attribution, error)
