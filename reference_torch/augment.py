@@ -415,3 +415,11 @@ class RandAugment:
                     out[idx] = RANDAUGMENT_OPS[name](x[idx], m[idx], s[idx]).to(x.dtype)
             x = out
         return x
+
+
+class TrivialAugment(RandAugment):
+    """TrivialAugment (Mueller & Hutter, 2021) from the same operations as RandAugment:
+    one operation per image, at a magnitude drawn uniformly from the whole range."""
+
+    def __init__(self, ops: Sequence[str] | None = None) -> None:
+        super().__init__(num_ops=1, magnitude=1.0, ops=ops)

@@ -298,12 +298,6 @@ def strong_augment(size: int, normalize: A.Normalize | None = None, seed: int | 
     return A.Compose(steps + ([normalize] if normalize is not None else []), seed=seed)
 
 
-def trivial_augment(seed: int | None = None) -> A.Compose:
-    """TrivialAugment (Mueller & Hutter, 2021) from the same operations: one operation
-    per image at a magnitude drawn uniformly from the whole range."""
-    return A.Compose([A.RandAugment(1, magnitude=1.0)], seed=seed)
-
-
 def fixmatch_unlabelled_loss(logits_weak: Tensor, logits_strong: Tensor, tau: float
                              ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, mask, pseudo-labels): the cross-entropy of the strong view's logits

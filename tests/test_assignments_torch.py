@@ -16,7 +16,9 @@ from driver_run import quick_run_fixture, run_quick, torchvision_resnet18_file  
 from reference_torch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-TIMINGS = ("seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds", "augment_seconds", "pretrain_seconds")
+TIMINGS = ("seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds", "augment_seconds", "pretrain_seconds",
+           "pretrain_cpu_seconds", "cpu_seconds_per_epoch",
+           "augment_cpu_seconds")
 
 
 def history(out):
@@ -243,24 +245,32 @@ def test_augmentation_quick(aug_quick):
     assert {f["file"] for f in manifest["figures"]} == {
         "augmented_samples.png", "accuracy_vs_growth.png", "time_vs_growth.png", "ablation.png"}
     assert {t["name"] for t in manifest["tables"]} == {"growth", "ablation"}
-    base, factors = metrics["train_size"], metrics["factors"]
-    aug, rep = metrics["growth"]["augmented"], metrics["growth"]["repeated"]
-    for k in factors:
-        assert aug[str(k)]["images"] == rep[str(k)]["images"] == k * base
-        assert aug[str(k)]["steps"] == rep[str(k)]["steps"]  # the control has the same steps
-        assert aug[str(k)]["train_seconds"] > 0
-    top = factors[-1]
+    base, factors, growth = metrics["train_size"], metrics["factors"], metrics["growth"]
+    # the hand-chosen pipeline, RandAugment and TrivialAugment at every factor, each against repeats
+    assert set(growth) == {"augmented", "randaugment", "trivialaugment", "repeated"}
+    rep = growth["repeated"]
+    for runs in growth.values():
+        for k in factors:
+            assert runs[str(k)]["images"] == k * base
+            assert runs[str(k)]["steps"] == rep[str(k)]["steps"]  # the control has the same steps
+            assert runs[str(k)]["train_cpu_seconds"] > 0
+    top = str(factors[-1])
+    assert growth["randaugment"][top]["transforms"] == ["randaugment"]
     # repeats are memorised; augmented copies are harder to fit
-    assert rep[str(top)]["train_accuracy"] > aug[str(top)]["train_accuracy"]
-    assert rep[str(top)]["train_accuracy"] > 0.5
+    for key in ("augmented", "randaugment", "trivialaugment"):
+        assert rep[top]["train_accuracy"] > growth[key][top]["train_accuracy"], key
+    assert rep[top]["train_accuracy"] > 0.5
     chance = 0.1
     assert max(r["test_accuracy"] for r in metrics["ablation"]) > chance + 0.04, metrics["ablation"]
     labels = [r["transform"] for r in metrics["ablation"]]
     assert labels[0] == "none" and labels[-1] == "all"
-    assert set(metrics["transforms"]) <= set(labels)
+    assert set(metrics["transforms"]) | {"randaugment", "trivialaugment"} <= set(labels)
     assert metrics["best_transform"] in metrics["transforms"]
+    best = max(("augmented", "randaugment", "trivialaugment"), key=lambda key: growth[key][top]["test_accuracy"])
+    assert manifest["headline"]["value"] == growth[best][top]["test_accuracy"]
+    assert manifest["headline"]["baseline"] == rep[top]["test_accuracy"]
     histories = history(out)  # one history per network trained, each the run's epochs long
-    assert set(histories) == {f"augmented_{k}x" for k in factors} | {f"repeated_{k}x" for k in factors if k > 1} \
+    assert set(histories) == {"originals_1x"} | {f"{key}_{k}x" for key in growth for k in factors if k > 1} \
         | {f"{t}_{metrics['ablation_factor']}x" for t in metrics["transforms"]}
     assert all(len(rows) == metrics["epochs"] for rows in histories.values())
 

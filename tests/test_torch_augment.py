@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from reference_torch.augment import (RANDAUGMENT_OPS, ColorJitter, Compose, Cutout, GaussianBlur,
                                      Normalize, RandAugment, RandomCrop, RandomGrayscale,
-                                     RandomHorizontalFlip, RandomResizedCrop, hsv_to_rgb, rgb_to_hsv,
-                                     to_grayscale)
+                                     RandomHorizontalFlip, RandomResizedCrop, TrivialAugment, hsv_to_rgb,
+                                     rgb_to_hsv, to_grayscale)
 
 
 def images(b=16, h=12, w=12, seed=0):
@@ -22,7 +22,7 @@ def gen(seed=0):
 
 
 ALL = [RandomCrop(padding=3), RandomHorizontalFlip(), RandomResizedCrop(10), ColorJitter(0.4, 0.4, 0.4, 0.1),
-       RandomGrayscale(0.5), GaussianBlur(5), Cutout(0.4), RandAugment(2)]
+       RandomGrayscale(0.5), GaussianBlur(5), Cutout(0.4), RandAugment(2), TrivialAugment()]
 
 
 @pytest.mark.parametrize("t", ALL, ids=lambda t: type(t).__name__)
@@ -204,6 +204,21 @@ def test_randaugment_applies_num_ops_to_every_image():
     assert not any(torch.equal(o, xi) for o, xi in zip(out, x))
     with pytest.raises(ValueError, match="unknown RandAugment ops"):
         RandAugment(ops=["rotate", "warp"])
+
+
+def test_trivialaugment_moves_each_image_along_one_axis_by_a_magnitude_over_the_whole_range():
+    """One operation per image (two translations would sometimes move a dot along both
+    axes), at magnitudes spread over [0, 1] (up to 30 % of the side: 6 px of 20)."""
+    x = torch.full((200, 3, 20, 20), 0.5)
+    x[:, :, 10, 10] = 1.0  # a bright dot on the grey that translations fill with
+    out = TrivialAugment(ops=["translate_x", "translate_y"])(x, gen()) - 0.5
+    ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+    mass = out[:, 0].sum((1, 2))
+    dx, dy = (out[:, 0] * xs).sum((1, 2)) / mass - 10, (out[:, 0] * ys).sum((1, 2)) / mass - 10
+    assert torch.allclose(mass, torch.full_like(mass, 0.5), atol=1e-4)  # the dot stays inside
+    assert bool(((dx.abs() < 1e-3) | (dy.abs() < 1e-3)).all())
+    shift = torch.maximum(dx.abs(), dy.abs())
+    assert shift.max() > 5 and shift.min() < 1 and 2 < shift.mean() < 4  # uniform over 0-6 px: mean 3
 
 
 def test_normalize():
