@@ -9,9 +9,11 @@ untargeted and targeted, against a small CNN trained here.
     attacks  ``reference_torch.explain.fgsm`` (one signed-gradient step) and ``pgd``
              (several projected steps from a random start), each untargeted (push the
              true class's loss up) and targeted (pull a chosen wrong class's loss down)
-    outputs  accuracy against eps for both attacks, the targeted success rate against
-             eps, and example images with the perturbation magnified and the
-             predictions before and after
+    outputs  accuracy against eps for both attacks, beside random noise of the same
+             size and PGD's images saved as 8-bit files (a budget under one grey level,
+             1/255, does not survive that), the targeted success rate against eps, and
+             example images with the perturbation magnified and the predictions
+             before and after
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from reference_torch.explain.plots import perturbation_image
 
 from . import _explain_common as C
 from . import plots
-from .runner import comma_list, positive_int
+from .runner import binomial_se, comma_list, positive_int
 
 NAME = "adversarial"
 COURSE = "ITU advanced ML"
@@ -44,7 +46,9 @@ attacks pull the loss of a chosen wrong class down, so that the model predicts t
 class. Plot the accuracy against eps for both attacks and the success rate of the
 targeted ones, and show examples: the clean image, the perturbation (magnified, it is
 invisible at its true size), the adversarial image and the predictions before and after.
-How small a budget suffices, and why is PGD stronger than FGSM at the same budget?
+How small a budget suffices, and why is PGD stronger than FGSM at the same budget? Mind
+that an image file holds whole grey levels: a budget below one grey level (eps < 1/255)
+exists only in floating point and does not survive saving the image as an 8-bit PNG.
 """
 DATASETS = ("shapes", "cifar10")
 DEFAULT = True
@@ -53,9 +57,9 @@ TORCH = True
 # On top of the shared training settings: test images attacked, budgets (in grey levels
 # of 255), PGD steps and examples shown.
 PROFILES = {
-    "default": {**C.TRAINING, "images": 300, "eps_levels": (0, 0.5, 1, 2, 4, 8, 16, 32),
+    "default": {**C.TRAINING, "images": 300, "eps_levels": (0, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
                 "pgd_steps": 10, "examples": 5},
-    "quick": {**C.QUICK_TRAINING, "images": 96, "eps_levels": (0, 2, 8, 32), "pgd_steps": 5, "examples": 3},
+    "quick": {**C.QUICK_TRAINING, "images": 96, "eps_levels": (0, 0.25, 2, 8, 32), "pgd_steps": 5, "examples": 3},
 }
 DATASET_SETTINGS = C.DATASET_SETTINGS
 ATTACKS = {"fgsm": "FGSM", "pgd": "PGD"}
@@ -98,14 +102,18 @@ def wrong_targets(labels, num_classes, rng):
 
 def attack_curves(model, x, y, targets, eps_list, pgd_steps, seed):
     """Accuracy (untargeted) and target hit rate (targeted) at every eps, for FGSM and PGD,
-    as lists in the order of ``eps_list``. A targeted attack's 'accuracy' against the
-    wanted labels is its success rate, so ``accuracy_under_attack`` measures both."""
+    as lists in the order of ``eps_list``; beside them the accuracy under random +-eps noise
+    and under PGD whose images are saved as 8-bit files. A targeted attack's 'accuracy'
+    against the wanted labels is its success rate, so ``accuracy_under_attack`` measures both."""
     attacks = {"fgsm": E.fgsm, "pgd": partial(E.pgd, steps=pgd_steps, seed=seed)}
     curves = {}
     for name, attack in attacks.items():
         curves[name] = list(E.accuracy_under_attack(model, (x, y), attack, eps_list).values())
         curves[f"{name}_targeted"] = list(E.accuracy_under_attack(model, (x, targets), partial(attack, targeted=True),
                                                                   eps_list).values())
+    for name, attack in (("random_noise", partial(E.random_sign_noise, seed=seed)),
+                         ("pgd_8bit", E.saved_as_8bit(attacks["pgd"]))):
+        curves[name] = list(E.accuracy_under_attack(model, (x, y), attack, eps_list).values())
     return curves
 
 
@@ -124,6 +132,8 @@ def plot_curves(curves, eps_levels, chance, clean, dataset, n_images, pgd_steps)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     x = np.asarray(eps_levels, dtype=float)
     names = {"fgsm": "FGSM", "pgd": f"PGD ({pgd_steps} steps)"}
+    references = {"pgd_8bit": ("PGD, image saved as 8-bit", dict(color="tab:orange", ls="--", lw=1.3)),
+                  "random_noise": ("random ±eps noise (not an attack)", dict(color="tab:green", ls="-.", lw=1.3))}
     for ax, suffix, title, ylabel in (
             (axes[0], "", f"Untargeted: accuracy on {n_images} {dataset} test images", "accuracy (%)"),
             (axes[1], "_targeted", "Targeted: images classified as the wanted wrong class",
@@ -132,8 +142,14 @@ def plot_curves(curves, eps_levels, chance, clean, dataset, n_images, pgd_steps)
                          for a, name in names.items()},
                         title, "budget eps (grey levels of 255; L-infinity, pixel space)", ylabel, ax=ax)
         if not suffix:
+            for key, (label, style) in references.items():
+                ax.plot(x, 100 * np.array(curves[key]), marker=".", label=label, **style)
             ax.axhline(100 * clean, color="0.3", ls=":", lw=1.2, label=f"clean accuracy ({100 * clean:.0f} %)")
         ax.axhline(100 * chance, color="0.5", ls="--", lw=1.2, label=f"chance ({100 * chance:.0f} %)")
+        # below one grey level a perturbation exists only in floating point: an 8-bit file rounds it away
+        ax.axvline(1, color="black", lw=1, ls=(0, (1, 2)))
+        ax.annotate("one grey level (1/255)", (1, 50), xytext=(-3, 0), textcoords="offset points", fontsize=8,
+                    ha="right", va="center", rotation=90)
         # eps 0 cannot go on a log axis: a symlog axis is linear below 0.5/255 and logarithmic above
         ax.set_xscale("symlog", linthresh=0.5)
         ax.set_xticks(x, [f"{level:g}" for level in x])
@@ -182,15 +198,19 @@ def run(ctx):
 
     # ---- table and checks
     rows = [{"eps_level": level, "eps": eps, **{f"{a}_accuracy": curves[a][i] for a in ATTACKS},
+             "pgd_8bit_accuracy": curves["pgd_8bit"][i], "random_noise_accuracy": curves["random_noise"][i],
              **{f"{a}_targeted_success": curves[f"{a}_targeted"][i] for a in ATTACKS}}
             for i, (level, eps) in enumerate(zip(eps_levels, eps_list))]
     ctx.table("accuracy_vs_eps", rows,
               f"{count} {ctx.dataset} test images; clean accuracy {100 * clean:.1f} %. Untargeted: accuracy "
               "after the attack. Targeted: share of images the attack pushes into a random wrong class chosen "
               f"per image (at eps 0 the share the model already predicts). PGD: {cfg.pgd_steps} steps of "
-              "2.5 eps / steps from a random start in the ball.",
+              "2.5 eps / steps from a random start in the ball; 'PGD 8-bit': its images rounded to whole grey "
+              "levels, as an 8-bit PNG stores them; 'random noise': every pixel moved by +eps or -eps at random.",
               columns={"eps_level": ("eps (of 255)", "{:g}"), "eps": ("eps (pixel units)", "{:.5f}"),
                        **{f"{a}_accuracy": (f"{n} accuracy (%)", "{:.1%}") for a, n in ATTACKS.items()},
+                       "pgd_8bit_accuracy": ("PGD 8-bit accuracy (%)", "{:.1%}"),
+                       "random_noise_accuracy": ("random noise accuracy (%)", "{:.1%}"),
                        **{f"{a}_targeted_success": (f"{n} targeted success (%)", "{:.1%}")
                           for a, n in ATTACKS.items()}})
 
@@ -215,9 +235,11 @@ def run(ctx):
     ctx.save_figure(plot_curves(curves, eps_levels, info["chance"], clean, ctx.dataset, count, cfg.pgd_steps),
                     "accuracy_vs_eps",
                     "Left: accuracy under untargeted FGSM and PGD against the budget eps (in grey levels; the "
-                    "axis is linear up to 0.5/255 and logarithmic above). Right: share of images a targeted "
-                    "attack pushes into a randomly chosen wrong class. PGD's several projected steps find "
-                    "stronger perturbations than FGSM's single step at the same budget.")
+                    "axis is linear up to 0.5/255 and logarithmic above), beside PGD's images saved as 8-bit "
+                    "files (rounded to whole grey levels) and random +-eps noise of the same size. Right: share "
+                    "of images a targeted attack pushes into a randomly chosen wrong class. The dotted vertical "
+                    "line marks one grey level (1/255): a smaller budget does not survive saving as an 8-bit "
+                    "image.")
 
     shown_eps = display_eps(eps_list, curves)
     pick = C.pick_examples(ctx, model, splits.test, cfg.examples, rng)
@@ -265,9 +287,25 @@ def run(ctx):
                  f"({100 * max(fgsm_targeted):.1f} %) and less at larger budgets: its single step of size eps "
                  "follows the gradient at the clean image, which describes the loss only nearby, so a large "
                  "step overshoots. PGD's small steps re-read the gradient and keep improving.")
+    below = [i for i, lv in enumerate(eps_levels) if 0 < lv < 1]
+    if below:
+        ctx.note("A budget below one grey level (eps < 1/255) exists only in floating point: saving the "
+                 "adversarial image as an 8-bit PNG rounds every pixel to a whole grey level, which erases changes "
+                 "under half a level and turns larger ones into a whole level. PGD's accuracy, as computed and "
+                 "after saving: " + ", ".join(f"{100 * curves['pgd'][i]:.1f} % and {100 * curves['pgd_8bit'][i]:.1f} "
+                                               f"% at eps = {level_label(eps_levels[i])}" for i in below)
+                 + f" (clean {100 * clean:.1f} %).")
+    # the headline: PGD at the budget of the examples against noise of the same size
+    shown = eps_list.index(shown_eps)
+    attacked, noisy = curves["pgd"][shown], curves["random_noise"][shown]
+    ctx.headline(f"PGD accuracy at eps = {level_label(eps_levels[shown])}", attacked, noisy,
+                 "random ±eps noise of the same size",
+                 noise=(binomial_se(attacked, count) ** 2 + binomial_se(noisy, count) ** 2) ** 0.5,
+                 higher_is_better=False)
     if not checks["pgd_not_weaker"]:
         ctx.note(f"PGD was weaker than FGSM at some budget by {100 * pgd_gap:.1f} points: more PGD steps "
                  "(--pgd-steps) should close the gap.")
     return {**C.model_metrics(ctx, info),
             "attacked_images": count, "clean_accuracy": clean, "pgd_steps": cfg.pgd_steps,
-            "eps_levels": eps_levels, "examples_eps": shown_eps, "checks": checks, "by_eps": rows}
+            "eps_levels": eps_levels, "examples_eps": shown_eps, "checks": checks, "by_eps": rows,
+            "grey_level": E.GREY_LEVEL}

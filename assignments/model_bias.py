@@ -25,7 +25,7 @@ from reference_torch.explain.plots import attribution_grid
 
 from . import _explain_common as C
 from . import plots
-from .runner import positive_int
+from .runner import binomial_se, positive_int
 
 NAME = "model_bias"
 COURSE = "KTH advanced DL"
@@ -243,6 +243,17 @@ def run(ctx):
                  f"the patch's colour in {100 * biased_acc['follows_patch']:.0f} % of those); the "
                  f"clean-trained model ({MODELS[clean_key]}): {100 * clean_acc['clean']:.1f} % on clean images, "
                  f"{100 * clean_acc['artifact']:.1f} % with the patch.")
+
+    # the headline: on counter-examples (a patch of another class) the shortcut misleads the biased model
+    if truth is not None:
+        biased_key, unbiased_key, names = truth, clean_key, ("clean-trained model", "the artifact-trained model")
+    else:  # given models: as the verdict judged them
+        biased_key, unbiased_key, names = verdict, other, ("model judged not biased", "the model judged biased")
+    n_test = len(clean.test.y)
+    ctx.headline(f"accuracy on counter-examples (another class's patch), {names[0]}",
+                 acc[unbiased_key]["misleading_artifact"], acc[biased_key]["misleading_artifact"], names[1],
+                 noise=sum(binomial_se(acc[k]["misleading_artifact"], n_test) ** 2
+                           for k in (biased_key, unbiased_key)) ** 0.5)
 
     def summary(k):
         return {"trained_with_artifact": None if trained_on is None else trained_on[k] == "artifact",

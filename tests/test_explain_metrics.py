@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidl.data.shapes import make_shapes
-from reference_torch.explain import (GradCAM, IntegratedGradients, auc, deletion_curve, deletion_insertion,
-                                     insertion_curve, mask_share, pointing_game)
+from reference_torch.explain import (Curve, GradCAM, IntegratedGradients, auc, auc_difference, deletion_curve,
+                                     deletion_insertion, insertion_curve, mask_share, pointing_game)
 from reference_torch.explain.metrics import gaussian_blur, pixel_ranks
 
 
@@ -165,3 +165,63 @@ def test_metrics_read_the_shapes_datasets_numpy_masks():
     np.testing.assert_allclose(mask_share(relevance, masks).numpy(), expected)
     assert pointing_game(relevance, masks).all()
     assert not pointing_game(-relevance, masks).any()
+
+
+# --------------------------------------------------------------------------- the substrate of deletion
+class SquareDetectorThatFearsBlack(nn.Module):
+    """Class 1's logit: how bright the brightest 4x4 patch is, minus a heavy penalty on the
+    share of black pixels. A stand-in for a CNN that never saw a black pixel: a few of
+    them change its prediction wherever they are."""
+
+    def forward(self, x):
+        brightness = x.mean(1, keepdim=True)
+        square = F.avg_pool2d(brightness, 4, stride=1).flatten(1).max(1).values  # 1 on the square
+        black = (brightness < 0.02).float().mean((1, 2, 3))
+        logit = 12 * (square - 0.7) - 60 * black
+        return torch.stack([torch.zeros_like(logit), logit], 1)
+
+
+def test_a_blurred_substrate_separates_a_perfect_ranking_from_random_where_black_cannot(squares):
+    x, mask = squares
+    model = SquareDetectorThatFearsBlack()
+    assert (model(x).argmax(1) == 1).all()
+    options = dict(target=1, step=16)
+    perfect_black = deletion_curve(model, x, mask.float(), **options)
+    random_black = deletion_curve(model, x, "random", **options)
+    # black pixels: both orders collapse after the first step of 16 pixels, nothing is told apart
+    assert random_black.scores[:, 2].max() < 0.05 and random_black.mean_auc < 0.15
+    assert perfect_black.mean_auc > random_black.mean_auc - 0.05
+    # the blurred copy: removing the square first kills the class at once, a random order slowly
+    perfect = deletion_curve(model, x, mask.float(), substrate="blur", **options)
+    random = deletion_curve(model, x, "random", substrate="blur", **options)
+    assert perfect.mean_auc < 0.1 < 0.3 < random.mean_auc
+    difference, se = auc_difference(perfect, random)
+    assert difference < -10 * se  # far beyond the noise over these 16 images
+    assert perfect.auc_se > 0 and random.auc_se > 0
+
+
+def test_the_named_substrates_are_where_deletion_ends(detector, squares):
+    x, mask = squares
+    prob = lambda images: detector(images).softmax(1)[:, 1]
+    with torch.no_grad():
+        for substrate, end in (("blur", gaussian_blur(x, 5.0)), ("mean", x.mean((2, 3), keepdim=True).expand_as(x)),
+                               (0.5, torch.full_like(x, 0.5))):
+            curve = deletion_curve(detector, x, mask.float(), target=1, step=64, substrate=substrate)
+            torch.testing.assert_close(curve.scores[:, -1], prob(end))
+            torch.testing.assert_close(curve.scores[:, 0], prob(x))
+    with pytest.raises(ValueError, match="'blur' or 'mean', got 'grey'"):
+        deletion_curve(detector, x, mask.float(), substrate="grey")
+
+
+def test_auc_difference_is_paired_and_its_standard_error_known():
+    fractions = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    flat = lambda levels: Curve(fractions, torch.tensor(levels)[:, None].repeat(1, 2), torch.tensor(levels),
+                                torch.zeros(len(levels)))
+    baseline = flat([0.5, 0.1, 0.9, 0.3])
+    better = flat([0.4, 0.0, 0.8, 0.1])       # differences -0.1, -0.1, -0.1, -0.2
+    mean, se = auc_difference(better, baseline)
+    assert mean == pytest.approx(-0.125)
+    assert se == pytest.approx(np.std([-0.1, -0.1, -0.1, -0.2], ddof=1) / 2)
+    assert baseline.auc_se == pytest.approx(np.std([0.5, 0.1, 0.9, 0.3], ddof=1) / 2)
+    with pytest.raises(ValueError, match="same images"):
+        auc_difference(better, flat([0.1]))

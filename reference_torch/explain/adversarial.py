@@ -11,6 +11,11 @@ normalisation as its first layer, so that attacks, clamping and budgets stay in 
 
 An attack is any function ``attack(model, x, y, eps) -> x_adv``; ``functools.partial``
 sets its options (``partial(pgd, steps=40)``).
+
+A budget below one grey level (eps < 1/255, ``GREY_LEVEL``) lives only in floating
+point: an adversarial image saved as an 8-bit file is rounded to whole grey levels
+(``quantize``), which erases a change of under half a level and turns a larger one
+into a whole level. ``saved_as_8bit(attack)`` measures what survives.
 """
 from __future__ import annotations
 
@@ -104,6 +109,34 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int = 10,
             adv = adv + sign * step_size * _loss_gradient(model, adv, y).sign()
             adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)  # project: ball, then pixel range
     return adv.detach()
+
+
+def random_sign_noise(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, seed: int = 0) -> Tensor:
+    """Not an attack: every pixel moved by +eps or -eps at random (drawn from ``seed``),
+    clamped to [0, 1]. Noise of the attacks' L-infinity norm, the baseline they must beat
+    to show that their direction, not their size, fools the model. ``model`` and ``y``
+    are unused; they are there so that it runs wherever an attack does."""
+    x, y = _check(x, y, eps, "random_sign_noise")
+    signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    return (x + eps * (2 * signs - 1).to(x.dtype)).clamp(0, 1)
+
+
+GREY_LEVEL = 1 / 255  # one step of an 8-bit image, in [0, 1] pixel units
+
+
+def quantize(x: Tensor, levels: int = 255) -> Tensor:
+    """``x`` as an 8-bit image file stores it: every pixel rounded to the nearest of
+    ``levels + 1`` grey levels. A perturbation of a (quantised) image smaller than half
+    a level vanishes; one between half a level and a level becomes a whole level."""
+    return (x * levels).round() / levels
+
+
+def saved_as_8bit(attack: Attack) -> Attack:
+    """``attack`` whose adversarial images are then quantised, as saving them as a PNG
+    would: ``accuracy_under_attack(model, data, saved_as_8bit(pgd), eps_list)``."""
+    def quantized_attack(model, x, y, eps, **options):
+        return quantize(attack(model, x, y, eps, **options))
+    return quantized_attack
 
 
 ATTACKS: dict[str, Attack] = {"fgsm": fgsm, "pgd": pgd}
