@@ -4,7 +4,10 @@ Look at the data (a grid of samples per class, the class distribution), train a 
 CNN with minidl, follow the training and validation curves, read the confusion matrix
 and the per-class accuracy (which classes are hardest, and what they are mistaken
 for), then run a small one-factor-at-a-time hyperparameter sweep: batch size, learning
-rate, depth/width and kernel size.
+rate, depth and width (each both ways) and kernel size. Every run, the main model's and
+each sweep setting's, follows a cosine learning-rate schedule to zero over its epochs,
+so it ends on a plateau and the settings are compared converged, not by how fast they
+start.
 """
 import time
 
@@ -19,7 +22,7 @@ import minidl.train  # noqa: F401
 from minidl.metrics import confusion_matrix
 
 from . import plots
-from .runner import comma_list, positive_int
+from .runner import binomial_se, comma_list, positive_int
 
 NAME = "cifar_cnn"
 COURSE = "ITU advanced ML"
@@ -37,24 +40,27 @@ ten shapes on cluttered backgrounds, in place of CIFAR-10.)
 """
 DATASETS = ("shapes", "cifar10")
 DEFAULT = True
-THREADS = "small"  # a 34k-parameter CNN: one thread beats several on a busy small machine
+THREADS = "small"  # a 10k-parameter CNN: one thread beats several on a busy small machine
 
-BASE = {"batch_size": 64, "lr": 2e-3, "widths": (16, 32, 64), "kernel_size": 3}
-# One factor at a time, away from BASE: the values each factor of the sweep tries.
-SWEEP = {"batch_size": (32, 128), "lr": (5e-4, 5e-3), "widths": ((8, 16, 32),), "kernel_size": (5,)}
+BASE = {"batch_size": 64, "lr": 3e-3, "widths": (8, 16, 32), "kernel_size": 3}
+# One factor at a time, away from BASE: the values each factor of the sweep tries. depth:
+# conv stages (the channels doubling at each); width: a multiple of every stage's channels.
+SWEEP = {"batch_size": (32, 128), "lr": (1e-3, 1e-2), "depth": (2, 4), "width": (0.5, 2), "kernel_size": (5,)}
 # images: how many shapes images are generated (not used for CIFAR-10); train_images:
 # the main model's training images (None: all; the validation and test sets are cut to
-# half as many); sweep_images, sweep_epochs: each sweep run's budget.
+# half as many); sweep_images, sweep_val_images, sweep_epochs: each sweep run's budget,
+# the same for every setting.
 PROFILES = {
-    "default": {"epochs": 5, "images": 10000, "train_images": None, "sweep": tuple(SWEEP),
-                "sweep_images": 4000, "sweep_epochs": 5},
-    "quick": {"epochs": 4, "images": 3000, "train_images": 2400, "sweep": ("lr", "kernel_size"),
-              "sweep_images": 600, "sweep_epochs": 1},
+    "default": {"epochs": 10, "images": 10000, "train_images": None, "sweep": tuple(SWEEP),
+                "sweep_images": 1500, "sweep_val_images": 500, "sweep_epochs": 5},
+    "quick": {"epochs": 4, "images": 3000, "train_images": 2400, "sweep": ("lr", "depth"),
+              "sweep_images": 600, "sweep_val_images": 300, "sweep_epochs": 2},
 }
 DATASET_SETTINGS = {"cifar10": {"epochs": 6, "sweep_epochs": 3}}
 SWEEP_COLUMNS = {"factor": "factor", "value": "value", "batch_size": "batch size", "lr": "learning rate",
                  "widths": "channel widths", "kernel_size": "kernel", "parameters": ("parameters", "{:,}"),
-                 "val_accuracy": ("val accuracy", "{:.1%}"), "seconds": ("time (s)", "{:.1f}")}
+                 "val_accuracy": ("val accuracy", "{:.1%}"), "last_epoch_gain": ("gain in its last epoch", "{:+.1%}"),
+                 "seconds": ("CPU time (s)", "{:.1f}")}
 
 
 def add_arguments(parser):
@@ -74,8 +80,8 @@ def subset(x, y, limit, rng):
 
 
 def train_cnn(x, y, val, in_shape, num_classes, setting, epochs, seed, progress=False):
-    """A SmallCNN of ``setting`` trained with Adam and cosine decay; returns the model,
-    its history and the seconds it took."""
+    """A SmallCNN of ``setting`` trained with Adam and cosine decay to zero; returns the
+    model, its history and the CPU seconds it took."""
     md.manual_seed(seed)
     model = md.models.SmallCNN(in_shape, num_classes=num_classes, widths=setting["widths"],
                                kernel_size=setting["kernel_size"], batch_norm=True)
@@ -85,10 +91,19 @@ def train_cnn(x, y, val, in_shape, num_classes, setting, epochs, seed, progress=
     loader = md.data.DataLoader(x, y, batch_size=setting["batch_size"], shuffle=True, seed=seed,
                                 transform=md.data.augment.horizontal_flip)
     val_loader = md.data.DataLoader(*val, batch_size=256)
-    start = time.perf_counter()
+    start = time.process_time()
     history = md.train.fit(model, md.nn.CrossEntropyLoss(), optimizer, loader, val_loader,
                            epochs=epochs, scheduler=scheduler, progress=progress)
-    return model, history.as_dict(), time.perf_counter() - start
+    return model, history.as_dict(), time.process_time() - start
+
+
+def sweep_setting(factor, value):
+    """BASE with one factor changed: depth and width reshape the channel widths."""
+    if factor == "depth":
+        return {**BASE, "widths": tuple(BASE["widths"][0] * 2 ** k for k in range(value))}
+    if factor == "width":
+        return {**BASE, "widths": tuple(int(w * value) for w in BASE["widths"])}
+    return {**BASE, factor: value}
 
 
 def count_parameters(model):
@@ -137,15 +152,20 @@ def setting_name(row):
     return "base" if row["factor"] == "base" else f"{row['factor']}={shown(row['value'])}"
 
 
-def plot_sweep(rows, num_classes, dataset):
+def plot_sweep(rows, num_classes, dataset, noise):
     factors = list(dict.fromkeys(row["factor"] for row in rows[1:]))
     accuracies = {setting_name(row): 100 * row["val_accuracy"] for row in rows}
     colours = ["0.55"] + [f"C{factors.index(row['factor'])}" for row in rows[1:]]  # base in grey
-    return plots.bar_chart(accuracies, f"Hyperparameter sweep, one change from the base setting at a "
+    fig = plots.bar_chart(accuracies, f"Hyperparameter sweep, one change from the base setting at a "
                            f"time ({dataset})", "validation accuracy (%)", colors=colours,
                            chance=100 / num_classes, baseline=("base setting", accuracies["base"]),
-                           xlabel="setting", rotation=30, figsize=(9, 4),
+                           xlabel="setting", rotation=30, figsize=(10, 4.2),
                            ylim=(0, min(105, max(accuracies.values()) + 22)))  # room for the legend
+    base = accuracies["base"]
+    fig.axes[0].axhspan(base - 200 * noise, base + 200 * noise, color="0.5", alpha=0.15, lw=0,
+                        label="base ± 2 s.e. of a difference")
+    fig.axes[0].legend(fontsize=8)
+    return fig
 
 
 # --------------------------------------------------------------------- run
@@ -169,15 +189,18 @@ def describe(ctx, splits, classes):
 
 def sweep(ctx, x, y, val, in_shape, num_classes):
     """One factor at a time away from BASE, each on a short budget; the table's rows."""
-    settings = [("base", None, BASE)] + [(factor, value, {**BASE, factor: value})
+    settings = [("base", None, BASE)] + [(factor, value, sweep_setting(factor, value))
                                          for factor in dict.fromkeys(ctx.config.sweep)  # each once
                                          for value in SWEEP[factor]]
     rows = []
     for factor, value, setting in ctx.progress(settings, "sweep"):
         model, history, seconds = train_cnn(x, y, val, in_shape, num_classes, setting,
                                             ctx.config.sweep_epochs, ctx.seed)
+        val_accuracy = history["val_accuracy"]
         rows.append({"factor": factor, "value": value, **setting, "parameters": count_parameters(model),
-                     "val_accuracy": history["val_accuracy"][-1], "seconds": seconds})
+                     "val_accuracy": val_accuracy[-1],
+                     "last_epoch_gain": val_accuracy[-1] - val_accuracy[-2] if len(val_accuracy) > 1 else None,
+                     "seconds": seconds})
         ctx.history("sweep_base" if factor == "base" else f"sweep_{factor}_{shown(value)}", history)
         ctx.log(f"sweep {setting_name(rows[-1])}: {rows[-1]['val_accuracy']:.1%}")
     return rows
@@ -221,17 +244,25 @@ def run(ctx):
                     f"{BASE['lr']} with cosine decay, batch {BASE['batch_size']}, random horizontal "
                     "flips) on training and validation data.")
     ctx.save_figure(plot_confusion(cm, classes, order, ctx.dataset), "confusion_matrix",
-                    "Left: test confusion matrix, each row as % of its true class. Right: accuracy "
-                    "of every class, hardest first.")
-    params = count_parameters(model)
-    ctx.note(f"The CNN ({params:,} parameters, {cfg.epochs} epochs, {seconds:.0f} s) reaches "
-             f"{test_acc:.1%} test accuracy (chance: {1 / num_classes:.0%}). Hardest classes: "
+                    "Left: test confusion matrix, each cell the number of test images and its share of "
+                    "the true class (the colour). Right: accuracy of every class, hardest first.")
+    params, val_accuracy = count_parameters(model), history["val_accuracy"]
+    last = val_accuracy[-1] - val_accuracy[-3] if len(val_accuracy) > 2 else None  # over the last two epochs
+    ctx.headline("CNN test accuracy", test_acc, 1 / num_classes, "chance", noise=binomial_se(test_acc, len(y_test)))
+    if last is not None:
+        ctx.note(f"Over its last two epochs the validation accuracy changed by {100 * last:+.1f} points "
+                 f"(one validation image is {100 / len(val[1]):.2f} points): "
+                 + ("a plateau, as the cosine schedule brings the learning rate to zero." if abs(last) < 0.01
+                    else "still moving; more epochs (--epochs) may help."))
+    ctx.note(f"The CNN ({params:,} parameters, {cfg.epochs} epochs, {seconds:.0f} CPU s) reaches "
+             f"{test_acc:.1%} ± {binomial_se(test_acc, len(y_test)):.1%} test accuracy on {len(y_test):,} images "
+             f"(chance: {1 / num_classes:.0%}). Hardest classes: "
              + ", ".join(f"{classes[k]} ({per_class[k]:.0%})" for k in order[:3])
              + f"; the most common confusion is {classes[i]} taken for {classes[j]} "
              f"({off[i, j]} test images).")
     metrics.update(test_accuracy=test_acc, parameters=params, epochs=cfg.epochs, train_seconds=seconds,
                    final_train_accuracy=history["accuracy"][-1],
-                   final_val_accuracy=history["val_accuracy"][-1],
+                   final_val_accuracy=val_accuracy[-1], last_two_epochs_val_gain=last,
                    per_class_accuracy=dict(zip(classes, per_class.tolist())), hardest_classes=hardest,
                    most_confused={"true": classes[i], "predicted": classes[j], "images": int(off[i, j])},
                    confusion_matrix=cm)
@@ -240,18 +271,26 @@ def run(ctx):
 
     # ------------------------------------------------------ the sweep
     xs, ys = subset(x_train, y_train, cfg.sweep_images, ctx.rng(3))
-    rows = sweep(ctx, xs, ys, val, in_shape, num_classes)
+    sweep_val = subset(*val, cfg.sweep_val_images, ctx.rng(4))
+    rows = sweep(ctx, xs, ys, sweep_val, in_shape, num_classes)
     best = max(rows, key=lambda row: row["val_accuracy"])
+    base = rows[0]["val_accuracy"]
+    noise = binomial_se(base, len(sweep_val[1])) * 2 ** 0.5  # of a difference between two settings
     ctx.table("sweep", rows, f"One factor at a time away from the base setting (batch "
               f"{BASE['batch_size']}, lr {BASE['lr']}, widths {shown(BASE['widths'])}, kernel "
-              f"{BASE['kernel_size']}), each trained {cfg.sweep_epochs} epochs on {len(ys):,} "
-              "training images; accuracy on the validation split.", columns=SWEEP_COLUMNS)
-    ctx.save_figure(plot_sweep(rows, num_classes, ctx.dataset), "sweep",
-                    "Validation accuracy of each sweep setting against the base setting (dashed).")
+              f"{BASE['kernel_size']}), each trained the same {cfg.sweep_epochs} epochs on {len(ys):,} "
+              f"training images with its learning rate decaying to zero; accuracy on {len(sweep_val[1]):,} "
+              "validation images, and its change in the last epoch (near 0: converged).", columns=SWEEP_COLUMNS)
+    ctx.save_figure(plot_sweep(rows, num_classes, ctx.dataset, noise), "sweep",
+                    "Validation accuracy of each sweep setting against the base setting (dashed); the grey band "
+                    "is twice the standard error of a difference from it: settings inside it are within noise.")
     best_name = "the base setting" if best["factor"] == "base" else setting_name(best)
+    beyond = [setting_name(row) for row in rows[1:] if abs(row["val_accuracy"] - base) > 2 * noise]
     ctx.note(f"Best sweep setting: {best_name} with {best['val_accuracy']:.1%} validation accuracy "
-             f"(base {rows[0]['val_accuracy']:.1%}). With so short a budget the settings that learn "
-             "fastest win; differences of a few points are within the noise of one seed.")
+             f"(base {base:.1%}). One standard error of a difference between two settings is "
+             f"{100 * noise:.1f} points on {len(sweep_val[1]):,} validation images; "
+             + (f"only {', '.join(beyond)} differ from the base by more than twice that." if beyond else
+                "no setting differs from the base by more than twice that."))
     metrics.update(sweep=rows, best_setting={k: best[k] for k in ("factor", "value", *BASE)},
                    best_sweep_val_accuracy=best["val_accuracy"])
     return metrics

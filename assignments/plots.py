@@ -252,12 +252,17 @@ def tsne_embedding(features, seed=0):
         return tsne.fit_transform(features)
 
 
-def scatter_2d(points, labels, classes, title, ax=None, markers=None, xlabel="t-SNE 1", ylabel="t-SNE 2"):
+def scatter_2d(points, labels, classes, title, ax=None, markers=None, xlabel="t-SNE 1", ylabel="t-SNE 2",
+               colors=None):
     """2-D points coloured by class (a legend of class names); ``markers`` maps a group
-    name to a boolean mask drawn with its own marker (e.g. train and test)."""
+    name to a boolean mask drawn with its own marker (e.g. train and test); ``colors``
+    (one per class) replace tab10, e.g. to keep grey and black for other marks."""
     points, labels = np.asarray(points), np.asarray(labels)
     fig, ax = _axes(ax, (6.4, 5.4))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    if colors is not None:
+        from matplotlib.colors import ListedColormap
+        cmap = ListedColormap(colors)
     groups = markers or {None: np.ones(len(labels), bool)}
     for (group, mask), marker in zip(groups.items(), "o^sD"):
         for k, name in enumerate(classes):

@@ -25,7 +25,7 @@ from reference_torch.twins import SmallCNN
 
 from . import plots
 from .augmentation import EpochTimer  # epoch times in the history, which --resume keeps
-from .runner import comma_list, positive_float, positive_int
+from .runner import binomial_se, comma_list, positive_float, positive_int
 
 NAME = "transfer_learning"
 COURSE = "UvA DL1 + ITU advanced ML"
@@ -59,17 +59,21 @@ STRATEGIES = {  # name -> (description for tables and notes, short label for bar
 # On the embedded datasets a smaller batch gives the few labelled images more steps per
 # epoch, so 15 epochs do what 30 would at batch 128, in half the time.
 PROFILES = {
-    "default": {"epochs": 15, "batch_size": 32, "lr": 1e-3, "finetune_lr": 1e-4, "strategies": tuple(STRATEGIES),
+    "default": {"epochs": 15, "batch_size": 32, "lr": 1e-3, "finetune_lr": 3e-4, "lr_factors": (1 / 3, 1, 3),
+                "strategies": tuple(STRATEGIES),
                 "noise_std": (0.1, 0.5), "weights": None, "image_size": None, "per_class": 50,
                 "pretrain_epochs": 8, "source_per_class": None, "widths": (16, 32, 64), "shapes_images": 10000,
                 "val_size": None, "test_size": None},
-    "quick": {"epochs": 6, "per_class": 10, "pretrain_epochs": 3, "source_per_class": 200, "shapes_images": 1500,
+    "quick": {"epochs": 6, "lr_factors": (1, 3), "per_class": 10, "pretrain_epochs": 3, "source_per_class": 200, "shapes_images": 1500,
               "val_size": 200, "test_size": 300},
     "full": {"epochs": 30, "pretrain_epochs": 15},
 }
 DATASET_SETTINGS = {"digits": {"per_class": 10, "pretrain_epochs": 6, "widths": (16, 32)},
                     **dict.fromkeys(("cifar10", "cifar100"), {"epochs": 30, "batch_size": 128, "per_class": None,
                                                               "pretrain_epochs": 15, "widths": (32, 64, 128)})}
+# Each strategy's learning rate (--lr for the last layer alone and for scratch, --finetune-lr
+# for the pretrained layers of the fine-tuning strategies) is tuned over lr_factors times it,
+# on the validation images, without augmentation; the augmented run uses the rate chosen.
 # Label-preserving augmentation of images in [0, 1]: a mirrored 2 is no 2, a mirrored shape is.
 # Unseeded: it draws from torch's global generator, which the Trainer's checkpoints hold,
 # so --resume continues with the same augmented images.
@@ -84,6 +88,9 @@ def add_arguments(parser):  # and --lr: of the last layer alone, and of the netw
     parser.add_argument("--image-size", type=positive_int, help="resize to this size (None: 224 with --weights)")
     parser.add_argument("--strategies", type=comma_list(str, STRATEGIES), help="strategies to compare")
     parser.add_argument("--finetune-lr", type=positive_float, help="Adam learning rate of the pretrained layers")
+    parser.add_argument("--lr-factors", type=comma_list(positive_float), metavar="FACTORS",
+                        help="the learning rates tried per strategy: these multiples of --lr or --finetune-lr "
+                             "(1: no tuning)")
     parser.add_argument("--noise-std", type=comma_list(positive_float),
                         help="test-noise standard deviations, in normalised units (the course uses 0.1)")
 
@@ -154,21 +161,29 @@ def pretrain(ctx, model, source, metrics):
     history = ctx.fit(trainer, train, c.pretrain_epochs, val_loader=ctx.loader(*source["val"], batch_size=256))
     metrics.update(pretrained_on=f"{ctx.dataset} classes {', '.join(metrics['source_classes'])}",
                    pretrain_val_accuracy=history[-1]["val_accuracy"], pretrain_train_images=len(source["train"][1]),
-                   pretrain_seconds=sum(h["seconds"] for h in history))
+                   pretrain_cpu_seconds=sum(h["cpu_seconds"] for h in history))
     ctx.note(f"No --weights given, so a small CNN pretrained here on {metrics['pretrained_on']} "
              f"({len(source['train'][1]):,} images, {c.pretrain_epochs} epochs, {history[-1]['val_accuracy']:.1%} "
              f"validation accuracy) is transferred, with {c.per_class or 'all'} labelled images per class of the "
              "others. The course's experiment, from ImageNet weights: --weights FILE --dataset cifar100.")
 
 
-def train_strategy(ctx, model, strategy, augment, data, seed):
-    """Train one strategy, restore its best validation checkpoint and test that."""
-    c, key = ctx.config, strategy + ("_aug" if augment else "")
+def tuned_rate(strategy):
+    """The setting a strategy's tuning varies: the fine-tuning strategies' backbone rate, else --lr."""
+    return "finetune_lr" if strategy.startswith("finetune") else "lr"
+
+
+def train_strategy(ctx, model, strategy, augment, data, seed, rate):
+    """Train one strategy with its tuned setting at ``rate``, restore its best validation
+    checkpoint and test that."""
+    c = ctx.config
+    key = strategy + ("_aug" if augment else f"_lr{rate:.2g}")
+    lr, finetune_lr = (c.lr, rate) if tuned_rate(strategy) == "finetune_lr" else (rate, c.finetune_lr)
     model.head = nn.Linear(model.head.in_features, data["num_classes"])  # the course's init: N(0, 0.01), bias 0
     nn.init.normal_(model.head.weight, mean=0.0, std=0.01)
     nn.init.zeros_(model.head.bias)
     before = {k: v.clone() for k, v in model.body.state_dict().items()}
-    groups = configure(model, strategy, c.lr, c.finetune_lr)
+    groups = configure(model, strategy, lr, finetune_lr)
     best = Checkpoint(ctx.out / "checkpoints" / key / "best.pt", monitor="val_accuracy", mode="max")
     trainer = ctx.trainer(key, model, torch.optim.Adam(groups), callbacks=[EpochTimer(), best])
     augmentation = AUGMENT.get(ctx.dataset, AUGMENT["default"]) if augment else None
@@ -182,13 +197,17 @@ def train_strategy(ctx, model, strategy, augment, data, seed):
     model.noise = None
     change = max(float((v - before[k].to(v)).abs().max()) for k, v in model.body.state_dict().items()
                  if v.is_floating_point())  # of any pretrained weight or batch-norm statistic
-    return {"strategy": strategy, "augmentation": augment, "description": STRATEGIES[strategy][0],
+    cpu = [h["cpu_seconds"] for h in history]
+    return {"key": key, "strategy": strategy, "augmentation": augment, "description": STRATEGIES[strategy][0],
             "label": STRATEGIES[strategy][0] + (" + augmentation" if augment else ""),
             "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
             "lr_backbone": groups[0]["lr"] if len(groups) > 1 else None, "lr_head": groups[-1]["lr"],
             "val_accuracy": [h["val_accuracy"] for h in history], "best_epoch": best.best_epoch,
             "best_val_accuracy": best.best, "test_accuracy": trainer.evaluate(test)["accuracy"],
-            "noisy_test_accuracy": noisy, "seconds": sum(h["seconds"] for h in history), "backbone_max_change": change}
+            "noisy_test_accuracy": noisy,
+            # CPU time, not wall time (other work on the machine inflates that), and the median
+            # epoch: the first epochs of a process pay for warm-up (allocations, kernel choice)
+            "cpu_seconds_per_epoch": float(np.median(cpu)), "backbone_max_change": change}
 
 
 def run(ctx):
@@ -223,14 +242,46 @@ def run(ctx):
         pretrained = prepared()
         pretrain(ctx, pretrained, {"train": class_part(splits.train, source, c.source_per_class, rng),
                                    "val": class_part(splits.val, source)}, metrics)
-    runs = metrics["runs"] = {}
-    order = [(s, a) for a in (False, True) for s in c.strategies]  # every strategy without augmentation first
-    for i, (strategy, augment) in enumerate(ctx.progress(order, "strategies")):
-        seed_everything(ctx.seed + i)  # the same new last layer and augmentation whatever ran before
+    runs, tuning = metrics["runs"], metrics["tuning"] = {}, {}
+    grid = [(s, f * getattr(c, tuned_rate(s))) for s in c.strategies for f in c.lr_factors]
+    for strategy, rate in ctx.progress(grid, "learning rates"):  # without augmentation
+        i = c.strategies.index(strategy)
+        seed_everything(ctx.seed + i)  # the same new last layer whatever ran before: only the rate differs
         model = prepared() if strategy == "scratch" else copy.deepcopy(pretrained)
-        runs[strategy + ("_aug" if augment else "")] = train_strategy(ctx, model, strategy, augment, data, ctx.seed + i)
+        tuning.setdefault(strategy, []).append(train_strategy(ctx, model, strategy, False, data, ctx.seed + i, rate))
+    for i, strategy in enumerate(ctx.progress(c.strategies, "with augmentation")):
+        runs[strategy] = max(tuning[strategy], key=lambda r: r["best_val_accuracy"])  # chosen on validation
+        rate = runs[strategy]["lr_backbone" if tuned_rate(strategy) == "finetune_lr" else "lr_head"]
+        seed_everything(ctx.seed + len(c.strategies) + i)
+        model = prepared() if strategy == "scratch" else copy.deepcopy(pretrained)
+        runs[strategy + "_aug"] = train_strategy(ctx, model, strategy, True, data, ctx.seed + len(c.strategies) + i,
+                                                 rate)
+    runs.update({k: runs.pop(k) for k in [s + a for a in ("", "_aug") for s in c.strategies]})  # table order
+    metrics["tuned_lr"] = {s: runs[s]["lr_backbone" if tuned_rate(s) == "finetune_lr" else "lr_head"]
+                           for s in c.strategies}
     summarise(ctx, runs, metrics)
     return metrics
+
+
+def plot_tuning(ctx, tuning, title):
+    """Best validation accuracy against the tuned learning rate, per strategy; and its table."""
+    series = {STRATEGIES[s][0] + (" (pretrained-layer lr)" if tuned_rate(s) == "finetune_lr" else ""):
+              ([r["lr_backbone" if tuned_rate(s) == "finetune_lr" else "lr_head"] for r in rows],
+               [100 * r["best_val_accuracy"] for r in rows]) for s, rows in tuning.items()}
+    fig = plots.line_plot(series, f"Learning-rate tuning on validation data, no augmentation ({title})",
+                          "learning rate (log scale)", "best validation accuracy (%)", logx=True, figsize=(8, 4.4))
+    ctx.save_figure(fig, "lr_tuning", "Best validation accuracy of each strategy at each learning rate tried "
+                    "(the last layer's for 'last layer only' and 'from scratch', the pretrained layers' for the "
+                    "fine-tuning strategies); the highest point of each line is the rate used.")
+    ctx.table("tuning", [{"strategy": STRATEGIES[s][0], "lr_backbone": r["lr_backbone"], "lr_head": r["lr_head"],
+                          "best_val_accuracy": r["best_val_accuracy"], "test_accuracy": r["test_accuracy"],
+                          "chosen": "yes" if r is max(rows, key=lambda q: q["best_val_accuracy"]) else ""}
+                         for s, rows in tuning.items() for r in rows],
+              "Every learning rate tried, without augmentation; the rate with the best validation accuracy is "
+              "chosen (test accuracy shown for reference only, it played no part in the choice).",
+              columns={"strategy": "strategy", "lr_backbone": ("lr, pretrained layers (blank: frozen)", "{:.2g}"),
+                       "lr_head": ("lr, last layer", "{:.2g}"), "best_val_accuracy": ("best val (%)", "{:.1%}"),
+                       "test_accuracy": ("test (%)", "{:.1%}"), "chosen": "chosen"})
 
 
 def summarise(ctx, runs, metrics):
@@ -242,7 +293,7 @@ def summarise(ctx, runs, metrics):
     for ax, augment in zip(axes, (False, True)):
         shown = [r for r in runs.values() if r["augmentation"] == augment]
         ax.axhline(100 / num_classes, color="0.5", ls=":", lw=1, label=f"chance ({100 / num_classes:.0f} %)")
-        plots.line_plot({f"{r['description']} (best {100 * r['best_val_accuracy']:.1f} %)":
+        plots.line_plot({f"{r['description']}, lr {r['lr_backbone'] or r['lr_head']:.2g} (best {100 * r['best_val_accuracy']:.1f} %)":
                          (range(1, len(r["val_accuracy"]) + 1), [100 * v for v in r["val_accuracy"]]) for r in shown},
                         ("with" if augment else "without") + " augmentation", "epoch", "validation accuracy (%)", ax=ax)
         for i, r in enumerate(shown):  # the checkpoint kept: a ring around its point
@@ -254,6 +305,7 @@ def summarise(ctx, runs, metrics):
     fig.tight_layout()
     ctx.save_figure(fig, "validation_curves", "Validation accuracy per epoch of every strategy, without (left) "
                     "and with (right) augmentation; the ring marks the epoch whose checkpoint is kept and tested.")
+    plot_tuning(ctx, metrics["tuning"], title)
     values = {STRATEGIES[r["strategy"]][1] + ("\n+ augmentation" if r["augmentation"] else ""): {
         "clean": 100 * r["test_accuracy"], **{f"gaussian noise, std {s:g}": 100 * r["noisy_test_accuracy"][s]
                                               for s in c.noise_std}} for r in runs.values()}
@@ -268,31 +320,45 @@ def summarise(ctx, runs, metrics):
     noise = {f"noise_{i}": (f"test noise {s:g} (%)", "{:.1%}") for i, s in enumerate(c.noise_std)}
     columns = {"description": "strategy", "augmentation": "augmentation",
                "trainable_parameters": ("trainable parameters", "{:,}"),
-               "lr_backbone": ("lr, pretrained layers (blank: frozen)", "{:g}"), "lr_head": ("lr, last layer", "{:g}"),
+               "lr_backbone": ("lr, pretrained layers (blank: frozen)", "{:.2g}"), "lr_head": ("lr, last layer", "{:.2g}"),
                "best_epoch": "best epoch", "best_val_accuracy": ("best val (%)", "{:.1%}"),
-               "test_accuracy": ("test clean (%)", "{:.1%}"), **noise, "seconds": ("time (s)", "{:.1f}"),
+               "test_accuracy": ("test clean (%)", "{:.1%}"), **noise,
+               "cpu_seconds_per_epoch": ("CPU s per epoch (median)", "{:.2f}"),
                "backbone_max_change": ("max |backbone change|", "{:.2g}")}
     ctx.table("strategies", [{**{k: r.get(k) for k in columns}, **dict(zip(noise, r["noisy_test_accuracy"].values())),
                               "augmentation": "yes" if r["augmentation"] else "no"} for r in runs.values()],
-              f"Every strategy trained {c.epochs} epochs with Adam (batch {c.batch_size}); scores of the checkpoint "
-              "with the best validation accuracy. The last column is the largest change of any pretrained "
-              "weight or batch-norm statistic: 0 when only the last layer trains.", columns=columns)
+              f"Every strategy trained {c.epochs} epochs with Adam (batch {c.batch_size}) at the learning rate "
+              "its tuning chose on validation data; scores of the checkpoint with the best validation accuracy. "
+              "Time: CPU seconds of one epoch (training and validation), the median over the epochs. The last "
+              "column is the largest change of any pretrained weight or batch-norm statistic: 0 when only the "
+              "last layer trains.", columns=columns)
     test = {key: r["test_accuracy"] for key, r in runs.items()}
+    n_test = metrics["target_test_images"]
+    se = {key: binomial_se(acc, n_test) for key, acc in test.items()}
     best = max(runs.values(), key=lambda r: r["best_val_accuracy"])
     metrics.update(best_strategy=best["label"], best_test_accuracy=best["test_accuracy"])
+    ctx.note("Learning rates chosen on validation accuracy (" + ", ".join(
+        f"{STRATEGIES[s][0]} {metrics['tuned_lr'][s]:.2g}" for s in c.strategies)
+        + f"), from {len(c.lr_factors)} rates per strategy; see the tuning table.")
     ctx.note(f"Best validation accuracy: {best['label']} ({best['best_val_accuracy']:.1%}; test "
-             f"{best['test_accuracy']:.1%}).")
+             f"{best['test_accuracy']:.1%} ± {binomial_se(best['test_accuracy'], n_test):.1%}, one binomial standard "
+             f"error on {n_test:,} test images).")
     if "finetune" in runs and "finetune_head10" in runs:
         ctx.note(f"Full fine-tuning reaches {test['finetune']:.1%} test accuracy with one learning rate and "
                  f"{test['finetune_head10']:.1%} when the new last layer learns 10 times faster.")
     pretrained = [key for key, r in runs.items() if r["strategy"] != "scratch"]
     if "scratch" in runs and pretrained:
-        top = max(pretrained, key=test.get)
-        ctx.note(f"From random weights the same network reaches {test['scratch']:.1%}, the best pretrained strategy "
-                 f"({runs[top]['label']}) {test[top]:.1%}: {100 * (test[top] - test['scratch']):+.1f} points.")
+        top = max(pretrained, key=lambda key: runs[key]["best_val_accuracy"])  # chosen on validation, not test
+        noise = float(np.hypot(se[top], se["scratch"]))
+        verdict = ctx.headline(f"test accuracy, {runs[top]['label']}", test[top], test["scratch"],
+                               "from scratch (tuned lr)", noise=noise)
+        ctx.note(f"From random weights the same network reaches {test['scratch']:.1%}, the pretrained strategy "
+                 f"best on validation ({runs[top]['label']}) {test[top]:.1%}: {100 * (test[top] - test['scratch']):+.1f}"
+                 f" points, standard error of the difference {100 * noise:.1f} points ({verdict}).")
     ctx.note("Augmentation changes the clean test accuracy by (percentage points): " + ", ".join(
         f"{runs[s]['description']} {100 * (test[s + '_aug'] - test[s]):+.1f}" for s in c.strategies)
-        + f". With {metrics['target_test_images']:,} test images, differences of a few points are noise.")
+        + f". With {n_test:,} test images one standard error of such a difference is about "
+        f"{100 * np.sqrt(2) * max(se.values()):.1f} points; changes within twice that are noise.")
     for std in c.noise_std:
         change = [100 * (r["noisy_test_accuracy"][std] - r["test_accuracy"]) for r in runs.values()]
         ctx.note(f"Gaussian test noise of std {std:g} changes the test accuracy by {np.mean(change):+.1f} points "

@@ -8,6 +8,9 @@ import importlib
 import numpy as np
 import pytest
 
+import matplotlib.pyplot as plt
+import minidl as md
+
 import assignments
 from assignments.__main__ import main
 from assignments.runner import EMBEDDED, PROFILE_NAMES, TORCH_SETTINGS, parser_for, settings
@@ -31,11 +34,9 @@ def _histories(out):
 def test_cnn_vs_mlp_quick(tmp_path):
     out, metrics, manifest = _run("cnn_vs_mlp", tmp_path)
     files = {f["file"] for f in manifest["figures"]}
-    assert files == {"learning_curves.png", "tsne_mlp.png", "tsne_cnn.png"}
+    assert files == {"accuracy_vs_parameters.png", "learning_curves.png", "tsne_mlp.png", "tsne_cnn.png"}
     (table,) = [t for t in manifest["tables"] if t["name"] == "comparison"]
     assert [row["model"] for row in table["rows"]] == ["MLP", "CNN"]
-    # the CNN shares its weights: far fewer parameters than the MLP
-    assert metrics["cnn_parameters"] < metrics["mlp_parameters"] / 3
     histories = _histories(out)
     for model in ("mlp", "cnn"):
         assert metrics[f"{model}_test_accuracy"] > 0.5, metrics  # chance is 0.1
@@ -44,7 +45,39 @@ def test_cnn_vs_mlp_quick(tmp_path):
         assert len(history) == metrics["epochs"]
         assert float(history[-1]["loss"]) < float(history[0]["loss"])
         assert float(history[-1]["val_accuracy"]) == metrics[f"{model}_val_accuracy"]
-    assert manifest["notes"]
+        # the t-SNE embeds the penultimate layer: the hidden layer both models end in
+        assert metrics[f"{model}_tsne_input_size"] == metrics[f"{model}_feature_size"] == 64
+    # CNN against MLP: a headline judged against the binomial noise of the 360 digits test images
+    se = {m: np.sqrt(metrics[f"{m}_test_accuracy"] * (1 - metrics[f"{m}_test_accuracy"]) / 360) for m in ("mlp", "cnn")}
+    headline = manifest["headline"]
+    assert headline["value"] == metrics["cnn_test_accuracy"] and headline["baseline"] == metrics["mlp_test_accuracy"]
+    assert headline["noise"] == pytest.approx(np.hypot(se["mlp"], se["cnn"]))
+    gap = metrics["cnn_test_accuracy"] - metrics["mlp_test_accuracy"]
+    assert headline["verdict"] == ("does not beat the baseline" if gap <= 0 else
+                                   "within noise" if gap <= 2 * headline["noise"] else "beats the baseline")
+    assert any("standard error of the difference" in note for note in manifest["notes"])
+    # accuracy against parameters: several widths of each model, more parameters with each width
+    curve = metrics["accuracy_vs_parameters"]
+    assert set(curve) == {"MLP", "CNN"}
+    for points in curve.values():
+        widths, parameters = [p["width"] for p in points], [p["parameters"] for p in points]
+        assert len(points) >= 2 and widths == sorted(widths)
+        assert all(a < b for a, b in zip(parameters, parameters[1:])), parameters
+        for p in points:
+            assert p["test_se"] == pytest.approx(np.sqrt(p["test_accuracy"] * (1 - p["test_accuracy"]) / 360))
+    assert [p["parameters"] for p in curve["MLP"]] == [784 * w + w + w * 64 + 64 + 650 for w in (32, 128)]
+
+
+def test_cnn_vs_mlp_the_cnns_penultimate_layer_is_its_hidden_layer_not_the_conv_maps():
+    from assignments import cnn_vs_mlp
+
+    md.manual_seed(0)
+    x = md.tensor(np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32))
+    for name in ("MLP", "CNN"):
+        net = cnn_vs_mlp.model(name, 4, (1, 28, 28), 10)
+        assert net.body(x).shape == (3, cnn_vs_mlp.HIDDEN) and net(x).shape == (3, 10)
+    # the CNN's conv maps (8 channels of 7x7 after two poolings) feed its hidden layer
+    assert net.body[0](x).shape == (3, 8 * 7 * 7)
 
 
 def test_cifar_cnn_quick(tmp_path):
@@ -66,16 +99,49 @@ def test_cifar_cnn_quick(tmp_path):
     (sweep,) = [t for t in manifest["tables"] if t["name"] == "sweep"]
     rows = sweep["rows"]
     assert rows[0]["factor"] == "base" and len(rows) >= 3
-    assert {row["factor"] for row in rows[1:]} == {"lr", "kernel_size"}  # the quick profile's factors
-    for row in rows[1:]:  # one factor away from the base setting: its value is the row's setting
-        assert row[row["factor"]] == row["value"]
+    assert [(row["factor"], row["value"]) for row in rows[1:]] == [("lr", 1e-3), ("lr", 1e-2), ("depth", 2),
+                                                                   ("depth", 4)]  # the quick profile's factors
+    base = rows[0]
+    for row in rows[1:]:  # one factor away from the base setting
+        if row["factor"] == "depth":  # conv stages, the channels doubling from the base's first
+            assert len(row["widths"]) == row["value"] and row["widths"][0] == base["widths"][0]
+            assert row["lr"] == base["lr"]
+        else:
+            assert row[row["factor"]] == row["value"] and row["widths"] == base["widths"]
+    assert rows[2]["parameters"] == base["parameters"] and rows[4]["parameters"] > base["parameters"]
+    # every setting trains the same epochs (a convergence budget, not a race)
+    histories = _histories(out)
+    sweeps = [h for run, h in histories.items() if run.startswith("sweep_")]
+    assert len(sweeps) == len(rows) and {len(h) for h in sweeps} == {2}
     assert {"factor", "value"} <= set(metrics["best_setting"])
     assert metrics["best_sweep_val_accuracy"] == max(row["val_accuracy"] for row in rows)
+    # the confusion matrix counts images: its rows sum to the test set's class counts
+    assert cm.sum(axis=1).tolist() == metrics["class_counts"]["test"]
+    headline = manifest["headline"]
+    assert headline["value"] == metrics["test_accuracy"] and headline["baseline"] == 0.1
+    n_test = sum(metrics["class_counts"]["test"])
+    acc = metrics["test_accuracy"]
+    assert headline["noise"] == pytest.approx(np.sqrt(acc * (1 - acc) / n_test))
+    val = [float(r["val_accuracy"]) for r in histories["cnn"]]
+    assert metrics["last_two_epochs_val_gain"] == pytest.approx(val[-1] - val[-3])
+
+
+def test_confusion_matrix_cells_hold_counts_and_row_shares():
+    """The one confusion-matrix plot of every driver: each non-empty cell shows its count
+    and its share of the row, the colour is that share."""
+    from assignments import plots
+
+    cm = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 5]])
+    fig = plots.confusion_matrix(cm, ["a", "b", "c"], "test")
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(["8\n80%", "2\n20%", "1\n25%", "3\n75%", "5\n100%"])
+    np.testing.assert_allclose(ax.images[0].get_array(), [[80, 20, 0], [25, 75, 0], [0, 0, 100]])
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("name, option, value", [("cnn_vs_mlp", "--lr", "-1"),
                                                  ("cnn_vs_mlp", "--batch-size", "0"),
-                                                 ("cifar_cnn", "--sweep", "lr,depth"),
+                                                 ("cifar_cnn", "--sweep", "lr,height"),
                                                  ("cifar_cnn", "--epochs", "0")])
 def test_a_bad_option_stops_before_any_file(tmp_path, name, option, value):
     assert_refused(tmp_path, name, option, value)
@@ -87,8 +153,8 @@ def test_cifar_cnn_sweep_options_set_the_factors():
     def config(*argv):
         return settings(driver, vars(parser_for(driver).parse_args(list(argv))))[1]
 
-    assert config("--quick").sweep == ("lr", "kernel_size")
-    assert config("--sweep", "widths,lr").sweep == ("widths", "lr")
+    assert config("--quick").sweep == ("lr", "depth")
+    assert config("--sweep", "width,lr").sweep == ("width", "lr")
     assert config("--no-sweep").sweep == ()
     assert config("--dataset", "cifar10").epochs == 6  # its DATASET_SETTINGS
     assert config("--dataset", "cifar10", "--quick").epochs == 4  # the chosen profile wins

@@ -193,9 +193,45 @@ def test_regularization_quick(quick):
         (p, rate) for p in ("layer_1", "layer_2", "both") for rate in (0.1, 0.3, 0.5)}
     assert len(runs) == 9 and min(r["val_accuracy"] for r in runs) > 0.6
     (penalties, dropout) = manifest["tables"]
-    assert [r["placement"] for r in dropout["rows"]] == ["hidden layer 1", "hidden layer 2", "both hidden layers"]
+    assert [(r["placement"], r["rate"]) for r in dropout["rows"]] == [("no dropout", 0.0)] + [
+        (p, rate) for p in ("hidden layer 1", "hidden layer 2", "both hidden layers") for rate in (0.1, 0.3, 0.5)]
     assert penalties["rows"][-1] == {"weight": "sum", "l1_term": pytest.approx(7.7),
                                      "l2_term": pytest.approx(26.915)}
+
+
+def test_regularization_judges_each_dropout_gain_against_the_seed_noise(quick):
+    """Mean ± standard error over the seeds, from the per-seed curves of history.csv; a gain
+    is flagged as beyond the noise only when it exceeds twice the standard error of the
+    difference from no dropout."""
+    metrics, manifest = quick("regularization")
+    final = {}  # run -> the last epoch's validation accuracy
+    for line in (quick.folders["regularization"] / "history.csv").read_text().splitlines()[1:]:
+        run = line.split(",")[0]
+        if run.startswith("dropout_"):
+            final[run] = float(line.split(",")[header_index(quick, "val_accuracy")])
+
+    def mean_se(placement, rate):
+        values = [v for run, v in final.items() if run.startswith(f"dropout_{placement}_p{rate:g}_seed")]
+        assert len(values) == len(metrics["dropout"]["seeds"]) >= 2
+        return np.mean(values), np.std(values, ddof=1) / np.sqrt(len(values))
+
+    base, base_se = mean_se("none", 0)
+    rows = manifest["tables"][1]["rows"]
+    assert rows[0]["val_accuracy"] == pytest.approx(base) and rows[0]["val_accuracy_se"] == pytest.approx(base_se)
+    names = {"hidden layer 1": "layer_1", "hidden layer 2": "layer_2", "both hidden layers": "both"}
+    for row in rows[1:]:
+        mean, se = mean_se(names[row["placement"]], row["rate"])
+        assert row["val_accuracy"] == pytest.approx(mean) and row["val_accuracy_se"] == pytest.approx(se)
+        assert row["gain"] == pytest.approx(mean - base)
+        assert row["beyond_noise"] == ("yes" if abs(mean - base) > 2 * np.hypot(se, base_se) else "no")
+    headline = manifest["headline"]
+    assert headline["baseline"] == pytest.approx(base) and headline["baseline_label"] == "no dropout"
+    assert headline["value"] == pytest.approx(max(r["val_accuracy"] for r in rows[1:]))
+
+
+def header_index(quick, column):
+    header = (quick.folders["regularization"] / "history.csv").read_text().splitlines()[0].split(",")
+    return header.index(column)
 
 
 def test_cpu_threads_sets_every_pool_and_restores_it():
