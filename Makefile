@@ -19,14 +19,22 @@ $(DEV): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(DEV)
 
+# The drivers side by side, one worker process per CPU core, one thread each (the longest
+# first); `make demo JOBS=1` runs them one after another in one process.
+JOBS ?=
 demo: $(STAMP)
-	$(PY) -m assignments run --default
+	$(PY) -m assignments run --default $(if $(JOBS),--jobs $(JOBS))
 	$(PY) -m assignments report
 
 # Two test workers with one BLAS/torch thread each: two cores, no oversubscription.
+ONE_THREAD := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 test: $(DEV)
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
-		$(PY) -m pytest -n 2 --dist loadfile -q
+	$(ONE_THREAD) $(PY) -m pytest -n 2 --dist loadfile -q
+
+# The same without the tests marked slow (the drivers' quick runs, torchrun, real data):
+# for development.
+test-fast: $(DEV)
+	$(ONE_THREAD) $(PY) -m pytest -n 2 --dist loadfile -q -m "not slow"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

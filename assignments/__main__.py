@@ -5,9 +5,12 @@
     python -m assignments run regression --help  # that driver's options and profiles
     python -m assignments run --default          # the set `make demo` runs
     python -m assignments run --all --quick
+    python -m assignments run --default --jobs 1  # one after another (default: side by side)
     python -m assignments report                 # runs/index.html
 """
 import argparse
+import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -50,10 +53,33 @@ def _main(argv=None):
     return 0 if command in ("-h", "--help") else 2
 
 
+# Approximate CPU seconds of each driver's default profile on one thread (the budgets the
+# drivers are held to; the manifests' cpu_seconds of a run --default measured them). Only a
+# hint for the order of a side-by-side run: the longest first, so that no long driver starts
+# last while the other workers sit idle; a driver not listed goes last.
+COST_HINTS = {
+    "explanations": 80, "augmentation": 120, "cifar_cnn": 120, "clip_zeroshot": 120,
+    "transfer_learning": 90, "simclr": 90, "fixmatch": 90, "cnn_vs_mlp": 60, "memorization": 60,
+    "visual_prompting": 60, "deep_prompting": 60, "vae": 60, "gpt": 60, "aae": 50, "model_bias": 50,
+    "regression": 40, "regularization": 40, "layer_criticality": 40, "feature_visualization": 35,
+    "adversarial": 35, "gnn": 20, "filters": 15, "mlp_numpy": 15,
+}
+# A driver that reads what another one writes (a cached model, Part I's checkpoints) starts
+# only after that one has finished, where both are in the run: otherwise it would wait on
+# the cache's lock, or train its own copy.
+PRODUCERS = {
+    "visual_prompting": "clip_zeroshot", "deep_prompting": "clip_zeroshot",  # the mini-CLIP
+    "model_bias": "explanations", "feature_visualization": "explanations",  # the trained CNN
+    "adversarial": "explanations",
+    "layer_criticality": "memorization",  # Part I's checkpoints
+}
+
+
 def run_command(rest):
-    """``run NAME [options]`` for one driver; ``run --all|--default [options]`` for the set,
-    where only the options every driver has may be given."""
-    from .runner import Parser, common_arguments, parser_for, run_driver
+    """``run NAME [options]`` for one driver; ``run --all|--default|NAME NAME... [options]``
+    for a set, where only the options every driver has may be given, and ``--jobs N`` runs
+    N drivers at a time side by side."""
+    from .runner import Parser, common_arguments, parser_for, positive_int, run_driver
 
     names = []
     while rest and not rest[0].startswith("-"):
@@ -66,31 +92,161 @@ def run_command(rest):
         entries = [e for e in catalogue() if "--all" in which or e["DEFAULT"]]
         names = [e["NAME"] for e in entries]
     drivers = [get(name) for name in names]
-    shared = {}
-    if len(drivers) > 1:  # the options that every driver has, parsed once for the set
-        common = Parser(prog="python -m assignments run", argument_default=argparse.SUPPRESS)
-        common_arguments(common)
-        shared = vars(common.parse_args(rest))
-    failures = []
-    for i, driver in enumerate(drivers, 1):
-        if len(drivers) > 1:
+    if len(drivers) == 1:
+        run_driver(drivers[0], vars(parser_for(drivers[0]).parse_args(rest)))
+        return 0
+    # the options that every driver has, parsed once for the set
+    common = Parser(prog="python -m assignments run", argument_default=argparse.SUPPRESS)
+    common_arguments(common)
+    common.add_argument("--jobs", type=positive_int,
+                        help="drivers run side by side, each in its own process on one thread (default: "
+                             "one per CPU core, at most one per driver; 1: one after another, in this process)")
+    shared = vars(common.parse_args(rest))
+    jobs = min(shared.pop("jobs", default_jobs()), len(drivers))
+    given = {driver.NAME: options_for(driver, shared) for driver in drivers}
+    if jobs == 1:
+        failures = []
+        for i, driver in enumerate(drivers, 1):
             print(f"==> [{i}/{len(drivers)}] {driver.NAME}", file=sys.stderr, flush=True)
-            given = dict(shared)
-            if "out" in given:
-                given["out"] = str(Path(given["out"]) / driver.NAME)
-            if given.get("dataset") not in (None, *driver.DATASETS):
-                del given["dataset"]  # a shared --dataset applies to the drivers that know it
-            try:
-                run_driver(driver, given)
-            except Exception as error:  # one broken driver must not hide the others' results
-                print(f"!! {driver.NAME} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            error = run_one(driver, given[driver.NAME])
+            if error:
+                print(f"!! {driver.NAME} failed: {error}", file=sys.stderr, flush=True)
                 failures.append(driver.NAME)
-        else:
-            run_driver(driver, vars(parser_for(driver).parse_args(rest)))
+    else:
+        threads = shared.get("threads", 1)
+        print(f"running {len(drivers)} drivers in {jobs} worker processes, "
+              f"{'one thread' if threads == 1 else f'{threads} threads'} each", file=sys.stderr, flush=True)
+        failures = run_side_by_side([d.NAME for d in drivers], given, jobs, threads)
     if failures:
         print(f"failed: {', '.join(failures)}", file=sys.stderr)
         return 1
     return 0
+
+
+def default_jobs():
+    """One worker per CPU core this process may use; one where files cannot be locked
+    (Windows), since drivers that share a cache rely on ``minidl.fileio.file_lock``."""
+    if os.name == "nt":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def options_for(driver, shared):
+    """The shared options as one driver of the set takes them: under ``--out`` in a folder of
+    its own; a ``--dataset`` only where the driver knows it."""
+    given = dict(shared)
+    if "out" in given:
+        given["out"] = str(Path(given["out"]) / driver.NAME)
+    if given.get("dataset") not in (None, *driver.DATASETS):
+        del given["dataset"]
+    return given
+
+
+def run_one(driver, given):
+    """Run one driver of a set; its failure as one line ("TypeError: ..."), or None. One broken
+    driver must not hide the others' results."""
+    from .runner import run_driver
+    try:
+        run_driver(driver, given)
+    except (Exception, SystemExit) as error:  # SystemExit: the driver refused its settings
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def start_order(names):
+    """The drivers by their cost hint, the costliest first; ties and unlisted ones in the
+    given (report) order, unlisted ones last."""
+    return sorted(names, key=lambda name: -COST_HINTS.get(name, 0))
+
+
+def next_to_start(pending, running):
+    """The first of ``pending`` whose producer is neither pending nor running; where each
+    waits on one, the first anyway (it waits on the cache's lock, or builds its own)."""
+    for name in pending:
+        if PRODUCERS.get(name) not in {*pending, *running}:
+            return name
+    return pending[0]
+
+
+def run_side_by_side(names, given, jobs, threads):
+    """Run the drivers ``names`` in ``jobs`` worker processes, in start_order and after their
+    producers; returns the names of those that failed, in the given order."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending, running, failures = start_order(names), {}, []
+    # spawn: a fresh interpreter per worker (torch's threads do not survive a fork); the worker
+    # functions come from this module imported by its name, which a spawned process can import
+    named = importlib.import_module("assignments.__main__")
+    executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=named.worker_setup, initargs=(threads,))
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name = next_to_start(pending, running.values())
+                pending.remove(name)
+                running[executor.submit(named.run_in_worker, name, given[name])] = name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    error = future.result()
+                except BrokenProcessPool:
+                    error = "its worker process died (killed? out of memory?); the drivers not started yet did not run"
+                    failures += pending
+                    pending.clear()
+                if error:
+                    print(f"!! {name} failed: {error}", file=sys.stderr, flush=True)
+                    failures.append(name)
+    except KeyboardInterrupt:  # Ctrl-C: stop every worker, not only this process
+        print("interrupted: stopping the workers", file=sys.stderr, flush=True)
+        for process in list(executor._processes.values()):  # no public way before Python 3.14
+            process.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise SystemExit(130) from None
+    executor.shutdown()
+    return [name for name in names if name in failures]
+
+
+def worker_setup(threads):
+    """In a new worker process, before numpy or torch is imported: their thread pools start
+    with ``threads`` threads."""
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+
+
+def run_in_worker(name, given):
+    """One driver in a worker process: its output lines prefixed with its name, as its log
+    lines already are, and no progress bars (two bars would overwrite each other)."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (Prefixed(stream, name) for stream in streams)
+    try:
+        return run_one(get(name), {"threads": 1, **given})
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams  # the worker's next driver has its own name
+
+
+class Prefixed:
+    """A text stream that writes whole lines, each starting with ``[name]``; not a terminal."""
+
+    def __init__(self, stream, name):
+        self.stream, self.prefix, self.partial = stream, f"[{name}] ", ""
+
+    def write(self, text):
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self.stream.write(("" if line.startswith(self.prefix.strip()) else self.prefix) + line + "\n")
+        self.stream.flush()
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def isatty(self):
+        return False
 
 
 if __name__ == "__main__":
