@@ -35,6 +35,7 @@ def images():
     return torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
     run_two_ranks(__file__, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}_{lam}.pt", weights_only=True) for r in (0, 1) for lam in ("1", "0.5")]

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ------------------------------------------------------------------ adversarial
+@pytest.mark.slow
 def test_adversarial_quick(tmp_path):
     metrics, manifest = run_quick("adversarial", tmp_path / "adv")
     assert {f["file"] for f in manifest["figures"]} == {"accuracy_vs_eps.png", "examples.png"}
@@ -52,6 +53,7 @@ def test_bad_option_value_stops_before_any_file(tmp_path, name, option, value, s
 
 
 # ------------------------------------------------------------------ feature_visualization
+@pytest.mark.slow
 def test_feature_visualization_quick(tmp_path):
     metrics, manifest = run_quick("feature_visualization", tmp_path / "fv")
     layers = ["conv1", "conv2", "conv3"]
@@ -83,6 +85,7 @@ def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
     assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_feature_visualization_with_resnet_weights(tmp_path):
     """A (randomly initialised) torchvision-format file: the ResNet-18 part runs and its
     objectives rise too."""
@@ -96,6 +99,7 @@ def test_feature_visualization_with_resnet_weights(tmp_path):
     assert not any("No --weights" in note for note in manifest["notes"])
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["adversarial", "feature_visualization"])
 def test_runs_on_cuda(tmp_path, name):

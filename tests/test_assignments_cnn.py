@@ -31,6 +31,7 @@ def _histories(out):
     return runs
 
 
+@pytest.mark.slow
 def test_cnn_vs_mlp_quick(tmp_path):
     out, metrics, manifest = _run("cnn_vs_mlp", tmp_path)
     files = {f["file"] for f in manifest["figures"]}
@@ -80,6 +81,7 @@ def test_cnn_vs_mlp_the_cnns_penultimate_layer_is_its_hidden_layer_not_the_conv_
     assert net.body[0](x).shape == (3, 8 * 7 * 7)
 
 
+@pytest.mark.slow
 def test_cifar_cnn_quick(tmp_path):
     out, metrics, manifest = _run("cifar_cnn", tmp_path)
     files = {f["file"] for f in manifest["figures"]}

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 explanations = quick_run_fixture("explanations")
 
 
+@pytest.mark.slow
 def test_explanations_quick(explanations):
     out, metrics, manifest = explanations
     assert {f["file"] for f in manifest["figures"]} == {"attributions.png", "deletion_insertion.png",
@@ -39,6 +40,7 @@ def test_explanations_quick(explanations):
     assert metrics["ig_median_relative_gap"] < 0.1  # integrated gradients nearly complete
 
 
+@pytest.mark.slow
 def test_explanations_reuses_its_checkpoint(explanations, tmp_path):
     out, first, _ = explanations
     metrics, _ = run_quick("explanations", tmp_path / "again", "--checkpoint", str(out / "model.pt"),
@@ -69,6 +71,7 @@ def test_bad_option_value_stops_before_any_file(tmp_path, name, option, value):
 model_bias = quick_run_fixture("model_bias")
 
 
+@pytest.mark.slow
 def test_model_bias_quick_verdict(model_bias):
     out, metrics, manifest = model_bias
     assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "artifact_share.png",
@@ -90,6 +93,7 @@ def test_model_bias_quick_verdict(model_bias):
     assert models[clean_model]["accuracy"]["clean"] > 1.5 * metrics["chance"]
 
 
+@pytest.mark.slow
 def test_model_bias_investigates_given_models(model_bias, tmp_path):
     """The detective task: the two files a run wrote, handed over in swapped order, are
     judged without the truth, and the verdict follows the biased model to its new letter."""
@@ -111,6 +115,7 @@ def test_model_bias_investigates_given_models(model_bias, tmp_path):
               str(files[0]), str(tmp_path / "missing.pt")])
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["explanations", "model_bias"])
 def test_runs_on_cuda(tmp_path, name):

@@ -65,6 +65,7 @@ class Killed(Exception):
 tl_quick = quick_run_fixture("transfer_learning")
 
 
+@pytest.mark.slow
 def test_transfer_learning_quick(tl_quick):
     out, metrics, manifest = tl_quick
     assert {f["file"] for f in manifest["figures"]} == {"validation_curves.png", "test_accuracy.png"}
@@ -97,6 +98,7 @@ def test_transfer_learning_quick(tl_quick):
     assert manifest["notes"] and "No --weights" in manifest["notes"][0]
 
 
+@pytest.mark.slow
 def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_path, monkeypatch):
     """Stop a run in the middle of its third strategy (as a kill would: after some epochs'
     checkpoints), then --resume it: it ends with the same histories and numbers as the run
@@ -134,6 +136,7 @@ def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_pat
     assert epochs == []
 
 
+@pytest.mark.slow
 def test_transfer_learning_quick_digits_is_above_chance(tmp_path):
     """digits learns in seconds, so the quick profile must transfer well there, and the
     pretrained features must beat the same network trained from scratch on 10 images
@@ -218,6 +221,7 @@ def test_wrong_weight_file_fails_clearly(tmp_path):
         main(["run", "transfer_learning", "--quick", "--weights", str(cifar_stem), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_transfer_learning_with_a_torchvision_resnet18_file(tmp_path):
     """The ImageNet path end to end (a randomly initialised file in torchvision's layout,
     small images for speed): grey digits become RGB, the frozen ResNet keeps its
@@ -240,6 +244,7 @@ def test_transfer_learning_with_a_torchvision_resnet18_file(tmp_path):
 aug_quick = quick_run_fixture("augmentation")
 
 
+@pytest.mark.slow
 def test_augmentation_quick(aug_quick):
     out, metrics, manifest = aug_quick
     assert {f["file"] for f in manifest["figures"]} == {
@@ -275,6 +280,7 @@ def test_augmentation_quick(aug_quick):
     assert all(len(rows) == metrics["epochs"] for rows in histories.values())
 
 
+@pytest.mark.slow
 def test_augmentation_resume_of_a_finished_run_trains_nothing(aug_quick):
     resume_finished_run("augmentation", aug_quick[0])
 

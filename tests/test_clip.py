@@ -256,6 +256,7 @@ def quick_runs(tmp_path_factory, torch_one_thread):
     return {name: run_quick(name, folder / name) for name in ("visual_prompting", "clip_zeroshot", "deep_prompting")}
 
 
+@pytest.mark.slow
 def test_zero_shot_quick(quick_runs):
     metrics, manifest = quick_runs["clip_zeroshot"]
     assert {f["file"] for f in manifest["figures"]} == {"templates.png", "predictions.png"}
@@ -265,6 +266,7 @@ def test_zero_shot_quick(quick_runs):
     # the quick mini-CLIP is near chance (see reference_torch.mini_clip): only the plumbing is checked here
 
 
+@pytest.mark.slow
 def test_visual_prompting_quick(quick_runs):
     metrics, manifest = quick_runs["visual_prompting"]
     runs = metrics["runs"]
@@ -275,6 +277,7 @@ def test_visual_prompting_quick(quick_runs):
     assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "prompts.png"}
 
 
+@pytest.mark.slow
 def test_deep_prompting_quick(quick_runs):
     metrics, _ = quick_runs["deep_prompting"]
     runs = metrics["runs"]

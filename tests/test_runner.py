@@ -199,6 +199,7 @@ distributed.cleanup()
 """
 
 
+@pytest.mark.slow
 def test_a_driver_under_torchrun_trains_on_both_ranks_and_rank_0_writes(tmp_path):
     pytest.importorskip("torch")
     script = tmp_path / "launch.py"

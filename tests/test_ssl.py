@@ -83,6 +83,7 @@ def encoder():
     return nn.Linear(DIM, 4)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path):
     run_two_ranks(__file__, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -179,6 +180,7 @@ def fixmatch_run(tmp_path_factory):
     return quick_run_in(tmp_path_factory, "fixmatch")
 
 
+@pytest.mark.slow
 def test_simclr_quick_run_beats_the_random_encoder(simclr_run):
     out, metrics, manifest = simclr_run
     assert {f["file"] for f in manifest["figures"]} >= {"similarity_matrix.png", "pretraining.png",
@@ -195,6 +197,7 @@ def test_simclr_quick_run_beats_the_random_encoder(simclr_run):
     assert manifest["headline"]["value"] == fewest["simclr"] and manifest["headline"]["baseline"] == fewest["random"]
 
 
+@pytest.mark.slow
 def test_fixmatch_quick_run_beats_labelled_only(fixmatch_run):
     out, metrics, manifest = fixmatch_run
     assert {f["file"] for f in manifest["figures"]} == {"views.png", "training.png", "tau_sweep.png"}
@@ -221,6 +224,7 @@ def history_rows(out):
 
 # (driver, the epoch call that is killed, the epoch the resumed run starts from): SimCLR in its
 # third pre-training epoch; FixMatch after the 4 labelled-only epochs, in its second.
+@pytest.mark.slow
 @pytest.mark.parametrize("name, stop_at, resumed_from", [("simclr", 3, 2), ("fixmatch", 6, 1)])
 def test_an_interrupted_run_resumed_ends_as_the_uninterrupted_one(name, stop_at, resumed_from, request, tmp_path,
                                                                    monkeypatch):

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -41,6 +42,7 @@ def train(train_loader, checkpoint_dir=None, progress=False):
     return trainer
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_in_sync_and_match_one_process(tmp_path):
     done = run_two_ranks(__file__, tmp_path)
 

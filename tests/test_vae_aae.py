@@ -234,6 +234,7 @@ def settings(out):
     return json.loads((out / "config.json").read_text())["settings"]
 
 
+@pytest.mark.slow
 def test_vae_quick_run(vae_quick):
     out, metrics, manifest = vae_quick
     assert {f["file"] for f in manifest["figures"]} == {"reconstructions.png", "samples.png", "training_curves.png",
@@ -245,6 +246,7 @@ def test_vae_quick_run(vae_quick):
     assert len(table["rows"]) == epochs + settings(out)["manifold_epochs"]
 
 
+@pytest.mark.slow
 def test_vae_decoder_fed_the_encoders_mean_beats_a_random_code(vae_quick):
     """From the run's checkpoint: -log p(x|z) of training images is lower with z the
     encoder's mean than with z drawn from the prior, image by image for most of them."""
@@ -260,6 +262,7 @@ def test_vae_decoder_fed_the_encoders_mean_beats_a_random_code(vae_quick):
     assert (nll[0] < nll[1]).float().mean() > 0.8, (nll[0].mean(), nll[1].mean())
 
 
+@pytest.mark.slow
 def test_aae_quick_run_and_its_discriminator_is_near_chance(aae_quick):
     """The codes match the prior: the trained discriminator, measured afresh on validation
     codes and prior samples, is right about half the time, and the codes spread as the prior."""
