@@ -60,7 +60,7 @@ PROFILES = {
               "mlp_widths": (32, 128), "cnn_widths": (4, 16)},
 }
 DATASET_SETTINGS = {"mnist": {"epochs": 6, "train_images": 20000, "tsne_points": 500}}
-COLUMNS = {"model": "model", "parameters": ("parameters", "{:,}"), "feature_size": "feature size",
+COLUMNS = {"model": "model", "width": "width (first layer)", "parameters": ("parameters", "{:,}"), "feature_size": "feature size",
            "train_accuracy": ("train accuracy", "{:.1%}"), "val_accuracy": ("val accuracy", "{:.1%}"),
            "test_accuracy": ("test accuracy", "{:.1%}"),
            "feature_knn_accuracy": ("5-NN on features", "{:.1%}"),

@@ -166,26 +166,33 @@ def train_twins(ctx, start, data, n_classes, seed):
     from reference_torch.mlp_twin import MLP as TorchMLP
     from reference_torch.train import Checkpoint
 
-    n_inputs, hidden = data["train"][0].shape[1], list(ctx.config.hidden)
-    twin = TorchMLP(n_inputs, hidden, n_classes)
-    twin.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))
-                          for k, v in manual_state_dict(start, twin).items()})
-    torch.manual_seed(seed)
-    models = {"torch": twin, "torch_bn": TorchMLP(n_inputs, hidden, n_classes, use_batch_norm=True)}
-    histories, logits = {}, {}
-    for key, model in ctx.progress(models.items(), "PyTorch twins", total=len(models)):
-        best = Checkpoint(ctx.out / "checkpoints" / key / "best.pt", monitor="val_accuracy", mode="max")
-        # the course's seed (42 + --seed) orders the twins' batches too
-        trainer = ctx.trainer(key, model, torch.optim.SGD(model.parameters(), lr=ctx.config.lr),
-                              callbacks=[best], seed=seed)
-        history = ctx.fit(trainer, ctx.loader(*data["train"], shuffle=True),
-                          val_loader=ctx.loader(*data["val"], batch_size=1000))
-        histories[key] = {k: [epoch[k] for epoch in history] for k in ("loss", "val_accuracy")}
-        model.load_state_dict(load_checkpoint(best.path, map_location=ctx.device)["model"])
-        model.eval()
-        with torch.no_grad():
-            logits[key] = model(ctx.to_device(data["test"][0])).float().cpu().numpy()
-    return histories, logits
+    # torch is imported only now, after the runner set every thread pool it had seen: give it
+    # minidl's count (torch's own default spun several threads over these tiny matrices)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(md.threads.num_threads())
+    try:
+        n_inputs, hidden = data["train"][0].shape[1], list(ctx.config.hidden)
+        twin = TorchMLP(n_inputs, hidden, n_classes)
+        twin.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))
+                              for k, v in manual_state_dict(start, twin).items()})
+        torch.manual_seed(seed)
+        models = {"torch": twin, "torch_bn": TorchMLP(n_inputs, hidden, n_classes, use_batch_norm=True)}
+        histories, logits = {}, {}
+        for key, model in ctx.progress(models.items(), "PyTorch twins", total=len(models)):
+            best = Checkpoint(ctx.out / "checkpoints" / key / "best.pt", monitor="val_accuracy", mode="max")
+            # the course's seed (42 + --seed) orders the twins' batches too
+            trainer = ctx.trainer(key, model, torch.optim.SGD(model.parameters(), lr=ctx.config.lr),
+                                  callbacks=[best], seed=seed)
+            history = ctx.fit(trainer, ctx.loader(*data["train"], shuffle=True),
+                              val_loader=ctx.loader(*data["val"], batch_size=1000))
+            histories[key] = {k: [epoch[k] for epoch in history] for k in ("loss", "val_accuracy")}
+            model.load_state_dict(load_checkpoint(best.path, map_location=ctx.device)["model"])
+            model.eval()
+            with torch.no_grad():
+                logits[key] = model(ctx.to_device(data["test"][0])).float().cpu().numpy()
+        return histories, logits
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------- figures

@@ -16,7 +16,7 @@ import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
 
-from .runner import positive_int
+from .runner import binomial_se, positive_int
 
 NAME = "regularization"
 COURSE = "ITU advanced ML"
@@ -291,14 +291,17 @@ def run(ctx):
     if len(seeds) > 1:
         beyond = [r for r in rows[1:] if r["beyond_noise"] == "yes"]
         ctx.note(f"Dropout: the best setting, p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]}, reaches "
-                 f"{best['val_accuracy']:.1%} validation accuracy against {metrics['dropout']['baseline_val_accuracy']:.1%} "
+                 f"{best['val_accuracy']:.1%} validation accuracy against "
+                 f"{metrics['dropout']['baseline_val_accuracy']:.1%} "
                  f"without ({100 * best['gain']:+.1f} ± {100 * best['gain_se']:.1f} points over {len(seeds)} seeds). "
-                 f"{len(beyond)} of the {len(rows) - 1} settings differ from no dropout by more than twice the standard "
-                 "error of the difference" + (": " + ", ".join(f"{r['placement']} p = {r['rate']:g} "
+                 f"{len(beyond)} of the {len(rows) - 1} settings differ from no dropout by more than twice the "
+                 "standard error of the difference" + (": " + ", ".join(f"{r['placement']} p = {r['rate']:g} "
                                                                 f"({100 * r['gain']:+.1f})" for r in beyond)
                                                if beyond else "")
-                 + "; the others are within the noise. The best of nine settings is also picked on the same "
-                 "validation images, which flatters it.")
+                 + "; the others are within the noise. That noise is the seeds' only: every run is scored on the "
+                 f"same {len(data['val'][1])} validation images, and on other images of that size one accuracy has "
+                 f"a binomial standard error of {binomial_se(best['val_accuracy'], len(data['val'][1])):.1%}. The "
+                 "best of nine settings is also picked on those images, which flatters it.")
     else:
         ctx.note(f"Dropout: best setting p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]} with "
                  f"{best['val_accuracy']:.1%} validation accuracy against "

@@ -55,6 +55,7 @@ def test_a_bad_option_stops_with_one_line_before_any_file(tmp_path, name, option
 
 
 # ----------------------------------------------------------------- regression
+@pytest.mark.slow
 def test_regression_quick(quick):
     metrics, manifest = quick("regression")
     assert _figures(manifest) == {"fits.png", "training_curves.png"}
@@ -71,9 +72,14 @@ def test_regression_quick(quick):
         assert variants[name]["train_mse"] > variants["none"]["train_mse"]
     best = variants["early_stopping"]["best_epoch"]
     assert 0 < best < metrics["epochs"] - 1  # it stopped on the way, not at either end
+    headline = manifest["headline"]  # weight decay against no regularisation, lower is better
+    assert headline["value"] == variants["weight_decay"]["held_out_mse_mean"]
+    assert headline["baseline"] == variants["none"]["held_out_mse_mean"]
+    assert headline["verdict"] == "beats the baseline" and not headline["higher_is_better"]
 
 
 # -------------------------------------------------------------------- filters
+@pytest.mark.slow
 def test_filters_quick(quick):
     metrics, manifest = quick("filters")
     assert _figures(manifest) == {"responses.png", "kernels.png"}
@@ -84,6 +90,10 @@ def test_filters_quick(quick):
     for name in ("sobel_x", "sobel_y", "laplacian"):  # zero-sum kernels: signed responses
         f = metrics["filters"][name]
         assert abs(f["kernel_sum"]) < 1e-12 and f["min_response"] < 0 < f["max_response"]
+    # CPU time after a warm-up call: the first filter's no longer holds numba's compilation (2 s)
+    assert all(0 <= f["conv2d_cpu_ms"] < 50 for f in metrics["filters"].values()), metrics["filters"]
+    assert manifest["headline"]["value"] == metrics["max_abs_diff_vs_scipy"]
+    assert manifest["headline"]["verdict"] == "beats the baseline"
 
 
 def test_filter_responses_equal_scipy():
@@ -134,6 +144,7 @@ def test_manual_and_autograd_mlp_same_gradients():
         np.testing.assert_allclose(params[f"{name}.bias"].grad, layer.grads["bias"].ravel(), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_mlp_numpy_quick(quick):
     metrics, manifest = quick("mlp_numpy")
     assert _figures(manifest) == {"curves.png", "confusion_matrix.png", "per_class_scores.png"}
@@ -156,6 +167,11 @@ def test_mlp_numpy_quick(quick):
     assert len(table["rows"]) == len(models)
     history = (quick.folders["mlp_numpy"] / "history.csv").read_text().splitlines()
     assert {line.split(",")[0] for line in history[1:]} == {"numpy", "autograd"} | twins  # one run each
+    # it says that it ran on digits, not on the statement's CIFAR-10, and judges itself against chance
+    assert any(note.startswith("Offline data: the embedded digits") for note in manifest["notes"])
+    headline, acc = manifest["headline"], models["numpy"]["accuracy"]
+    assert (headline["value"], headline["baseline"]) == (acc, 0.1)
+    assert headline["noise"] == pytest.approx(np.sqrt(acc * (1 - acc) / 256))  # the quick profile's test images
 
 
 def test_mlp_numpy_runs_without_torch_and_says_it_skipped_the_twins(tmp_path):
@@ -175,6 +191,7 @@ assert "torch" not in sys.modules
 
 
 # --------------------------------------------------------------- regularization
+@pytest.mark.slow
 def test_regularization_quick(quick):
     metrics, manifest = quick("regularization")
     assert _figures(manifest) == {"penalties.png", "weight_histograms.png", "dropout_curves.png"}
@@ -199,6 +216,7 @@ def test_regularization_quick(quick):
                                      "l2_term": pytest.approx(26.915)}
 
 
+@pytest.mark.slow
 def test_regularization_judges_each_dropout_gain_against_the_seed_noise(quick):
     """Mean ± standard error over the seeds, from the per-seed curves of history.csv; a gain
     is flagged as beyond the noise only when it exceeds twice the standard error of the

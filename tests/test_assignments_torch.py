@@ -68,7 +68,7 @@ tl_quick = quick_run_fixture("transfer_learning")
 @pytest.mark.slow
 def test_transfer_learning_quick(tl_quick):
     out, metrics, manifest = tl_quick
-    assert {f["file"] for f in manifest["figures"]} == {"validation_curves.png", "test_accuracy.png"}
+    assert {f["file"] for f in manifest["figures"]} == {"validation_curves.png", "test_accuracy.png", "lr_tuning.png"}
     assert metrics["dataset"] == "shapes" and "pretrained_on" in metrics
     # no --weights: pretrained offline on half the classes, transferred to the other half
     assert not set(metrics["source_classes"]) & set(metrics["target_classes"])
@@ -78,24 +78,48 @@ def test_transfer_learning_quick(tl_quick):
     (table,) = [t for t in manifest["tables"] if t["name"] == "strategies"]
     assert len(table["rows"]) == len(runs)
     histories = history(out)
-    assert set(histories) == {"pretrain", *runs}
+    tuning = metrics["tuning"]
+    assert set(histories) == {"pretrain", *(r["key"] for rows in tuning.values() for r in rows),
+                              *(key for key in runs if key.endswith("_aug"))}
     assert len(histories["pretrain"]) == json.loads((out / "config.json").read_text())["settings"]["pretrain_epochs"]
     for key, r in runs.items():
-        assert len(r["val_accuracy"]) == len(histories[key]) == metrics["epochs"]
-        assert r["val_accuracy"] == pytest.approx([float(h["val_accuracy"]) for h in histories[key]])
+        assert len(r["val_accuracy"]) == len(histories[r["key"]]) == metrics["epochs"]
+        assert r["val_accuracy"] == pytest.approx([float(h["val_accuracy"]) for h in histories[r["key"]]])
         assert 1 <= r["best_epoch"] <= metrics["epochs"]
         assert r["best_val_accuracy"] == pytest.approx(max(r["val_accuracy"]))
         assert 0.0 <= r["test_accuracy"] <= 1.0
         assert set(r["noisy_test_accuracy"]) == {str(s) for s in metrics["noise_std"]}
-        assert (out / "checkpoints" / key / "best.pt").is_file()
+        assert (out / "checkpoints" / r["key"] / "best.pt").is_file()
     for key in ("head", "head_aug"):  # a linear probe: the pretrained weights and statistics never move
         assert runs[key]["backbone_max_change"] == 0.0
         assert runs[key]["trainable_parameters"] < runs["finetune"]["trainable_parameters"] / 4
         assert runs[key]["lr_backbone"] is None
     for key in ("finetune", "finetune_head10", "scratch"):
         assert runs[key]["backbone_max_change"] > 0.0
-    assert runs["finetune_head10"]["lr_head"] == pytest.approx(10 * runs["finetune"]["lr_head"])
+    for key in ("finetune_head10", "finetune_head10_aug"):
+        assert runs[key]["lr_head"] == pytest.approx(10 * runs[key]["lr_backbone"])
     assert manifest["notes"] and "No --weights" in manifest["notes"][0]
+
+
+@pytest.mark.slow
+def test_transfer_learning_tunes_each_strategys_lr_on_validation(tl_quick):
+    """Every strategy tries the quick profile's rates (1 and 3 times --lr, or --finetune-lr for
+    the fine-tuning strategies); the one with the best validation accuracy is kept, tested,
+    and used again with augmentation."""
+    out, metrics, manifest = tl_quick
+    tuning, runs = metrics["tuning"], metrics["runs"]
+    centre = {"head": 1e-3, "scratch": 1e-3, "finetune": 3e-4, "finetune_head10": 3e-4}  # the quick profile's
+    for strategy, rows in tuning.items():
+        rates = [r["lr_backbone"] if strategy.startswith("finetune") else r["lr_head"] for r in rows]
+        assert rates == pytest.approx([centre[strategy], 3 * centre[strategy]])
+        chosen = max(rows, key=lambda r: r["best_val_accuracy"])
+        assert runs[strategy]["key"] == chosen["key"] and runs[strategy]["test_accuracy"] == chosen["test_accuracy"]
+        assert metrics["tuned_lr"][strategy] == pytest.approx(rates[rows.index(chosen)])
+        aug = runs[strategy + "_aug"]
+        assert (aug["lr_backbone"], aug["lr_head"]) == (chosen["lr_backbone"], chosen["lr_head"])
+    (table,) = [t for t in manifest["tables"] if t["name"] == "tuning"]
+    assert sum(row["chosen"] == "yes" for row in table["rows"]) == len(tuning) == 4
+    assert manifest["headline"]["baseline"] == runs["scratch"]["test_accuracy"]
 
 
 @pytest.mark.slow
@@ -105,7 +129,7 @@ def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_pat
     that never stopped, and a second --resume of a finished run trains nothing."""
     reference, reference_metrics, _ = tl_quick
     settings = json.loads((reference / "config.json").read_text())["settings"]
-    stop = {"at": settings["pretrain_epochs"] + 2 * settings["epochs"] + 4}  # epoch 4 of the third strategy
+    stop = {"at": settings["pretrain_epochs"] + 2 * settings["epochs"] + 4}  # epoch 4 of the third run
     epochs, train_epoch = [], Trainer._train_epoch
 
     def interrupted(self, *args):  # counts the epochs trained (as the number completed before each)
@@ -120,14 +144,15 @@ def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_pat
         main(["run", "transfer_learning", "--quick", "--out", str(out)])
     monkeypatch.undo()
     assert not (out / "metrics.json").exists()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["finetune", "finetune_head10", "head",
-                                                                       "pretrain"]
+    # the runs of the learning-rate grid, in order: head at 1x and 3x --lr, then finetune at 1x --finetune-lr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["finetune_lr0.0003", "head_lr0.001",
+                                                                       "head_lr0.003", "pretrain"]
     epochs.clear()
     stop["at"] = None  # from now on only counting
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
     metrics, _ = run_quick("transfer_learning", out, "--resume")
-    assert epochs[:3] == [3, 4, 5]  # the rest of the third strategy, then the five after it
-    assert len(epochs) == 3 + 5 * settings["epochs"]
+    assert epochs[:3] == [3, 4, 5]  # the rest of the third run, then the nine after it
+    assert len(epochs) == 3 + 9 * settings["epochs"]
     assert history(out) == history(reference)
     assert without_timings(metrics) == without_timings(reference_metrics)
 
