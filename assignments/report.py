@@ -48,7 +48,8 @@ table { border-collapse: collapse; font-size: .9rem; font-variant-numeric: tabul
 th, td { border: 1px solid #ccc; padding: .2rem .5rem; text-align: left; vertical-align: top; }
 th { background: #eef; }
 .num { text-align: right; white-space: nowrap; }
-.verdict { white-space: nowrap; }
+td.headline { min-width: 12rem; }
+td.headline b { white-space: nowrap; }
 .flag { color: #a30; font-weight: bold; }
 .good { color: #262; }
 .quick { color: #a60; font-weight: bold; }
@@ -191,7 +192,7 @@ def _dataset_cell(manifest):
     real = _stand_in_for(manifest)
     name = f"<code>{esc(manifest['dataset'])}</code>"
     if real:
-        return f"{name} offline stand-in for {', '.join(f'<code>{esc(d)}</code>' for d in real)}"
+        return f"{name}, offline stand-in for {', '.join(f'<code>{esc(d)}</code>' for d in real)}"
     if manifest["dataset"] in EMBEDDED:
         return f"{name} (embedded; the task's own data)"
     return f"{name} (real data)"
@@ -219,18 +220,26 @@ def _noise(noise, unit):
     return f"± {100 * noise:.1f} points" if unit == "%" else f"± {_value(noise, unit)}"
 
 
-def _headline_cells(headline):
-    """(result, baseline, noise, verdict) cells of a run's headline, or dashes."""
+def _headline_text(headline):
+    """"label VALUE against baseline_label VALUE" of a run's headline, or a dash."""
     if not headline:
-        return ["—"] * 4
+        return "—"
     unit = headline.get("unit", "%")
-    noise = headline.get("noise")
-    noise_text = "—" if noise is None else _noise(noise, unit)
+    return (f"{esc(headline['label'])} <b>{_value(headline['value'], unit)}</b> against "
+            f"{esc(headline['baseline_label'])} <b>{_value(headline['baseline'], unit)}</b>")
+
+
+def _noise_text(headline):
+    if not headline or headline.get("noise") is None:
+        return "—"
+    return _noise(headline["noise"], headline.get("unit", "%"))
+
+
+def _verdict(headline):
+    if not headline:
+        return "—"
     kind, mark = VERDICT_FLAGS[headline["verdict"]]
-    verdict = f'<span class="{kind}">{mark} {esc(headline["verdict"])}</span>'
-    return [f"{esc(headline['label'])}: {_value(headline['value'], unit)}",
-            f"{esc(headline['baseline_label'])}: {_value(headline['baseline'], unit)}",
-            esc(noise_text), verdict]
+    return f'<span class="{kind}">{mark} {esc(headline["verdict"])}</span>'
 
 
 def _nav(runs):
@@ -247,9 +256,9 @@ def _title(manifest):
     return f"{manifest['course']}, {manifest['task']}"
 
 
-def _run_time(manifest):
+def _run_time(manifest, between=" "):
     cpu = manifest.get("cpu_seconds")
-    return f"{manifest['seconds']:.1f} s" + (f" (CPU {cpu:.1f} s)" if cpu is not None else "")
+    return f"{manifest['seconds']:.1f} s" + (f"{between}(CPU {cpu:.1f} s)" if cpu is not None else "")
 
 
 def _png_size(path):
@@ -285,11 +294,8 @@ def _section(run_dir, manifest, metrics):
               f'<div class="statement">{render_markup(manifest["statement"])}</div>']
     headline = manifest.get("headline")
     if headline:
-        unit, noise = headline.get("unit", "%"), headline.get("noise")
-        noise = "" if noise is None else f" (noise {esc(_noise(noise, unit))})"
-        parts.append(f"<p><b>Headline.</b> {esc(headline['label'])} {_value(headline['value'], unit)} "
-                     f"against {esc(headline['baseline_label'])} {_value(headline['baseline'], unit)}"
-                     f"{noise}: {_headline_cells(headline)[3]}.</p>")
+        noise = f" (noise {_noise_text(headline)})" if headline.get("noise") is not None else ""
+        parts.append(f"<p><b>Headline.</b> {_headline_text(headline)}{noise}: {_verdict(headline)}.</p>")
     parts += [f"<p>{render_inline(note)}</p>" for note in manifest.get("notes", [])]
     parts += [_figure_html(run_dir, fig) for fig in manifest.get("figures", [])]
     parts += [_table_html(t["rows"], t["caption"], t.get("columns")) if t["rows"] else
@@ -307,17 +313,17 @@ def _section(run_dir, manifest, metrics):
 
 def _overview(runs):
     """One row per run: the task, its data, its headline beside the baseline, the flag."""
-    head = ("task", "verdict", "result", "baseline", "noise (1 SE)", "dataset", "run time")
+    head = ("task", "verdict", "headline result", "noise (1 SE)", "dataset", "run time")
     rows = []
     for _, manifest, _ in runs:
-        result, baseline, noise, verdict = _headline_cells(manifest.get("headline"))
-        cells = [f'<a href="#{esc(manifest["name"])}">{esc(_title(manifest))}</a> '
-                 f'<span class="meta">({esc(manifest["name"])})</span>', _dataset_cell(manifest)]
+        headline = manifest.get("headline")
+        task = (f'<a href="#{esc(manifest["name"])}">{esc(_title(manifest))}</a> '
+                f'<span class="meta">({esc(manifest["name"])})</span>')
         # the verdict beside the task: what a phone shows before the table scrolls
-        rows.append(f'<tr id="overview-{esc(manifest["name"])}"><td>{cells[0]}</td>'
-                    f'<td class="verdict">{verdict}</td><td class="num">{result}</td>'
-                    f'<td class="num">{baseline}</td><td class="num">{noise}</td><td>{cells[1]}</td>'
-                    f'<td class="num">{_run_time(manifest)}</td></tr>')
+        rows.append(f'<tr id="overview-{esc(manifest["name"])}"><td>{task}</td>'
+                    f'<td class="verdict">{_verdict(headline)}</td><td class="headline">{_headline_text(headline)}</td>'
+                    f'<td class="num">{_noise_text(headline)}</td><td>{_dataset_cell(manifest)}</td>'
+                    f'<td class="num">{_run_time(manifest, "<br>")}</td></tr>')
     header = "".join(f"<th>{h}</th>" for h in head)
     caption = ("<b>Overview.</b> Every task's headline result beside the baseline it must beat. Noise "
                "is one standard error of the difference (a seed spread or the binomial error of the "
@@ -461,8 +467,10 @@ def _supported(value, shown, known):
 def unsupported_numbers(run_dir):
     """The numbers that a run's figure captions and notes quote but that are in none of
     its metrics.json, tables (cells and row counts), config.json or headline, allowing
-    the rounding shown and percentages of fractions. Integers up to SMALL_INTEGERS are
-    not checked. Returns lines such as ``"figure dropout.png: 0.7 %"``."""
+    the rounding shown, percentages of fractions, one minus a fraction (an error rate)
+    and the difference of two numbers the same text quotes ("27.5% against 26.2%: -1.3
+    points"). Integers up to SMALL_INTEGERS are not checked. Returns lines such as
+    ``"figure dropout.png: 0.7 %"``."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     sources = [json.loads((run_dir / name).read_text(encoding="utf-8"))
@@ -471,13 +479,18 @@ def unsupported_numbers(run_dir):
     known = []
     for source in sources:
         _numbers_in(source, known)
-    known = np.unique(known)
+    known = np.array(known)
+    shares = known[(known >= 0) & (known <= 1)]
+    known = np.unique(np.concatenate([known, 1 - shares]))  # an error rate is one minus an accuracy
     texts = [(f"figure {f['file']}", f["caption"]) for f in manifest.get("figures", [])]
     texts += [(f"note {i + 1}", note) for i, note in enumerate(manifest.get("notes", []))]
     problems = []
     for where, text in texts:
-        for written, value, shown in quoted_numbers(text):
-            if not (shown == 0 and value.is_integer() and abs(value) <= SMALL_INTEGERS) and \
-                    not _supported(value, shown, known):
+        numbers = [(n, _supported(n[1], n[2], known)) for n in quoted_numbers(text)]
+        measured = np.array([value for (_, value, _), ok in numbers if ok and value != 0])
+        differences = np.abs(measured[:, None] - measured[None, :]).ravel()
+        for (written, value, shown), ok in numbers:
+            if not (ok or shown == 0 and value.is_integer() and abs(value) <= SMALL_INTEGERS
+                    or _supported(value, shown, differences[differences > 0])):
                 problems.append(f"{where}: {written}")
     return problems

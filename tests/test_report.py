@@ -120,7 +120,7 @@ def test_overview_has_a_row_per_run_and_flags_a_result_within_noise(runs, page):
     rows = dict(re.findall(r'<tr id="overview-(\w+)">(.*?)</tr>', overview, re.S))
     assert set(rows) == {"regression", "regularization", "small_check"}
     assert '<span class="flag">≈ within noise</span>' in rows["small_check"]
-    assert "test accuracy: 91.0 %" in rows["small_check"] and "the baseline: 90.0 %" in rows["small_check"]
+    assert "test accuracy <b>91.0 %</b> against the baseline <b>90.0 %</b>" in rows["small_check"]
     assert "± 2.2 points" in rows["small_check"]  # sqrt(0.9 * 0.1 / 360) * sqrt(2) = 2.24 points
     cpu = json.loads((runs / "small_check" / "manifest.json").read_text())["cpu_seconds"]
     assert f"(CPU {cpu:.1f} s)" in rows["small_check"]
@@ -235,3 +235,14 @@ def test_report_screenshot_is_not_blank(served, tmp_path, width):
     assert pixels.shape[1] == width
     assert pixels.std() > 0.05  # text, figures and the navigation, not one flat colour
     assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_a_tampered_headline_skips_the_run_with_a_line(runs, tmp_path, capsys):
+    for name in ("small_check", "regression"):
+        shutil.copytree(runs / name, tmp_path / name)
+    manifest = json.loads((tmp_path / "small_check" / "manifest.json").read_text())
+    manifest["headline"]["verdict"] = "excellent"
+    (tmp_path / "small_check" / "manifest.json").write_text(json.dumps(manifest))
+    page = build_report(tmp_path).read_text()
+    assert 'id="regression"' in page and 'id="small_check"' not in page
+    assert f"skipping {tmp_path / 'small_check'} (its manifest.json has a malformed headline)" in capsys.readouterr().out
