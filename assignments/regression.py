@@ -39,7 +39,10 @@ and held-out error of every variant.
 DATASETS = ("toy",)
 DEFAULT = True
 THREADS = "small"  # 10 hidden units: one BLAS thread beats several on a busy machine
-PROFILES = {"default": {"epochs": 3000, "seeds": 5}, "quick": {"epochs": 3000, "seeds": 1}}
+# 2,000 epochs: by then the unregularised network has fitted its 6 points (training MSE 0.0000 at
+# seed 0) and its held-out error has levelled off (0.168 at epoch 2,000, 0.169 at 3,000); three
+# seeds keep the default run within 40 s of one CPU (each epoch is a step and an evaluation).
+PROFILES = {"default": {"epochs": 2000, "seeds": 3}, "quick": {"epochs": 2000, "seeds": 1}}
 
 HIDDEN, LR = 10, 0.01
 WEIGHT_DECAY, DROPOUT, PATIENCE = 1e-3, 0.1, 200
@@ -182,6 +185,13 @@ def run(ctx):
                        "seeds_better": "seeds better than no regularisation"})
     for variant, fit in shown.items():
         ctx.history(variant, fit["history"])
+    # the headline: weight decay, the regulariser that neither picks its epoch on the held-out
+    # points (early stopping) nor draws a noisy fit (dropout); noise, the seeds' paired differences
+    gains = np.array([u["held_out_mse"] - r["held_out_mse"] for r, u in zip(table["weight_decay"], table["none"])])
+    ctx.headline(f"held-out MSE with weight decay (mean of {len(seeds)} seeds)",
+                 summary["weight_decay"]["held_out_mse_mean"], summary["none"]["held_out_mse_mean"],
+                 "no regularisation", noise=gains.std(ddof=1) / len(gains) ** 0.5 if len(gains) > 1 else None,
+                 unit="", higher_is_better=False)
     beaten = [VARIANTS[v] for v in VARIANTS if v != "none"
               and summary[v]["held_out_mse"] < summary["none"]["held_out_mse"]]
     ctx.note(f"Held-out MSE without regularisation {summary['none']['held_out_mse']:.3f}; "
