@@ -1,6 +1,7 @@
 """reference_torch.memorization (corruption, checkpoints, layer re-initialisation) and the
 memorization / layer_criticality drivers on their quick profiles."""
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -189,6 +190,7 @@ def digits_run(tmp_path_factory):
     return out, metrics, manifest
 
 
+@pytest.mark.slow
 def test_true_labels_are_fitted_in_fewer_steps_than_random_ones(digits_run):
     out, metrics, manifest = digits_run
     true, random = metrics["runs"]["true"], metrics["runs"]["random_labels"]
@@ -198,8 +200,12 @@ def test_true_labels_are_fitted_in_fewer_steps_than_random_ones(digits_run):
     assert {f["file"] for f in manifest["figures"]} == {"figure1.png", "regularization.png"}
     kept = sorted(p.name for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt"))
     assert kept[0] == "epoch_0000.pt" and len(kept) >= 3
+    headline = manifest["headline"]  # memorised: random labels fitted far above chance
+    assert headline["label"] == "training accuracy on random labels" and headline["baseline"] == 0.1
+    assert headline["value"] == random["train_accuracy"] and headline["verdict"] == "beats the baseline"
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumes_to_the_same_numbers_and_keeps_its_checkpoints(digits_run):
     out, metrics, _ = digits_run
     kept = {p.name: p.read_bytes() for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt")}
@@ -208,6 +214,7 @@ def test_a_finished_run_resumes_to_the_same_numbers_and_keeps_its_checkpoints(di
     assert {p.name: p.read_bytes() for p in (out / "checkpoints" / "mlp_true").glob("epoch_*.pt")} == kept
 
 
+@pytest.mark.slow
 def test_layer_criticality_reads_part_one_checkpoints(digits_run, tmp_path):
     folder = digits_run[0] / "checkpoints" / "mlp_true"
     metrics, manifest = run_quick("layer_criticality", tmp_path / "out", "--model", "mlp", "--dataset", "digits",
@@ -219,8 +226,20 @@ def test_layer_criticality_reads_part_one_checkpoints(digits_run, tmp_path):
     assert not any("trained its own" in note for note in manifest["notes"])
 
 
+@pytest.mark.slow
+def test_layer_criticality_finds_memorizations_checkpoints_beside_its_run_folder(digits_run, tmp_path):
+    beside = tmp_path / "memorization" / "checkpoints" / "mlp_true"  # as `run --default --out tmp_path` leaves them
+    shutil.copytree(digits_run[0] / "checkpoints" / "mlp_true", beside)
+    metrics, manifest = run_quick("layer_criticality", tmp_path / "layer_criticality")  # digits, the default
+    assert metrics["checkpoints"] == str(beside) and metrics["model"] == "mlp"
+    assert not any("trained its own" in note for note in manifest["notes"])
+    headline = manifest["headline"]
+    assert headline["value"] == pytest.approx(np.mean(metrics["rerandom"])) and headline["noise"] > 0
+
+
+@pytest.mark.slow
 def test_layer_criticality_alone_trains_its_own_resnet_and_maps_21_layers(tmp_path):
-    metrics, manifest = run_quick("layer_criticality", tmp_path / "layer_criticality")
+    metrics, manifest = run_quick("layer_criticality", tmp_path / "layer_criticality", "--dataset", "shapes")
     assert len(metrics["layers"]) == 21 and np.array(metrics["reinit"]).shape[0] == 21
     assert np.array(metrics["rerandom"]).shape[0] == 21
     assert any("trained its own" in note for note in manifest["notes"])
