@@ -12,13 +12,28 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 from reference_torch import explain as E
+from reference_torch.explain.attribution import upsample
 from reference_torch.models import load_torchvision_weights, resnet18
 
+from . import _explain_common as C
 from . import plots
 
 # ImageNet's normalisation (torchvision's weights expect it) and a few classes to visualise
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = {1: "goldfish", 130: "flamingo", 323: "monarch butterfly", 340: "zebra", 949: "strawberry"}
+
+
+def layer_maps(ctx, model, blocks, images):
+    """For the predicted class: |gradient| at the input and at every block's ReLU, and
+    gradient x activation at every block (upsampled), by column title."""
+    target, images = C.predictions(ctx, model, images)[0], ctx.to_device(images)
+    maps = {"input: |gradient|": E.Saliency(model).attribute(images).relevance}
+    for b in blocks:
+        maps[f"{b.name}: |gradient|"] = E.LayerSaliency(model, layer=b.relu).attribute(images).relevance
+    for b in blocks:
+        maps[f"{b.name}: gradient\nx activation"] = upsample(E.gradient_x_activation(model, b.relu, images, target),
+                                                              images.shape[-2:])
+    return maps
 
 
 def plot_activation_maps(x, maps, channels, row_labels, dataset):
@@ -60,12 +75,14 @@ def plot_neuron_groups(image, groups, visuals, class_names, title):
     fig, axes = plt.subplots(2, count + 1, figsize=(1.9 * count + 4.6, 4.8),
                              gridspec_kw={"width_ratios": [1] * count + [2.4]})
     side = image.shape[-1]
-    for g in range(count):
-        plots.show_image(axes[0, g], image.cpu().numpy(), f"group {g + 1}: where", fontsize=9)
-        axes[0, g].imshow(groups.maps[g].cpu().numpy(), cmap="magma", alpha=0.6, vmin=0, vmax=top,
-                          extent=(-0.5, side - 0.5, side - 0.5, -0.5), interpolation="nearest")
-        plots.show_image(axes[1, g], visuals.images[g].cpu().numpy(), f"what (score {visuals.scores[g]:.2f})",
-                         fontsize=9)
+    for g in range(count):  # the map in colour over a pale image, transparent where the group is absent
+        plots.show_image(axes[0, g], 0.5 + 0.5 * image.cpu().numpy(), f"group {g + 1}: where", fontsize=9)
+        share = (groups.maps[g] / top).clamp(0, 1).cpu().numpy()
+        colour = plt.get_cmap("magma_r")(share)
+        colour[..., 3] = 0.9 * share
+        axes[0, g].imshow(colour, extent=(-0.5, side - 0.5, side - 0.5, -0.5), interpolation="nearest")
+        plots.show_image(axes[1, g], visuals.images[g].cpu().numpy(), f"group {g + 1}: what\n(score "
+                         f"{visuals.scores[g]:.2f})", fontsize=9)
     gs = axes[0, count].get_gridspec()
     for ax in axes[:, count]:
         ax.remove()
@@ -86,7 +103,7 @@ def plot_semantic_dictionary(x, dictionaries, visuals, block, row_labels, title)
         images += [image.cpu().numpy(), *visual.images.cpu().numpy()]
         captions += [f"position {tuple(entry['position'])}"] + [
             f"channel {c}\nactivation {v:.2f}" for c, v in zip(entry["channels"], entry["activations"])]
-    fig = plots.image_grid(images, title, captions, count + 1, row_labels, size=1.6)
+    fig = plots.image_grid(images, title, captions, count + 1, row_labels[:len(dictionaries)], size=1.6)
     cell = x.shape[-1] / block.size  # pixels per position of the map
     for row, entry in enumerate(dictionaries):
         r, c = entry["position"]
@@ -117,7 +134,7 @@ def visualise_resnet(ctx, resnet):
     results = {key: (E.visualize(resnet, objective, size, steps=steps, seed=ctx.seed, **lucid),
                      E.visualize(resnet, objective, size, steps=0, seed=ctx.seed, **lucid).scores)
                for key, (objective, _) in objectives.items()}
-    ctx.save_figure(F.unit_grid(f"ImageNet ResNet-18 ({cfg.weights}): Fourier images with transforms, {size}x{size}, "
+    ctx.save_figure(unit_grid(f"ImageNet ResNet-18 ({cfg.weights}): Fourier images with transforms, {size}x{size}, "
                               f"{steps} steps", [(key, v.images, v.scores, objectives[key][1])
                                                  for key, (v, _) in results.items()], size=1.9), "featvis_resnet18",
                     f"Activation maximisation on the ImageNet ResNet-18: channels {channels} of the outputs of "

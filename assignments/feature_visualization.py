@@ -4,17 +4,13 @@
               (--dataset cifar10 --data-dir ...)
     model     the interpretability drivers' small CNN (``_explain_common``), trained here
               or loaded with --checkpoint; with --weights also an ImageNet ResNet-18
-    outputs   activation maps of three layers for a few test images; gradients and
-              gradient x activation at the input and at each block; activation
-              maximisation (``reference_torch.explain.featvis``) for channels of three
-              layers and for the classes, beside the test image that excites each unit
-              most; the building blocks of Olah et al. (2018) for one image: a semantic
+    outputs   activation maps; gradients and gradient x activation at each layer;
+              activation maximisation (``reference_torch.explain.featvis``) of channels
+              and classes beside the test image that excites each unit most; a semantic
               dictionary and neuron groups (NMF) with their attribution to the classes
 
-Activation maximisation on 32-pixel models is where lucent's defaults fail (its 8-pixel
-jitter and 12-pixel padding wipe out a 32-pixel image); ``featvis`` scales every
-transform with the image size, and mixes colours by the training images' own colour
-correlation (ImageNet's washed out the saturated colours the first layer looks for).
+``featvis`` scales every transform with the image size (lucent's 8-pixel jitter wipes out
+a 32-pixel image) and mixes colours by the training images' own colour correlation.
 """
 from __future__ import annotations
 
@@ -24,7 +20,6 @@ import numpy as np
 import torch
 
 from reference_torch import explain as E
-from reference_torch.explain.attribution import upsample
 from reference_torch.explain.plots import attribution_grid
 
 from . import _explain_common as C
@@ -83,6 +78,8 @@ RECIPES = OrderedDict(
                                                         transforms=E.RandomTransforms(), tv_weight=0.5)),
     naive=("pixels, no regulariser", dict(param="pixel", decorrelate=False, transforms=None)),
 )
+NUMBERS = ("start", "optimised", "best_test_image", "gain", "gain_in_test_std", "optimised_under_transforms",
+           "naive_pixels")  # the numbers of the per-unit table
 
 
 def add_arguments(parser):
@@ -95,7 +92,7 @@ def add_arguments(parser):
 
 
 # ------------------------------------------------------------------------ activation maximisation
-def recipe(name, colours):
+def recipe(name, colours):  # the arguments of featvis.visualize for one recipe
     options = dict(RECIPES[name][1])
     if options["decorrelate"] == "data":
         options["decorrelate"] = colours
@@ -136,19 +133,6 @@ def visualise_units(ctx, model, objective, recipes, search, names, colours, labe
     return results, rows, grid + [(test, search[shown.cpu().numpy()], shown_value, None)]
 
 
-def layer_maps(ctx, model, blocks, images):
-    """For the predicted class: |gradient| at the input and at every block's ReLU, and
-    gradient x activation at every block (upsampled), by column title."""
-    target, images = C.predictions(ctx, model, images)[0], ctx.to_device(images)
-    maps = {"input: |gradient|": E.Saliency(model).attribute(images).relevance}
-    for b in blocks:
-        maps[f"{b.name}: |gradient|"] = E.LayerSaliency(model, layer=b.relu).attribute(images).relevance
-    for b in blocks:
-        maps[f"{b.name}: gradient\nx activation"] = upsample(E.gradient_x_activation(model, b.relu, images, target),
-                                                              images.shape[-2:])
-    return maps
-
-
 # ------------------------------------------------------------------------ run
 def run(ctx):
     cfg = ctx.config
@@ -165,13 +149,14 @@ def run(ctx):
     maps = {b.name: acts[b.relu] for b in blocks}
     shown = {name: sorted(act.flatten(2).mean(2).std(0).argsort(descending=True)[:cfg.map_channels].tolist())
              for name, act in maps.items()}  # the channels whose mean activation differs most between the images
-    ctx.save_figure(V.plot_activation_maps(splits.test.x[pick], maps, shown, row_labels, ctx.dataset), "activation_maps",
+    ctx.save_figure(V.plot_activation_maps(splits.test.x[pick], maps, shown, row_labels, ctx.dataset),
+                    "activation_maps",
                     f"Activation maps of {len(blocks)} layers (after batch norm and ReLU, before pooling) for {len(x)} "
                     "test images: the first block sees colours and edges at full resolution, deeper ones larger parts "
                     "at a coarser one. One colour scale per column: brightness compares across the images.")
 
     # ---- task 3b: the gradient at the input and at every block, and gradient x activation
-    saliency = layer_maps(ctx, model, blocks, splits.test.x[pick])
+    saliency = V.layer_maps(ctx, model, blocks, splits.test.x[pick])
     ctx.save_figure(attribution_grid(x, saliency, row_labels=row_labels, cell=1.55, outlines=(
         splits.test.mask[pick] if splits.test.mask is not None else None), title="Gradient of the predicted "
         f"class's logit at different layers ({ctx.dataset})"), "layer_saliency",
@@ -184,7 +169,7 @@ def run(ctx):
                     + ("; green line: the object." if splits.test.mask is not None else "."))
     on_object = None
     if splits.test.mask is not None:  # how much of each map's (positive) mass lies on the object
-        many = layer_maps(ctx, model, blocks, splits.test.x[:200])
+        many = V.layer_maps(ctx, model, blocks, splits.test.x[:200])
         on_object = {key.replace("\n", " "): float(E.mask_share(m.cpu(), splits.test.mask[:200]).nanmean())
                      for key, m in many.items()}
         on_object["object's share of the image"] = float(splits.test.mask[:200].mean())
@@ -230,20 +215,19 @@ def run(ctx):
                        "transformed_logit": ("mean logit under random transforms", "{:.2f}"),
                        "robust_share": ("robust share (%)", "{:.1%}")})
     every_unit = [{"layer": key, **row} for key, rows in units.items() for row in rows]
-    ctx.table("objective_gains", every_unit,
+    ctx.table("objective_gains", [{k: row[k] for k in ("layer", "unit", *NUMBERS, "beats")} for row in every_unit],
               f"Per unit of the small CNN, its objective for the grey start, for the lucid image (also under random "
               f"transforms) and for the best of {len(search)} test images, the gain over the start (also in standard "
-              "deviations over the test images), plain pixel ascent, and whether the lucid image beats that test image.",
-              columns={"layer": "layer", "unit": "unit", **{key: (key.replace("_", " "), "{:.3f}") for key in (
-                  "start", "optimised", "best_test_image", "gain", "gain_in_test_std", "optimised_under_transforms",
-                  "naive_pixels")}, "beats": "beats the best test image"})
+              "deviations over the test images), plain pixel ascent, and whether the lucid image beats that test "
+              "image.",
+              columns={"layer": "layer", "unit": "unit", **{key: (key.replace("_", " "), "{:.3f}") for key in NUMBERS},
+                       "beats": "beats the best test image"})
 
     # ---- week 5, task 3: the building blocks of interpretability, at the last block
-    last, image = blocks[-1], x[0]
     metrics = {**C.model_metrics(ctx, info), "steps": cfg.steps, "map_share_on_object": on_object,
                "activation_map_layers": {name: list(a.shape[1:]) for name, a in maps.items()},
                "recipes": recipes, "units": units,
-               **building_blocks(ctx, model, x[:cfg.dictionary_images], last, colours, names, row_labels)}
+               **building_blocks(ctx, model, x[:cfg.dictionary_images], blocks[-1], colours, names, row_labels)}
     gains, in_std, beats, start_beats = (np.array([r[key] for r in every_unit])
                                          for key in ("gain", "gain_in_test_std", "beats", "start_beats"))
     metrics.update(min_gain=float(gains.min()), all_gains_positive=bool((gains > 0).all()),
@@ -284,10 +268,9 @@ def building_blocks(ctx, model, x, block, colours, names, row_labels):
                                    seed=ctx.seed, **recipe("lucid", colours)))
         dictionaries.append({"position": list(position), "channels": channels.tolist(), "activations": values.tolist(),
                              "visualisation_scores": visuals[-1].scores.tolist()})
-    ctx.save_figure(V.plot_semantic_dictionary(x, dictionaries, visuals, block, [r.split("\n")[0] for r in row_labels[:len(x)]],
-                                               f"Semantic dictionary at {block.name} ({block.size}x{block.size}): the "
-                                               f"{cfg.dictionary} channels most active at the marked position"),
-                    "semantic_dictionary",
+    title = f"Semantic dictionary at {block.name}: the {cfg.dictionary} channels most active at the marked position"
+    ctx.save_figure(V.plot_semantic_dictionary(x, dictionaries, visuals, block, [r.split("\n")[0] for r in row_labels],
+                                               title), "semantic_dictionary",
                     f"For each image, the position of {block.name}'s map (after its ReLU) where the activations' sum "
                     f"is largest (yellow square, the pixels it covers), and the {cfg.dictionary} channels most active "
                     "there: each shown by its activation-maximisation image (lucid recipe), with its activation at "
@@ -306,9 +289,11 @@ def building_blocks(ctx, model, x, block, colours, names, row_labels):
                     "(gradient x activation with the activation replaced by the group's part, summed over positions).")
     missed = float((groups.attribution.sum(0) - logits).abs().max())
     ctx.note(f"Neuron groups: {cfg.groups} groups rebuild {block.name}'s activations with relative error "
-             f"{groups.error:.2f}; their attributions add up to each logit minus its bias within {missed:.2f} "
-             f"(those logits reach {float(logits.abs().max()):.1f}).")
+             f"{groups.error:.2f} (the best {cfg.groups}-term factorisation, the SVD's, {groups.best_error:.2f}): "
+             f"the activations hold more than {cfg.groups} patterns. So the groups' attributions add up to each logit "
+             f"minus its bias only within {missed:.2f} (those logits reach {float(logits.abs().max()):.1f}).")
     return {"semantic_dictionary": dictionaries,
-            "neuron_groups": {"error": groups.error, "attribution": groups.attribution.tolist(),
+            "neuron_groups": {"error": groups.error, "best_error": groups.best_error,
+                              "attribution": groups.attribution.tolist(),
                               "logit_minus_bias": logits.tolist(), "largest_missed": missed,
                               "visualisation_scores": visual.scores.tolist()}}

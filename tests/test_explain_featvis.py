@@ -7,7 +7,8 @@ from torch import nn
 from reference_torch.explain import (FourierImage, Normalize, PixelImage, RandomTransforms, activation_maps, capture,
                                      channel, class_logit, dataset_examples, neuron, transform_robustness,
                                      visualize)
-from reference_torch.explain.featvis import (class_examples, direction, gradient_x_activation, neuron_groups, nmf,
+from reference_torch.explain.featvis import (class_examples, color_correlation, direction, gradient_x_activation,
+                                             neuron_groups, nmf,
                                              strongest_channels, total_variation)
 from reference_torch.models import resnet18
 
@@ -246,3 +247,21 @@ def test_strongest_channels_are_the_largest_at_the_strongest_position():
     torch.testing.assert_close(values, torch.tensor([3.0, 2.0, 1.0]))
     position, channels, _ = strongest_channels(activation, 1, position=(3, 3))
     assert position == (3, 3) and channels.tolist() == [0]
+
+
+def test_colours_mixed_as_the_data_let_a_colour_detector_reach_its_saturated_colour():
+    """A "red minus the rest" unit is largest on pure red. Shapes-like data (independent,
+    saturated colours) have a colour correlation near the identity, which lets the Fourier
+    image get there; ImageNet's mixing (greys and browns) keeps it washed out."""
+    g = torch.Generator().manual_seed(0)
+    colours = (torch.rand(500, 3, 1, 1, generator=g) > 0.5).float() * 0.8 + 0.1  # saturated, independent
+    matrix = color_correlation(colours.expand(500, 3, 4, 4))
+    torch.testing.assert_close(matrix, torch.eye(3), atol=0.1, rtol=0)
+    model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1))
+        model[0].bias.zero_()
+    scores = {name: visualize(model, class_logit(0), size=16, steps=96, lr=0.2, decorrelate=mixing,
+                              transforms=None).scores[0] for name, mixing in (("data", matrix), ("imagenet", True))}
+    assert scores["data"] > 0.75  # the best possible is 1, pure red; the sigmoid saturates slowly
+    assert scores["imagenet"] < scores["data"] - 0.2

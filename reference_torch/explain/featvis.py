@@ -431,11 +431,14 @@ class NeuronGroups:
     maps (G, h, w): how strongly each position holds each group; directions (G, C): each
     group's mix of channels (non-negative, length one), so activation ~ sum over g of
     maps[g] x directions[g]; attribution (G, classes): what each group adds to each class
-    logit; error: the factorisation's relative error ||A - W H|| / ||A||."""
+    logit; error: the factorisation's relative error ||A - W H|| / ||A||; best_error: the
+    smallest error of any factorisation into as many groups, signs allowed (the SVD's): how
+    far from ``groups`` patterns the activation is, whatever the method."""
     maps: Tensor
     directions: Tensor
     attribution: Tensor
     error: float
+    best_error: float
 
 
 def neuron_groups(model: nn.Module, layer: str, image: Tensor, groups: int = 4, steps: int = 500,
@@ -452,6 +455,8 @@ def neuron_groups(model: nn.Module, layer: str, image: Tensor, groups: int = 4, 
     positions = activation.flatten(1).T.cpu()  # (h w, C), one row per position
     maps, directions = nmf(positions, groups, steps, seed)
     error = float((positions - maps @ directions).norm() / positions.norm().clamp(min=1e-12))
+    singular = torch.linalg.svdvals(positions.double())
+    best_error = float(singular[groups:].pow(2).sum().sqrt() / singular.pow(2).sum().sqrt().clamp(min=1e-12))
     along = torch.einsum("gc,kcp->gkp", directions, grads.flatten(2).cpu())  # gradient along each direction
     attribution = torch.einsum("pg,gkp->gk", maps, along)
-    return NeuronGroups(maps.T.reshape(groups, h, w), directions, attribution, error)
+    return NeuronGroups(maps.T.reshape(groups, h, w), directions, attribution, error, best_error)
