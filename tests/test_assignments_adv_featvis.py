@@ -1,12 +1,18 @@
 """The interpretability drivers adversarial and feature_visualization: a --quick run of
 each writes its declared figures, tables and metrics; the attack curves behave as attacks
 must (eps 0 is the clean accuracy, the largest budget lowers it, PGD is never weaker than
-FGSM); every visualised unit's objective rises above its grey start; a ResNet-18 weight
+FGSM); every visualised unit's objective rises above its grey start and is judged against
+the best test image's; each class is shown by a test image of its own; a ResNet-18 weight
 file that does not fit fails before any training; a bad option value stops with one line
 before any file is written."""
+import json
+import re
+
 import pytest
 
 torch = pytest.importorskip("torch")
+
+import minidl.data  # noqa: E402
 
 from assignments.__main__ import main  # noqa: E402
 from driver_run import run_quick, torchvision_resnet18_file  # noqa: E402
@@ -58,8 +64,8 @@ def test_feature_visualization_quick(tmp_path):
     metrics, manifest = run_quick("feature_visualization", tmp_path / "fv")
     layers = ["conv1", "conv2", "conv3"]
     assert {f["file"] for f in manifest["figures"]} == {
-        "activation_maps.png", "layer_saliency.png", "featvis_classes.png", "objective_gains.png",
-        *(f"featvis_{layer}.png" for layer in layers)}
+        "activation_maps.png", "layer_saliency.png", "featvis_classes.png", "semantic_dictionary.png",
+        "neuron_groups.png", *(f"featvis_{layer}.png" for layer in layers)}
     assert {t["name"] for t in manifest["tables"]} == {"recipes", "objective_gains"}
     assert len(metrics["activation_map_layers"]) >= 2
     assert set(metrics["units"]) == {*layers, "classes"}
@@ -68,10 +74,40 @@ def test_feature_visualization_quick(tmp_path):
         for unit in units:  # gradient ascent must raise every objective above its grey start
             assert unit["gain"] > 0, (group, unit)
             assert unit["optimised"] == pytest.approx(unit["start"] + unit["gain"])
-    assert metrics["all_gains_positive"] and metrics["min_gain"] > 0
+            # each optimised value is judged against the best test image's, and that one is the best
+            assert unit["beats"] == (unit["optimised"] > unit["best_test_image"]), (group, unit)
+            assert unit["shown_test_value"] <= unit["best_test_image"] + 1e-5, (group, unit)
+    every_unit = [u for units in metrics["units"].values() for u in units]
+    assert metrics["units_beating_best_test_image"] == sum(u["beats"] for u in every_unit)
+    assert metrics["share_beating_best_test_image"] == pytest.approx(
+        metrics["units_beating_best_test_image"] / len(every_unit))
+    headline = manifest["headline"]
+    assert headline["value"] == pytest.approx(metrics["share_beating_best_test_image"])
+    assert headline["baseline"] == pytest.approx(metrics["share_of_starts_beating_best_test_image"])
+    # each caption's count of units beating the best test image is the metrics' count
+    captions = {f["file"]: f["caption"] for f in manifest["figures"]}
+    for group in layers + ["classes"]:
+        count = re.search(r"for (\d+) of (\d+) (channels|classes)", captions[f"featvis_{group}.png"])
+        assert count, captions[f"featvis_{group}.png"]
+        units = metrics["units"][group]
+        assert (int(count[1]), int(count[2])) == (sum(u["beats"] for u in units), len(units))
+    # the test image shown for each class is one of that class, a different one for every class
+    config = json.loads((tmp_path / "fv" / "config.json").read_text())
+    test = minidl.data.load_dataset("shapes", seed=config["seed"], n=config["settings"]["shapes_images"]).test
+    shown = [u["shown_test_index"] for u in metrics["units"]["classes"]]
+    assert [int(test.y[i]) for i in shown] == list(range(10))
+    assert len(set(shown)) == 10
     lucid, _, naive = metrics["recipes"]  # regularised images keep more of their logit under jitter
     assert lucid["robust_share"] > naive["robust_share"]
-    assert "No --weights" in manifest["notes"][0]
+    # the building blocks: a semantic dictionary of distinct channels, strongest first; neuron groups
+    for entry in metrics["semantic_dictionary"]:
+        assert len(set(entry["channels"])) == len(entry["channels"]) == 3
+        assert entry["activations"] == sorted(entry["activations"], reverse=True) and entry["activations"][0] > 0
+    groups = metrics["neuron_groups"]
+    assert len(groups["attribution"]) == 3 and len(groups["attribution"][0]) == 10
+    assert groups["best_error"] - 1e-6 <= groups["error"] < 1
+    assert set(metrics["map_share_on_object"]) >= {"input: |gradient|", "block3: gradient x activation"}
+    assert any("No --weights" in note for note in manifest["notes"])
 
 
 def test_feature_visualization_wrong_weights_fail_before_training(tmp_path):
