@@ -17,10 +17,10 @@ import torch
 
 from reference_torch.clip import class_features, load_clip
 from reference_torch.clip_tokenizer import CLIPTokenizer
-from reference_torch.mini_clip import MINI_CLIP, mini_clip
+from reference_torch.mini_clip import COLOURS, MINI_CLIP, mini_clip, shape_colours
 from reference_torch.train import warmup_cosine
 
-from .runner import positive_float, positive_int
+from .runner import binomial_se, positive_float, positive_int
 
 COURSE_TEMPLATE = "This is a photo of a {}"
 REAL_WEIGHTS = ("To use OpenAI's weights: --weights ViT-B-32.state_dict.pt (a state dict of their ViT-B/32) "
@@ -107,6 +107,11 @@ def accuracy(logits, y, k=1):
     return float((top == np.asarray(y)[:, None]).any(1).mean())
 
 
+def difference_noise(accuracy, count):
+    """One standard error of the difference of two accuracies on ``count`` test images."""
+    return binomial_se(accuracy, count) * 2 ** 0.5
+
+
 def parameter_counts(model):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters()) - trainable
@@ -147,3 +152,33 @@ def train_prompt(ctx, model, data, label, lr=None):
     trainer = ctx.trainer(label, model, optimizer,
                           scheduler=warmup_cosine(optimizer, steps, min(c.warmup, steps // 10)))
     return ctx.fit(trainer, train, val_loader=ctx.loader(*data["val"], batch_size=256))
+
+
+def cross_dataset(ctx, splits, classes):
+    """The course's cross-dataset evaluation: two datasets' classes in one classifier, CIFAR-10's
+    then CIFAR-100's (110-way), each test image's target in its own dataset's range. Returns
+    (the class names together, [(dataset, test images, targets among them), ...]), or None when
+    the other dataset's files are not here. Offline the second "dataset" is the shapes test
+    images (unshifted) labelled by their shape's colour, the 12 colour words of the mini-CLIP's
+    captions: 10 + 12 = 22 classes."""
+    from minidl.data import DatasetNotFoundError, load_dataset
+    own = (ctx.dataset, splits.test.x, splits.test.y, classes)
+    if ctx.dataset == "shapes":
+        names = list(COLOURS)
+        colours = shape_colours(splits.test.x, splits.test.mask)
+        parts = [own, ("shape_colours", splits.test.x, np.array([names.index(c) for c in colours]), names)]
+    else:
+        other_name = "cifar100" if ctx.dataset == "cifar10" else "cifar10"
+        try:
+            other = load_dataset(other_name, data_dir=ctx.data_dir, seed=ctx.seed, download=False)
+        except DatasetNotFoundError:
+            return None
+        test = other.test.subset(np.arange(min(ctx.config.test_size or len(other.test), len(other.test))))
+        parts = [own, (other_name, test.x, test.y, [str(n).replace("_", " ") for n in other.classes])]
+        parts.sort(key=lambda part: part[0])  # cifar10 first
+    together, offset, sets = [], 0, []
+    for name, x, y, names in parts:
+        sets.append((name, x, np.asarray(y) + offset))
+        together += names
+        offset += len(names)
+    return together, sets

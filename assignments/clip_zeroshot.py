@@ -11,7 +11,7 @@ from reference_torch.prompting import PromptCLIP
 
 from . import _clip_common as common
 from . import plots
-from .runner import comma_list
+from .runner import binomial_se, comma_list
 
 NAME = "clip_zeroshot"
 COURSE = "UvA DL1"
@@ -104,9 +104,12 @@ def figures(ctx, x, y, classes, logits, rows, m):
     fig.tight_layout()
     ctx.save_figure(fig, "predictions", "Random test images with their true class and CLIP's three most likely "
                     "classes and probabilities (softmax of the zero-shot logits) under the main template.")
+    ctx.headline(f"zero-shot top-1 accuracy (\"{m['template']}\")", m["top1"], 1 / len(classes), "chance",
+                 noise=binomial_se(m["top1"], m["test_images"]))
     best = max(rows[:-1], key=lambda r: r["top1"])
-    ctx.note(f"Zero-shot with \"{m['template']}\": top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%} on "
-             f"{m['test_images']:,} test images (chance {chance:.0f}%).")
+    ctx.note(f"Zero-shot with \"{m['template']}\": top-1 {m['top1']:.1%} (standard error "
+             f"{binomial_se(m['top1'], m['test_images']):.1%}), top-5 {m['top5']:.1%} on {m['test_images']:,} test "
+             f"images (chance {chance:.0f}%).")
     ctx.note(f"Across the {len(rows) - 1} templates the top-1 accuracy ranges from "
              f"{min(r['top1'] for r in rows[:-1]):.1%} to {best['top1']:.1%} (\"{best['template']}\"); the "
              f"ensemble of all of them reaches {m['ensemble_top1']:.1%}.")

@@ -178,9 +178,14 @@ def figures(ctx, runs, num_classes, m):
         ctx.save_figure(fig, "sweeps", "Test accuracy of deep prompts against the block they are injected before "
                         f"({c.tokens} tokens) and against their number (before block {c.layers[0]}); dashed: zero-shot.")
     zero, best = runs["zero_shot"], max((r for k, r in runs.items() if k != "zero_shot"), key=lambda r: r["test"])
+    n = m["test_images"]
     ctx.note(f"Zero-shot on {shift}: {zero['test']:.1%}. Best: {best['method']}, {best['test']:.1%} "
              f"({best['trainable_parameters']:,} trainable values).")
     for key, r in runs.items():
         if key != "zero_shot":
             ctx.note(f"{r['method']}: {r['test']:.1%} ({100 * (r['test'] - zero['test']):+.1f} points against "
-                     f"zero-shot; unshifted images {r['clean_test']:.1%}).")
+                     f"zero-shot, noise of the difference {100 * common.difference_noise(r['test'], n):.1f}; "
+                     f"unshifted images {r['clean_test']:.1%}).")
+    main = runs[f"layer_{c.layers[0]}"]  # the course's deep prompt: --tokens tokens before the first layer
+    ctx.headline(f"test accuracy, {main['method']}", main["test"], zero["test"], "zero-shot",
+                 noise=common.difference_noise(main["test"], n))

@@ -83,9 +83,18 @@ def run(ctx):
         runs[kind] = {"prompt": kind.replace("_", " "), "trainable_parameters": trainable, "frozen_parameters": frozen,
                       "val_accuracy": history[-1]["val_accuracy"], **scores(model)}
         prompted[kind] = prompt
+    cross = common.cross_dataset(ctx, splits, classes)
+    if cross:  # every prompt (and none) against both datasets' classes together
+        names, sets = cross
+        together = common.text_features(ctx, clip, tokenizer, names, [common.COURSE_TEMPLATE])
+        for key, prompt in [("zero_shot", None), *prompted.items()]:
+            model = PromptCLIP(clip, together, visual_prompt=prompt, image_size=size)
+            runs[key]["cross_dataset"] = {name: common.accuracy(common.logits_of(
+                ctx, model, data["test"][0] if name == ctx.dataset else x), y) for name, x, y in sets}
     metrics = {"model": description, "dataset": ctx.dataset, "shift": c.shift, "optimizer": c.optimizer,
                "lr": c.lr, "epochs": c.epochs, "test_images": len(y), "runs": runs,
                "zero_shot_accuracy": runs["zero_shot"]["test"],
+               "cross_dataset_classes": cross[0] if cross else None,
                "best_prompt": max(prompted, key=lambda k: runs[k]["test"]) if prompted else None}
     figures(ctx, runs, prompted, data["test"][0], len(classes), metrics)
     return metrics
@@ -105,6 +114,23 @@ def figures(ctx, runs, prompted, x, num_classes, m):
                           chance=100 / num_classes, unit=" %", xlabel="prompt", ylim=(0, 105), fmt="{:.0f}")
     ctx.save_figure(fig, "accuracy", "Test accuracy of the frozen CLIP without a prompt (zero-shot) and with each "
                     "learned prompt, on the images the prompt learned on, on unshifted images, and under noise.")
+    if m["cross_dataset_classes"]:
+        sets = list(runs["zero_shot"]["cross_dataset"])
+        shown = [s.replace("_", " ") for s in sets]
+        ctx.table("cross_dataset", [{"prompt": r["prompt"], **r["cross_dataset"]} for r in runs.values()],
+                  f"The course's cross-dataset evaluation: test accuracy among the classes of {' and '.join(shown)} "
+                  f"together ({len(m['cross_dataset_classes'])}-way, {shown[1]}'s after {shown[0]}'s), each prompt "
+                  f"learned on {ctx.dataset} only." + (" Offline the second set is the unshifted shapes test images "
+                  "labelled by the colour of their shape (the colour words of the mini-CLIP's captions)."
+                  if ctx.dataset == "shapes" else ""),
+                  columns={"prompt": "prompt", **{s: (f"{t} (%)", "{:.1%}") for s, t in zip(sets, shown)}})
+        ctx.note(f"Among the {len(m['cross_dataset_classes'])} classes together, zero-shot: " + ", ".join(
+            f"{t} {runs['zero_shot']['cross_dataset'][s]:.1%}" for s, t in zip(sets, shown)) + "; " + "; ".join(
+            f"{r['prompt']} prompt: " + ", ".join(f"{t} {r['cross_dataset'][s]:.1%}" for s, t in zip(sets, shown))
+            for k, r in runs.items() if k != "zero_shot") + ".")
+    elif ctx.dataset != "shapes":
+        ctx.note("The cross-dataset evaluation (CIFAR-10 and CIFAR-100 together, 110-way) needs both datasets' "
+                 "files; the other one was not found, so it was skipped.")
     if prompted:
         mean, std = np.array(CLIP_MEAN).reshape(3, 1, 1), np.array(CLIP_STD).reshape(3, 1, 1)
         images, captions = [], []
@@ -120,10 +146,15 @@ def figures(ctx, runs, prompted, x, num_classes, m):
         ctx.save_figure(fig, "prompts", "Each learned prompt (its values scaled to the full grey range; the patch "
                         "prompts are shown at the top-left corner) and a test image with it added, shown after "
                         "undoing CLIP's normalisation.")
-    zero = runs["zero_shot"]
+    zero, n = runs["zero_shot"], m["test_images"]
     ctx.note(f"Zero-shot on {shift}: {zero['test']:.1%} (on the unshifted images {zero['clean_test']:.1%}).")
     for kind in prompted:
         r = runs[kind]
         ctx.note(f"The {r['prompt']} prompt ({r['trainable_parameters']:,} values) reaches {r['test']:.1%}, "
-                 f"{100 * (r['test'] - zero['test']):+.1f} points against zero-shot; on the unshifted images it "
-                 f"gives {r['clean_test']:.1%}, under noise {r['noisy_test']:.1%}.")
+                 f"{100 * (r['test'] - zero['test']):+.1f} points against zero-shot (noise of the difference "
+                 f"{100 * common.difference_noise(r['test'], n):.1f}); on the unshifted images it gives "
+                 f"{r['clean_test']:.1%}, under noise {r['noisy_test']:.1%}.")
+    if prompted:  # the first prompt asked for (the course's padding by default) against zero-shot
+        first = runs[next(iter(prompted))]
+        ctx.headline(f"test accuracy, {first['prompt']} prompt", first["test"], zero["test"], "zero-shot",
+                     noise=common.difference_noise(first["test"], n))

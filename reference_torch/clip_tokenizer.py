@@ -60,7 +60,10 @@ def learn_merges(texts, num_merges):
     as many as there are pairs left to merge): repeatedly join the most frequent
     neighbouring pair of symbols (ties: the pair that sorts first), words counted with
     their frequency and ended by ``</w>``, as CLIP's merges were made."""
-    counts = Counter(word for text in texts for word in words(text))
+    counts = Counter()
+    for text, n in Counter(texts).items():  # each distinct text cleaned and split once
+        for word in words(text):
+            counts[word] += n
     vocab = {tuple(word[:-1]) + (word[-1] + "</w>",): n for word, n in counts.items()}
     merges = []
     while len(merges) < num_merges:

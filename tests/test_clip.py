@@ -246,6 +246,40 @@ def test_deep_prompts_lengthen_the_sequence(small_clip):
     assert all(torch.equal(s[:, 1:4], torch.full((2, 3, 64), float(i))) for i, s in enumerate(prompted))
 
 
+# ------------------------------------------------------------------ the mini-CLIP's cache
+TINY = dict(images=64, epochs=1, width=64, vision_layers=1, text_layers=1, patch_size=8, resolution=32, merges=20,
+            batch_size=32, lr=1e-3, warmup=0.1, logit_scale=20.0, context_length=16, seed=0)
+
+
+def test_cache_built_once_under_a_lock(tmp_path):
+    import threading
+
+    from reference_torch.mini_clip import mini_clip
+    results = [None, None]
+
+    def build(i):
+        results[i] = mini_clip(tmp_path, TINY, log=lambda message: None)[2]
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # both asked at once: one trained it, the other waited for the lock and read its file
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert results[0]["file"] == results[1]["file"] and len(list(tmp_path.glob("mini_clip_*.pt"))) == 1
+
+
+def test_damaged_cache_is_trained_again(tmp_path):
+    from reference_torch.mini_clip import mini_clip
+    mini_clip(tmp_path, TINY, log=lambda message: None)
+    path = next(tmp_path.glob("mini_clip_*.pt"))
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    said = []
+    model, tokenizer, info = mini_clip(tmp_path, TINY, log=said.append)
+    assert not info["cached"] and "truncated or damaged" in said[0] and "training the mini-CLIP again" in said[0]
+    assert mini_clip(tmp_path, TINY, log=said.append)[2]["cached"]  # the new file reads back
+
+
 # ------------------------------------------------------------------ drivers
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory, torch_one_thread):
@@ -263,6 +297,7 @@ def test_zero_shot_quick(quick_runs):
     assert "read from its cache" in metrics["model"]  # visual_prompting trained it
     assert len(metrics["templates"]) == 6 and metrics["templates"][0]["template"] == "This is a photo of a {}"
     assert metrics["top5"] > metrics["top1"] and metrics["trainable_parameters"] == 0
+    assert manifest["headline"]["baseline"] == 0.1 and manifest["headline"]["baseline_label"] == "chance"
     # the quick mini-CLIP is near chance (see reference_torch.mini_clip): only the plumbing is checked here
 
 
@@ -275,6 +310,11 @@ def test_visual_prompting_quick(quick_runs):
     assert runs["padding"]["trainable_parameters"] == 3 * (2 * 4 * 32 + 2 * 4 * 24)
     assert runs["padding"]["frozen_parameters"] == 214_209  # the whole mini-CLIP
     assert {f["file"] for f in manifest["figures"]} == {"accuracy.png", "prompts.png"}
+    # the cross-dataset evaluation offline: the 10 shapes, then the 12 colour words, 22-way
+    classes = metrics["cross_dataset_classes"]
+    assert len(classes) == 22 and classes[:3] == ["circle", "square", "triangle"] and classes[10] == "red"
+    assert set(runs["padding"]["cross_dataset"]) == {"shapes", "shape_colours"}
+    assert manifest["headline"]["baseline"] == runs["zero_shot"]["test"]
 
 
 @pytest.mark.slow
