@@ -366,9 +366,6 @@ def _unwrap_index(index):
 
 
 # ------------------------------------------------------------------------ function
-_TORCH_STYLE = {}  # Function class -> whether it is written in torch's form
-
-
 class Function:
     """One differentiable operation.
 
@@ -401,6 +398,7 @@ class Function:
     """
 
     needs_input_grad = ()
+    torch_style = False  # set per subclass: forward written in torch's form
     inputs = ()
     saves_inputs = True  # False for ops whose backward never reads their inputs
     broadcast_shapes = None  # rule 2 above: None means the output's shape for every input
@@ -419,17 +417,14 @@ class Function:
     def saved_tensors(self):
         return getattr(self, "_saved_tensors", ())
 
-    @classmethod
-    def _torch_style(cls):
-        style = _TORCH_STYLE.get(cls)
-        if style is None:  # looked up once per class: apply runs for every op
-            style = _TORCH_STYLE[cls] = isinstance(inspect.getattr_static(cls, "forward"),
-                                                   staticmethod)
-        return style
+    def __init_subclass__(cls, **kwargs):
+        # Decided once per class, not in apply, which runs for every op.
+        super().__init_subclass__(**kwargs)
+        cls.torch_style = isinstance(inspect.getattr_static(cls, "forward"), staticmethod)
 
     def _backward(self, grad):
         """``backward`` in either form; the engine calls this."""
-        if not type(self)._torch_style():
+        if not self.torch_style:
             return self.backward(grad)
         if not isinstance(inspect.getattr_static(type(self), "backward"), staticmethod):
             raise TypeError(f"{type(self).__name__}: forward is a @staticmethod (torch's form), "
@@ -447,7 +442,7 @@ class Function:
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         fn.needs_input_grad = needs
         try:
-            if cls._torch_style():  # forward(ctx, *tensors) on tensors, outside the graph
+            if cls.torch_style:  # forward(ctx, *tensors) on tensors, outside the graph
                 with no_grad():
                     out = _as_array(cls.forward(fn, *args, **kwargs))
             else:
@@ -458,12 +453,12 @@ class Function:
         if _anomaly_mode:
             _check_finite(out, f"the forward pass of {cls.__name__}")
         result = Tensor(out)
-        if _grad_enabled and any(needs):
+        if _grad_enabled and True in needs:
             fn.inputs = tuple(a if n else None for a, n in zip(args, needs))
             if cls.saves_inputs:
                 # Any tensor input may be saved, also those that need no gradient.
-                fn.versions = tuple(a._version if isinstance(a, Tensor) else None for a in args)
                 fn.saved = tuple(a if isinstance(a, Tensor) else None for a in args)
+                fn.versions = tuple(None if a is None else a._versions[0] for a in fn.saved)
             result.requires_grad = True
             result.grad_fn = fn
         return result
@@ -472,7 +467,7 @@ class Function:
         if not self.saves_inputs:
             return
         for t, version in zip(self.saved, self.versions):
-            if t is not None and t._version != version:
+            if t is not None and t._versions[0] != version:
                 raise RuntimeError(
                     f"a tensor of shape {t.shape} used by {type(self).__name__} was modified in "
                     f"place after it was used (version {version} -> {t._version}); its gradient "
@@ -586,7 +581,8 @@ def run_backward(root, gradient, retain_graph=False):
             parent = t.grad_fn
             if parent is None:
                 if g is not None:
-                    _accumulate(t, g)
+                    _accumulate(t, g, owned=t.grad is None
+                                and _made_for_one_input(node, g, grads, grad))
                 continue
             if g is not None:
                 pending[parent] = pending[parent] + g if parent in pending else g
@@ -597,10 +593,23 @@ def run_backward(root, gradient, retain_graph=False):
             node._release()
 
 
-def _accumulate(leaf, grad):
+def _made_for_one_input(node, g, grads, incoming):
+    """Whether ``g`` is a new array that ``node``'s backward made for this one input:
+    not the incoming gradient passed on (Add, Clone), not a view of anything
+    (Reshape, a broadcast), not handed to two inputs, not an array the node saved."""
+    return (g is not incoming and g.base is None and g.flags.writeable
+            and sum(other is g for other in grads) == 1
+            and not node.torch_style
+            and all(value is not g for value in vars(node).values()))
+
+
+def _accumulate(leaf, grad, owned=False):
     if leaf.grad is None:
-        # A copy: the same array may be handed to several leaves (e.g. by Add).
-        leaf.grad = np.array(grad, dtype=leaf.data.dtype, copy=True)
+        # The leaf keeps an array nothing else holds (``owned``, e.g. a Linear
+        # layer's weight gradient) as it is; any other is copied, so that changing
+        # leaf.grad later changes nothing else (the same array may reach several
+        # leaves, e.g. through Add).
+        leaf.grad = grad if owned else np.array(grad, dtype=leaf.data.dtype, copy=True)
     else:
         leaf.grad = leaf.grad + grad
 

@@ -116,9 +116,9 @@ SMALL_MATMUL = 1 << 22
 
 def matmul(a, b):
     """``a @ b`` (numpy's matmul); a small product runs on one BLAS thread."""
-    if a.ndim < 2 or b.ndim != 2 or a.size * b.shape[1] >= SMALL_MATMUL \
+    if a.ndim < 2 or b.ndim != 2 or a.size * b.shape[1] >= SMALL_MATMUL or num_threads() == 1 \
             or getattr(_local, "worker", None) is not None:  # inside parallel_for: BLAS is single already
-        return np.matmul(a, b)
+        return np.matmul(a, b)  # (with one thread there is no pool to keep quiet)
     blas = _blas_control()
     with _region:
         previous = blas.single_threaded()

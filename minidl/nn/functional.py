@@ -423,38 +423,56 @@ def _reduce(loss, reduction):
 
 class CrossEntropyFn(Function):
     """log-softmax and negative log-likelihood fused: the gradient is simply
-    (softmax - one_hot), and nothing overflows."""
+    (softmax - one_hot), and nothing overflows.
+
+    Class weights and ignored targets give each row's likelihood term a weight
+    (``row_weight``: the class weight of its target, 0 for an ignored row), and
+    ignored rows drop out of the smoothing term (``keep``). Without them, the
+    common case, both are None, which skips those multiplications."""
 
     def forward(self, logits, target, weight, reduction, label_smoothing, ignore_index):
         n, classes = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        exp = np.exp(shifted)
+        sum_exp = exp.sum(axis=1, keepdims=True)
+        log_p = shifted - np.log(sum_exp)
         keep = target != ignore_index
-        safe_target = np.where(keep, target, 0)
-        w = np.ones(classes, dtype=logits.dtype) if weight is None else weight.astype(logits.dtype)
-        w_target = w[safe_target] * keep  # per-row weight, 0 for ignored rows
-        rows = np.arange(n)
+        w = None if weight is None else weight.astype(logits.dtype)
+        if w is None and keep.all():
+            keep = row_weight = None
+            denominator = n
+        else:
+            target = np.where(keep, target, 0)
+            row_weight = (1 if w is None else w[target]) * keep
+            denominator = row_weight.sum()
+        loss = -log_p[np.arange(n), target]
+        if row_weight is not None:
+            loss = loss * row_weight
         eps = label_smoothing
-        loss = -(1 - eps) * w_target * log_p[rows, safe_target]
-        if eps:
-            loss = loss - eps / classes * (log_p * w).sum(axis=1) * keep
-        self.log_p, self.target, self.w, self.w_target, self.keep = log_p, safe_target, w, w_target, keep
-        self.eps, self.reduction = eps, reduction
-        self.denominator = w_target.sum() if reduction == "mean" else 1
+        if eps:  # the mean of -w log p over the classes, mixed in with weight eps
+            smooth = -(log_p if w is None else log_p * w).sum(axis=1) / classes
+            loss = (1 - eps) * loss + eps * (smooth if keep is None else smooth * keep)
+        self.softmax, self.target, self.w = exp / sum_exp, target, w
+        self.row_weight, self.keep, self.eps, self.reduction = row_weight, keep, eps, reduction
+        self.denominator = denominator if reduction == "mean" else 1
         if reduction == "none":
             return loss
         return np.asarray(loss.sum() / self.denominator, dtype=logits.dtype)
 
     def backward(self, grad):
-        p = np.exp(self.log_p)
-        classes = p.shape[1]
-        rows = np.arange(len(p))
-        g = (1 - self.eps) * self.w_target[:, None] * p
-        g[rows, self.target] -= (1 - self.eps) * self.w_target
-        if self.eps:
-            g += self.eps / classes * (p * self.w.sum() - self.w) * self.keep[:, None]
-        scale = grad[:, None] if self.reduction == "none" else grad / self.denominator
-        return g * scale, None, None
+        p, eps = self.softmax, self.eps
+        g = p.copy()
+        g[np.arange(len(g)), self.target] -= 1  # softmax - one_hot
+        if self.row_weight is not None:
+            g *= self.row_weight[:, None]
+        if eps:  # the smoothing term's gradient: (p sum(w) - w) / classes
+            classes = p.shape[1]
+            smooth = p * classes - 1 if self.w is None else p * self.w.sum() - self.w
+            if self.keep is not None:
+                smooth *= self.keep[:, None]
+            g = (1 - eps) * g + eps / classes * smooth
+        g *= grad[:, None] if self.reduction == "none" else grad / self.denominator
+        return g, None, None
 
 
 def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing=0.0,
@@ -468,16 +486,17 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
         loss = cross_entropy(logits.reshape(1, -1), target.reshape(1), weight, reduction,
                              label_smoothing, ignore_index)
         return loss.reshape(()) if reduction == "none" else loss
-    if not np.issubdtype(target.dtype, np.integer):
+    if target.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy expects integer class targets, got dtype {target.dtype}")
     if logits.ndim < 2 or target.shape != (logits.shape[0],) + logits.shape[2:]:
         raise ValueError(f"cross_entropy: logits of shape {logits.shape} need targets of shape "
                          f"{(logits.shape[0],) + logits.shape[2:]}, got {target.shape}")
     classes = logits.shape[1]
-    valid = target[target != ignore_index]
-    if valid.size and (valid.min() < 0 or valid.max() >= classes):
-        raise ValueError(f"cross_entropy: targets must lie in [0, {classes}), got values "
-                         f"from {valid.min()} to {valid.max()}")
+    if target.size and (target.min() < 0 or target.max() >= classes):  # then look closer
+        valid = target[target != ignore_index]
+        if valid.size and (valid.min() < 0 or valid.max() >= classes):
+            raise ValueError(f"cross_entropy: targets must lie in [0, {classes}), got values "
+                             f"from {valid.min()} to {valid.max()}")
     out_shape = target.shape
     if logits.ndim > 2:  # (N, C, d...) -> (N * d..., C)
         logits = logits.permute(0, *range(2, logits.ndim), 1).reshape(-1, classes)

@@ -1,0 +1,76 @@
+"""The shortcuts that keep the engine's overhead small (issue 19) change no result:
+a leaf keeps a gradient array only when nothing else holds it, and cross-entropy's
+plain case (no class weights, nothing ignored, no smoothing) equals torch's."""
+import numpy as np
+import torch
+
+import minidl as md
+import minidl.nn as nn
+import minidl.nn.functional as F
+from minidl.autograd import Function
+
+
+def test_a_gradient_handed_to_two_leaves_is_two_arrays():
+    a = md.tensor([1.0, 2.0], requires_grad=True)
+    b = md.tensor([3.0, 4.0], requires_grad=True)
+    (a + b).sum().backward()  # Add hands the same array to both
+    assert a.grad is not b.grad
+    a.grad *= 10
+    np.testing.assert_array_equal(b.grad, [1.0, 1.0])
+
+
+def test_the_callers_gradient_is_copied_not_kept():
+    x = md.tensor([1.0, 2.0], requires_grad=True)
+    upstream = np.array([5.0, 6.0], dtype=np.float32)
+    (x + 0).backward(upstream)
+    x.grad *= 2
+    np.testing.assert_array_equal(upstream, [5.0, 6.0])
+
+
+class ReturnsSavedFn(Function):
+    """A (wrong-headed but legal) backward that returns an array it saved."""
+
+    def forward(self, x):
+        self.ones = np.ones_like(x)
+        return x.copy()
+
+    def backward(self, grad):
+        return self.ones
+
+
+def test_an_array_the_node_saved_is_copied():
+    x = md.tensor([1.0, 2.0], requires_grad=True)
+    out = ReturnsSavedFn.apply(x)
+    node = out.grad_fn
+    out.backward(np.ones(2, dtype=np.float32), retain_graph=True)
+    x.grad *= 3
+    np.testing.assert_array_equal(node.ones, [1.0, 1.0])
+
+
+def test_a_linear_layers_fresh_weight_gradient_is_kept_and_accumulates():
+    md.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    x = md.randn(4, 3)
+    layer(x).sum().backward()
+    first = layer.weight.grad.copy()
+    layer(x).sum().backward()  # a second backward adds to the kept array
+    np.testing.assert_allclose(layer.weight.grad, 2 * first, rtol=1e-6)
+    expected = np.ones((4, 2), np.float32).T @ x.data
+    np.testing.assert_allclose(first, expected, rtol=1e-6)
+
+
+def test_plain_cross_entropy_and_its_gradient_equal_torchs():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((16, 7)) * 3
+    target = rng.integers(0, 7, 16)
+    mine = md.tensor(logits, requires_grad=True, dtype=np.float64)
+    theirs = torch.tensor(logits, requires_grad=True)
+    for reduction in ("mean", "sum", "none"):
+        mine.grad, theirs.grad = None, None
+        loss = F.cross_entropy(mine, target, reduction=reduction)
+        their_loss = torch.nn.functional.cross_entropy(theirs, torch.from_numpy(target),
+                                                       reduction=reduction)
+        np.testing.assert_allclose(loss.data, their_loss.detach().numpy(), rtol=1e-12)
+        loss.sum().backward()
+        their_loss.sum().backward()
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-14)
