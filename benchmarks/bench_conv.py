@@ -413,6 +413,10 @@ def main():
           f"{verdict(ratio, CONV_TARGET)}", flush=True)
     missed = [name for name, ratio, target in rows if ratio > target]
     print("all targets met" if not missed else f"targets missed: {', '.join(missed)}")
+    if CLOCK is time.process_time and threads > 1:
+        print(f"caution: the CPU time of {threads} threads counts the time torch's OpenMP threads "
+              "spin waiting for work, more so on a busy machine; this flatters minidl. "
+              "--cpu-time (one thread each) compares the work alone.")
 
     if data is not None and not args.quick:
         md.manual_seed(0)
