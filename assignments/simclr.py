@@ -66,7 +66,8 @@ DATASET_SETTINGS = {"shapes": {"crop_scale": 0.2, "temperature": 0.2},
                     "cifar10": {"epochs": 100, "batch_size": 256, "lr": 5e-4, "temperature": 0.07,
                                 "encoder": "resnet18", "crop_scale": 0.08, "supervised_steps": 5000}}
 SHOWN = 6  # images in the similarity figure: 2 x 6 views
-# The default fits 90 CPU s on one thread (15 epochs and 300 supervised steps took 119 s).
+# The default fits 90 CPU s on one thread (83 s measured under load; 15 epochs and 300 supervised
+# steps took 119 s).
 
 
 def add_arguments(parser):
