@@ -133,7 +133,17 @@ def run(ctx):
     ctx.save_figure(plots.image_grid(as_shown(model.sample(3 * SHOWN)), f"Images decoded from the prior "
                                      f"({ctx.dataset}, z_dim {c.z_dim}, lambda_ {c.lambda_:g})", columns=SHOWN),
                     "samples", f"{3 * SHOWN} codes drawn from N(0, I) and decoded.")
+    # the baseline: the training set's mean image for every test image, what an AAE that ignores its codes draws
+    with torch.no_grad():
+        errors = torch.cat([((model(x)[0].cpu() - x.cpu()) ** 2).mean(dim=(1, 2, 3)) for x in
+                            ctx.to_device(images["test"]).split(500)])
+    mean_image_errors = ((images["train"].mean(0) - images["test"]) ** 2).mean(dim=(1, 2, 3))
+    difference = mean_image_errors - errors  # paired over the test images
+    ctx.headline("test reconstruction MSE", errors.mean().item(), mean_image_errors.mean().item(),
+                 "the mean training image", noise=(difference.std() / len(difference) ** 0.5).item(),
+                 unit="MSE", higher_is_better=False)
     metrics.update(test_recon_loss=test["recon_loss"], test_disc_accuracy=test["disc_accuracy"],
+                   mean_image_recon_loss=mean_image_errors.mean().item(),
                    history={k: [h[k] for h in history] for k in ("recon_loss", "val_recon_loss", "disc_accuracy")})
     ctx.note(f"After {c.epochs} epochs (z_dim {c.z_dim}, lambda_ {c.lambda_:g}) the test reconstruction MSE is "
              f"{test['recon_loss']:.4f} ({'below' if test['recon_loss'] < 0.05 else 'not yet below'} the course's "

@@ -17,8 +17,8 @@ from driver_run import assert_refused, quick_run_fixture  # noqa: E402
 from minidl.data import load_dataset  # noqa: E402
 from reference_torch.aae import AAETrainer, AdversarialAE, aae_optimizers  # noqa: E402
 from reference_torch.checkpoint import load_checkpoint  # noqa: E402
-from reference_torch.vae import (KLD, VAE, CNNDecoder, CNNEncoder, discretize, elbo_to_bpd,  # noqa: E402
-                                 expected_image, sample_reparameterize, visualize_manifold)
+from reference_torch.vae import (KLD, VAE, CNNDecoder, CNNEncoder, discretize, elbo_to_bpd, marginal_bpd,  # noqa: E402
+                                 per_image_bpd, expected_image, sample_reparameterize, visualize_manifold)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -288,3 +288,31 @@ def test_aae_quick_run_and_its_discriminator_is_near_chance(aae_quick):
 ])
 def test_bad_options_stop_before_anything_is_written(tmp_path, name, option, value):
     assert_refused(tmp_path, name, option, value, "--quick")
+
+
+def test_marginal_bpd_of_a_constant_training_set_by_hand():
+    train = torch.full((9, 1, 28, 28), 3)
+    test = torch.cat([torch.full((1, 1, 28, 28), 3), torch.full((1, 1, 28, 28), 7)])
+    # add-one smoothing: level 3 seen 9 times of 9 + 16 counts, level 7 never (1 of 25)
+    expected = torch.tensor([-math.log2(10 / 25), -math.log2(1 / 25)])
+    torch.testing.assert_close(marginal_bpd(train, test), expected)
+
+
+def test_per_image_bpd_of_zero_weights_is_four_bits_each():
+    imgs = torch.randint(0, 16, (5, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    bpd = per_image_bpd(zeroed(VAE(num_filters=4, z_dim=3, lr=1e-3)), imgs)
+    torch.testing.assert_close(bpd, torch.full((5,), 4.0))
+
+
+def test_he_init_spreads_the_codes_of_different_digits_apart():
+    """PyTorch's default start gives every digit almost the same mean code, where the
+    posterior collapsed on the digits for 30 epochs; He's start keeps them apart."""
+    from reference_torch.vae import he_init
+    imgs = discretize(torch.from_numpy(load_dataset("digits", size=28).test.x[:200]))
+    torch.manual_seed(0)
+    default = CNNEncoder(num_filters=16, z_dim=20)
+    torch.manual_seed(0)
+    he = he_init(CNNEncoder(num_filters=16, z_dim=20))
+    with torch.no_grad():
+        spread = [encoder(imgs)[0].var(dim=0).mean().item() for encoder in (default, he)]
+    assert spread[1] > 10 * spread[0], spread
