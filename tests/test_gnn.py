@@ -245,6 +245,7 @@ def test_stochastic_block_model_is_seeded_and_assortative():
 quick = quick_run_fixture("gnn")
 
 
+@pytest.mark.slow
 def test_driver_quick(quick):
     out, metrics, manifest = quick
     assert {f["file"] for f in manifest["figures"]} == {
@@ -252,6 +253,9 @@ def test_driver_quick(quick):
     assert metrics["walks"]["agree"] and metrics["walks"]["counts"] == {"1": 0, "2": 1, "3": 2}
     accuracy = {k: v["mean"] for k, v in metrics["test_accuracy"].items()}
     assert accuracy["gcn"] > accuracy["mlp"] + 0.1, accuracy  # the neighbours help on the generated graph
+    headline = manifest["headline"]
+    assert (headline["value"], headline["baseline"]) == (accuracy["gcn"], accuracy["mlp"])
+    assert headline["verdict"] == "beats the baseline" and 0 < headline["noise"] < 0.1
     permuted = {row["model"].split(",")[0]: row for row in metrics["permutation"]}
     assert permuted["GCN"]["same_predictions"] == 1.0 and permuted["GAT"]["same_predictions"] == 1.0
     assert permuted["MLP on [A"]["same_predictions"] < 0.9
