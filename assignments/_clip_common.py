@@ -61,7 +61,7 @@ def load_model(ctx):
     else:
         settings = MINI_CLIP["quick" if ctx.quick else "default"]
         model, tokenizer, info = mini_clip(ctx.out.parent / "mini_clip", settings, ctx.device, ctx.log)
-        trained = "read from its cache" if info["cached"] else f"trained here in {info['train_seconds']:.0f} s"
+        trained = "read from its cache" if info["cached"] else f"trained here in {info['train_cpu_seconds']:.0f} CPU s"
         description = (f"mini-CLIP ({info['parameters']:,} parameters, {settings['images']:,} shapes images with "
                        f"generated captions, {settings['epochs']} epochs, {trained}: {info['file']})")
         ctx.note(f"No --weights: the model is a {description}; its zero-shot accuracy on 1,000 held-out shapes "
