@@ -49,9 +49,11 @@ THREADS = "small"
 TORCH = True
 # On top of the shared training settings (the same model as the other interpretability
 # drivers', trained once and cached): examples shown, test images scored, pixels changed
-# per curve step (of 1,024: 65 points per curve) and integrated-gradients steps.
+# per curve step (of 1,024: 33 points per curve) and integrated-gradients steps. On 80
+# images the standard error of a method's paired AUC difference to the random order is
+# about 0.012 (measured: 0.010-0.016 on 100 images), a tenth of the differences seen.
 PROFILES = {
-    "default": {**C.TRAINING, "examples": 6, "scored": 100, "step": 16, "ig_steps": 32},
+    "default": {**C.TRAINING, "examples": 6, "scored": 80, "step": 32, "ig_steps": 32},
     "quick": {**C.QUICK_TRAINING, "epochs": 3, "examples": 3, "scored": 12, "step": 64, "ig_steps": 16},
 }
 SUBSTRATE = "blur"  # where deleted pixels go: the blurred copy insertion starts from (see run)

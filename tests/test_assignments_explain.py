@@ -1,6 +1,7 @@
 """The interpretability drivers explanations and model_bias: a --quick run of each writes
-its declared figures, tables and metrics; the quick model beats chance and at least one
-attribution method beats a random pixel order at deletion; model_bias names the model
+its declared figures, tables and metrics, and caches its model beside its folder; the quick
+model beats chance and at least one attribution method beats a random pixel order at
+deletion (to a blurred copy), with the paired standard errors and the headline; model_bias names the model
 trained with the artifact from its attributions alone, and that model loses more
 accuracy without its shortcut, and judges the two model files it wrote when they come back
 through --models; a wrong --checkpoint or option value fails with a message that says why,
@@ -22,15 +23,27 @@ explanations = quick_run_fixture("explanations")
 def test_explanations_quick(explanations):
     out, metrics, manifest = explanations
     assert {f["file"] for f in manifest["figures"]} == {"attributions.png", "deletion_insertion.png",
-                                                        "mask_scores.png"}
+                                                        "faithfulness_vs_random.png", "mask_scores.png"}
     assert [t["name"] for t in manifest["tables"]] == ["scores"]
     assert metrics["dataset"] == "shapes" and (out / "model.pt").is_file()
+    assert len(list((out.parent / ".cache").glob("shapes-*.pt"))) == 1  # the model, for the other drivers
+    assert metrics["deletion_substrate"] == "blur"
     assert metrics["test_accuracy"] > 1.5 * metrics["chance"]
     methods = ("occlusion", "saliency", "input_x_gradient", "gradcam", "integrated_gradients")
     assert set(metrics["methods"]) == {*methods, "random_order"}
     deletion = {m: scores["deletion_auc"] for m, scores in metrics["methods"].items()}
     assert any(deletion[m] < deletion["random_order"] for m in methods), deletion
-    assert metrics["methods_beating_random_deletion"] == [m for m in methods if deletion[m] < deletion["random_order"]]
+    # beating = more than two standard errors of the paired difference below the random order
+    differences = metrics["differences_to_random"]
+    below_noise = [m for m in methods if differences[m]["deletion"][0] < -2 * differences[m]["deletion"][1]]
+    assert metrics["methods_beating_random_deletion"] == below_noise
+    for m in methods:
+        assert differences[m]["deletion"][0] == pytest.approx(deletion[m] - deletion["random_order"], abs=1e-6)
+        assert differences[m]["deletion"][1] > 0
+    best = metrics["most_faithful_by_deletion"]
+    headline = manifest["headline"]
+    assert headline["value"] == pytest.approx(deletion[best]) and headline["higher_is_better"] is False
+    assert headline["baseline"] == pytest.approx(deletion["random_order"])
     for m in methods:
         scores = metrics["methods"][m]
         assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
@@ -91,6 +104,11 @@ def test_model_bias_quick_verdict(model_bias):
     assert metrics["biased_model_accuracy_gap"] > metrics["clean_model_accuracy_gap"] + 0.1
     clean_model = next(name for name in models if name != truth)
     assert models[clean_model]["accuracy"]["clean"] > 1.5 * metrics["chance"]
+    # the headline: on counter-examples the clean model beats the one that learned the shortcut
+    headline = manifest["headline"]
+    assert headline["value"] == pytest.approx(models[clean_model]["accuracy"]["misleading_artifact"])
+    assert headline["baseline"] == pytest.approx(models[truth]["accuracy"]["misleading_artifact"])
+    assert headline["value"] > headline["baseline"] and headline["noise"] > 0  # the quick models: maybe within it
 
 
 @pytest.mark.slow

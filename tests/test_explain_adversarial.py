@@ -4,6 +4,9 @@ The main model is a brightness classifier: class 1 when an image's mean pixel ex
 0.5. It is linear, so FGSM is the optimal L-infinity attack on it: adding eps to every
 pixel moves the mean by exactly eps, and an image falls when its margin |mean - 0.5| is
 below eps. The accuracy under attack is therefore known for every eps.
+
+Below one grey level (1/255) a perturbation does not survive saving as an 8-bit image:
+checked on images that lie on the 8-bit grid, and marked on the driver's plot.
 """
 import functools
 
@@ -13,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from reference_torch.explain import Normalize, accuracy_under_attack, fgsm, pgd
+from reference_torch.explain import (Normalize, accuracy_under_attack, fgsm, pgd, quantize, random_sign_noise,
+                                     saved_as_8bit)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -124,3 +128,54 @@ def test_errors_explain_pixel_space():
         pgd(model, (x - 0.5) / 0.2, y, eps=0.1)
     with pytest.raises(ValueError, match="unknown attack 'cw'"):
         accuracy_under_attack(model, (x, y), "cw", [0.1])
+
+
+# --------------------------------------------------------------------------- one grey level
+def eight_bit_images(n=16, seed=0):
+    """Images as an 8-bit file holds them: whole grey levels of 255, away from 0 and 1."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(20, 236, (n, 3, 8, 8), generator=g).double() / 255
+
+
+def test_saving_as_8bit_erases_a_budget_under_half_a_grey_level():
+    model = small_cnn().double()
+    x = eight_bit_images()
+    y = model(x.float()).argmax(1)
+    for eps in (0.25 / 255, 0.45 / 255):  # every pixel rounds back to where it was
+        adv = pgd(model, x, y, eps, steps=5)
+        assert (adv - x).abs().max() > 0.2 / 255
+        assert torch.equal(quantize(adv), x)
+    adv = pgd(model, x, y, 3 / 255, steps=5)  # three levels: whole-level changes survive, at most 3
+    change = (quantize(adv) - x).abs() * 255
+    assert change.max() == pytest.approx(3) and torch.allclose(change, change.round())
+    attack = saved_as_8bit(functools.partial(pgd, steps=5))
+    torch.testing.assert_close(attack(model, x, y, 0.4 / 255), x)
+
+
+def test_random_sign_noise_has_the_attacks_norm_and_a_seed():
+    x = eight_bit_images()
+    y = torch.zeros(len(x), dtype=torch.long)
+    noisy = random_sign_noise(None, x, y, 2 / 255, seed=3)
+    assert torch.allclose((noisy - x).abs(), torch.full_like(x, 2 / 255))  # no pixel is clamped here
+    assert 0.4 < ((noisy - x) > 0).double().mean() < 0.6
+    assert torch.equal(noisy, random_sign_noise(None, x, y, 2 / 255, seed=3))
+    assert not torch.equal(noisy, random_sign_noise(None, x, y, 2 / 255, seed=4))
+
+
+def test_the_accuracy_plot_marks_one_grey_level():
+    import matplotlib.pyplot as plt
+
+    from assignments.adversarial import plot_curves
+    levels = [0, 0.5, 1, 2, 8]
+    falling = [0.8, 0.7, 0.5, 0.3, 0.0]
+    curves = {key: falling for key in ("fgsm", "pgd", "pgd_8bit", "random_noise", "fgsm_targeted", "pgd_targeted")}
+    fig = plot_curves(curves, levels, chance=0.1, clean=0.8, dataset="shapes", n_images=10, pgd_steps=5)
+    try:
+        for ax in fig.axes:
+            verticals = [line for line in ax.get_lines() if list(line.get_xdata()) == [1, 1]]
+            assert len(verticals) == 1  # at eps = 1 grey level, on the data's own scale
+            assert any("one grey level" in text.get_text() for text in ax.texts)
+        left = {line.get_label() for line in fig.axes[0].get_lines()}
+        assert {"PGD, image saved as 8-bit", "random ±eps noise (not an attack)"} <= left
+    finally:
+        plt.close(fig)
