@@ -29,7 +29,7 @@ def test_adversarial_quick(tmp_path):
     assert [t["name"] for t in manifest["tables"]] == ["accuracy_vs_eps"]
     assert metrics["test_accuracy"] > metrics["chance"]
     rows = metrics["by_eps"]
-    assert [r["eps_level"] for r in rows] == metrics["eps_levels"] == [0, 2, 8, 32]
+    assert [r["eps_level"] for r in rows] == metrics["eps_levels"] == [0, 0.25, 2, 8, 32]
     assert [r["eps"] for r in rows] == pytest.approx([level / 255 for level in metrics["eps_levels"]])
     clean, count = metrics["clean_accuracy"], metrics["attacked_images"]
     for attack in ("fgsm", "pgd"):
@@ -41,6 +41,10 @@ def test_adversarial_quick(tmp_path):
         assert row["pgd_accuracy"] <= row["fgsm_accuracy"] + 0.02, row
     assert rows[-1]["pgd_targeted_success"] > rows[0]["pgd_targeted_success"] + 0.3  # reaches the wanted class
     assert metrics["checks"]["eps0_equals_clean"] and metrics["checks"]["falls_at_largest_eps"]
+    # a quarter of a grey level does not survive saving as 8-bit: those images are the clean ones
+    assert rows[1]["pgd_8bit_accuracy"] == pytest.approx(clean, abs=0.5 / count)
+    assert rows[-1]["pgd_8bit_accuracy"] < clean and rows[-1]["random_noise_accuracy"] > rows[-1]["pgd_accuracy"]
+    assert manifest["headline"]["baseline_label"].startswith("random")
 
 
 @pytest.mark.parametrize("name, option, value, says", [
