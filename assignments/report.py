@@ -37,6 +37,7 @@ h2 { margin-bottom: .2rem; }
 .meta { color: #555; font-size: .9em; }
 .statement { background: #fafafa; border-left: 3px solid #88a; padding: .1rem 1rem; }
 .offline { background: #fff6e0; border-left: 3px solid #c90; padding: .5rem 1rem; }
+.offline code { white-space: nowrap; }  /* an option to copy, kept whole */
 code { font-size: .92em; background: #f0f0f3; padding: 0 .2em; border-radius: 3px; }
 figure { margin: 1.5rem 0; }
 figure.table { margin: .5rem 0 1.2rem; }
