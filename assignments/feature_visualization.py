@@ -93,10 +93,8 @@ def add_arguments(parser):
 
 # ------------------------------------------------------------------------ activation maximisation
 def recipe(name, colours):  # the arguments of featvis.visualize for one recipe
-    options = dict(RECIPES[name][1])
-    if options["decorrelate"] == "data":
-        options["decorrelate"] = colours
-    return options
+    options = RECIPES[name][1]
+    return {**options, "decorrelate": colours} if options["decorrelate"] == "data" else dict(options)
 
 
 def maximise(ctx, model, objective, size, colours, name="lucid", steps=None):
@@ -284,9 +282,10 @@ def building_blocks(ctx, model, x, block, colours, names, row_labels):
                                          f"({row_labels[0].splitlines()[0]})"), "neuron_groups",
                     f"A non-negative matrix factorisation of {block.name}'s activations (after its ReLU) over the "
                     f"image's {block.size}x{block.size} positions into {cfg.groups} groups of channels. Top: where "
-                    "each group is active; bottom: its visualisation (lucid recipe, the activation before the ReLU "
-                    "projected on the group's mix of channels); right: what each group adds to each class logit "
-                    "(gradient x activation with the activation replaced by the group's part, summed over positions).")
+                    "each group is active (darker: stronger); bottom: its visualisation (lucid recipe, the activation "
+                    "before the ReLU projected on the group's mix of channels); right: what each group adds to each "
+                    "class logit (gradient x activation with the activation replaced by the group's part, summed over "
+                    "positions).")
     missed = float((groups.attribution.sum(0) - logits).abs().max())
     ctx.note(f"Neuron groups: {cfg.groups} groups rebuild {block.name}'s activations with relative error "
              f"{groups.error:.2f} (the best {cfg.groups}-term factorisation, the SVD's, {groups.best_error:.2f}): "

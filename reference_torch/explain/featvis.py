@@ -17,13 +17,23 @@ Visualization"), split as in lucid/lucent into three parts:
     result = visualize(model, channel("layer3", range(8)), size=64, steps=256)
     result.images   # (8, 3, 64, 64) in [0, 1]
 
+What a visualisation is compared with: ``dataset_examples`` (the test image that excites
+each unit most), ``class_examples`` (each class's clearest own image). The building blocks
+of Olah et al. (2018, "The Building Blocks of Interpretability") for one image at one
+layer: ``gradient_x_activation`` (what each position adds to a logit),
+``strongest_channels`` (a semantic dictionary), ``nmf`` and ``neuron_groups`` (the
+activations factorised into a few groups of channels, each attributed to the classes);
+``direction(layer, vectors)`` visualises a group's mix of channels.
+
 The model takes pixel-space input in [0, 1]: wrap a model trained on normalised data as
 ``nn.Sequential(Normalize(mean, std), model)`` (``explain.adversarial.Normalize``).
 
 Small images. lucent's defaults are tuned for 224-pixel ImageNet models: transforms of
 a fixed number of pixels (8-pixel jitter, 12-pixel padding) wipe out a 32-pixel image.
 Here every transform is a fixed *share* of the image size, and the Fourier spectrum's
-scale is normalised so that pixels move about as much per step at any size.
+scale is normalised so that pixels move about as much per step at any size. Colours are
+best mixed by the model's own training images (``color_correlation``): ImageNet's
+correlation keeps a detector of saturated colours from reaching its colour.
 """
 from __future__ import annotations
 
