@@ -57,21 +57,22 @@ STRATEGIES = {  # name -> (description for tables and notes, short label for bar
     "scratch": ("from scratch (random weights)", "from scratch"),
 }
 # On the embedded datasets a smaller batch gives the few labelled images more steps per
-# epoch, so 10 epochs at a tuned rate do what 30 would at batch 128. The default fits 90
-# CPU seconds on one thread: 2,000 source images, 12 tuning runs, 4 with augmentation.
+# epoch, so 8 epochs at a tuned rate do what 30 would at batch 128. The default aims at 90
+# CPU seconds on one thread: 4 pretraining epochs, 12 tuning runs, 4 with augmentation.
 PROFILES = {
-    "default": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "finetune_lr": 3e-4, "lr_factors": (1 / 3, 1, 3),
+    "default": {"epochs": 8, "batch_size": 32, "lr": 3e-3, "finetune_lr": 1e-3, "lr_factors": (1 / 3, 1, 3),
                 "strategies": tuple(STRATEGIES), "noise_std": (0.1, 0.5), "weights": None, "image_size": None,
-                "per_class": 50, "pretrain_epochs": 6, "source_per_class": 400, "widths": (16, 32, 64),
+                "per_class": 50, "pretrain_epochs": 4, "source_per_class": None, "widths": (16, 32, 64),
                 "shapes_images": 10000, "val_size": 250, "test_size": None},
-    "quick": {"epochs": 6, "lr_factors": (1, 3), "per_class": 10, "pretrain_epochs": 3, "source_per_class": 200,
+    "quick": {"epochs": 6, "lr": 1e-3, "finetune_lr": 3e-4, "lr_factors": (1, 3), "per_class": 10, "pretrain_epochs": 3, "source_per_class": 200,
               "shapes_images": 1500,
               "val_size": 200, "test_size": 300},
     "full": {"epochs": 30, "pretrain_epochs": 15, "source_per_class": None, "val_size": None},
 }
 DATASET_SETTINGS = {"digits": {"per_class": 10, "pretrain_epochs": 6, "widths": (16, 32)},
-                    **dict.fromkeys(("cifar10", "cifar100"), {"epochs": 30, "batch_size": 128, "per_class": None,
-                                                              "pretrain_epochs": 15, "widths": (32, 64, 128),
+                    **dict.fromkeys(("cifar10", "cifar100"), {"epochs": 30, "batch_size": 128, "per_class": None, "lr": 1e-3,
+                                                              "finetune_lr": 3e-4, "pretrain_epochs": 15,
+                                                              "widths": (32, 64, 128),
                                                               "source_per_class": None, "val_size": None})}
 # Each strategy's learning rate (--lr for the last layer alone and for scratch, --finetune-lr
 # for the pretrained layers of the fine-tuning strategies) is tuned over lr_factors times it,
