@@ -53,16 +53,16 @@ def _main(argv=None):
     return 0 if command in ("-h", "--help") else 2
 
 
-# Approximate CPU seconds of each driver's default profile on one thread (the budgets the
-# drivers are held to; the manifests' cpu_seconds of a run --default measured them). Only a
-# hint for the order of a side-by-side run: the longest first, so that no long driver starts
-# last while the other workers sit idle; a driver not listed goes last.
+# Approximate CPU seconds of each driver's default profile on one thread: the manifests'
+# cpu_seconds of default runs on a 2-core machine (December 2026), else the budget the driver is
+# held to. Only a hint for the order of a side-by-side run: the longest first, so that no long
+# driver starts last while the other workers sit idle; a driver not listed goes last.
 COST_HINTS = {
-    "explanations": 80, "augmentation": 120, "cifar_cnn": 120, "clip_zeroshot": 120,
-    "transfer_learning": 90, "simclr": 90, "fixmatch": 90, "cnn_vs_mlp": 60, "memorization": 60,
-    "visual_prompting": 60, "deep_prompting": 60, "vae": 60, "gpt": 60, "aae": 50, "model_bias": 50,
-    "regression": 40, "regularization": 40, "layer_criticality": 40, "feature_visualization": 35,
-    "adversarial": 35, "gnn": 20, "filters": 15, "mlp_numpy": 15,
+    "regression": 37, "filters": 8, "mlp_numpy": 12, "cnn_vs_mlp": 35, "cifar_cnn": 120, "regularization": 35,
+    "transfer_learning": 90, "augmentation": 95, "explanations": 50, "model_bias": 65,
+    "feature_visualization": 60, "adversarial": 40, "memorization": 60, "layer_criticality": 2, "simclr": 85,
+    "fixmatch": 90, "clip_zeroshot": 120, "visual_prompting": 60, "deep_prompting": 60, "vae": 75, "aae": 95,
+    "gpt": 56, "gnn": 20,
 }
 # A driver that reads what another one writes (a cached model, Part I's checkpoints) starts
 # only after that one has finished, where both are in the run: otherwise it would wait on
@@ -154,9 +154,13 @@ def run_one(driver, given):
 
 
 def start_order(names):
-    """The drivers by their cost hint, the costliest first; ties and unlisted ones in the
-    given (report) order, unlisted ones last."""
-    return sorted(names, key=lambda name: -COST_HINTS.get(name, 0))
+    """The drivers by their cost hint, the costliest first, a producer by its own cost and its
+    costliest consumer's (they run one after the other); ties in the given (report) order,
+    unlisted drivers last."""
+    def chain(name):
+        consumers = [COST_HINTS.get(other, 0) for other in names if PRODUCERS.get(other) == name]
+        return COST_HINTS.get(name, 0) + max(consumers, default=0)
+    return sorted(names, key=lambda name: -chain(name))
 
 
 def next_to_start(pending, running):

@@ -125,6 +125,10 @@ def test_the_costliest_start_first_ties_and_unknown_names_in_the_given_order():
         ["cifar_cnn", "regression", "filters", "not_a_driver"]
     assert start_order(["deep_prompting", "visual_prompting"]) == ["deep_prompting", "visual_prompting"]
     assert start_order(["visual_prompting", "deep_prompting"]) == ["visual_prompting", "deep_prompting"]
+    # a producer counts with its consumer, which can only start after it
+    assert COST_HINTS["clip_zeroshot"] <= COST_HINTS["cifar_cnn"]
+    assert start_order(["cifar_cnn", "deep_prompting", "clip_zeroshot"]) == \
+        ["clip_zeroshot", "cifar_cnn", "deep_prompting"]
 
 
 def test_a_consumer_starts_after_its_producer():
