@@ -282,22 +282,28 @@ def test_grammar_accepts_its_corpus_and_rejects_broken_agreement():
 gpt_quick = quick_run_fixture("gpt")
 
 
+@pytest.mark.slow
 def test_gpt_driver_quick_learns_the_grammar(gpt_quick):
     out, metrics, manifest = gpt_quick
     assert metrics["val_loss"] < 0.6 * math.log(metrics["vocab_size"])
     assert metrics["acceptance"] > metrics["untrained_acceptance"] + 0.2
+    headline = manifest["headline"]  # the grammar's acceptance, trained against untrained
+    assert (headline["value"], headline["baseline"]) == (metrics["acceptance"], metrics["untrained_acceptance"])
+    assert headline["verdict"] == "beats the baseline"
     assert {"loss.png", "attention.png", "samples.png"} <= {f["file"] for f in manifest["figures"]}
-    for key in ("train_tokens_per_second", "generate_tokens_per_second_cached", "generate_tokens_per_second"):
+    for key in ("train_tokens_per_cpu_second", "generate_tokens_per_second_cached", "generate_tokens_per_second"):
         assert metrics[key] > 0
 
 
+@pytest.mark.slow
 def test_gpt_driver_reads_a_text_file(tmp_path):
     path = tmp_path / "poem.txt"
     path.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 40,
                     encoding="utf-8")
-    metrics, _ = run_quick("gpt", tmp_path / "run", "--dataset", "text", "--text-file", str(path),
-                           "--epochs", "1", "--steps-per-epoch", "30")
+    metrics, manifest = run_quick("gpt", tmp_path / "run", "--dataset", "text", "--text-file", str(path),
+                                  "--epochs", "1", "--steps-per-epoch", "30")
     assert metrics["vocab_size"] == len(set(path.read_text())) and "acceptance" not in metrics
+    assert manifest["headline"]["baseline"] == metrics["uniform_loss"]  # no grammar: the loss against a guess
 
 
 def test_gpt_driver_refuses_a_missing_text_file(tmp_path):
