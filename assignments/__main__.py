@@ -205,8 +205,11 @@ def run_side_by_side(names, given, jobs, threads):
                     failures.append(name)
     except KeyboardInterrupt:  # Ctrl-C: stop every worker, not only this process
         print("interrupted: stopping the workers", file=sys.stderr, flush=True)
+        # SIGKILL, not SIGTERM: a worker in the middle of an atomic write turns SIGTERM into
+        # SystemExit, which its run_in_worker reports as a failure and lives on (the write's
+        # rename never happened, so no file is left half-written either way)
         for process in list(executor._processes.values()):  # no public way before Python 3.14
-            process.terminate()
+            process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
         raise SystemExit(130) from None
     executor.shutdown()
