@@ -34,8 +34,9 @@ The settings of a run are, from the lowest priority to the highest: the profile
 applies the thread policy, and only then creates the output folder. ``ctx.config``
 holds the settings (``ctx.config.epochs``); ``ctx.load_dataset``, ``ctx.loader``,
 ``ctx.trainer``, ``ctx.fit`` and ``ctx.to_device`` are the one way every driver loads
-data and trains; ``ctx.save_figure``, ``ctx.table``, ``ctx.note`` and ``ctx.history``
-are what the report reads. Under torchrun every rank runs the driver and only rank 0
+data and trains; ``ctx.save_figure``, ``ctx.table``, ``ctx.note``, ``ctx.history`` and
+``ctx.headline`` (the main result against its baseline, once per run) are what the report
+reads. Under torchrun every rank runs the driver and only rank 0
 writes files.
 """
 from __future__ import annotations
