@@ -68,6 +68,16 @@ def torchvision_resnet18_file(path, **changes):
     return path
 
 
+def without_timings(value, timings):
+    """A run's metrics (nested dicts and lists) without the keys in ``timings``: the times
+    it measured, the one thing a rerun of the same settings changes."""
+    if isinstance(value, dict):
+        return {k: without_timings(v, timings) for k, v in value.items() if k not in timings}
+    if isinstance(value, list):
+        return [without_timings(v, timings) for v in value]
+    return value
+
+
 def assert_refused(tmp_path, name, option, value, *extra):
     """``run NAME OPTION VALUE`` stops with one line naming the option and the value (of
     a list, its last item, the one at fault in these tests), before anything is

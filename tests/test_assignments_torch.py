@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import quick_run_fixture, run_quick, torchvision_resnet18_file  # noqa: E402
+from driver_run import quick_run_fixture, run_quick, torchvision_resnet18_file, without_timings  # noqa: E402
 from reference_torch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -30,15 +30,6 @@ def history(out):
     return runs
 
 
-def without_timings(value):
-    """metrics.json without the times it measured."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
-
-
 def checkpoints(out):
     """Every checkpoint file of a run and when it was last written."""
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted((out / "checkpoints").rglob("*.pt"))}
@@ -52,7 +43,7 @@ def resume_finished_run(name, out):
     metrics, manifest = run_quick(name, out, "--resume")
     assert checkpoints(out) == before[2], "a finished run trained again"
     assert history(out) == before[0]
-    assert without_timings(metrics) == without_timings(before[1])
+    assert without_timings(metrics, TIMINGS) == without_timings(before[1], TIMINGS)
     assert manifest["seconds"] < seconds, (manifest["seconds"], seconds)
     return metrics
 
@@ -154,7 +145,7 @@ def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_pat
     assert epochs[:3] == [3, 4, 5]  # the rest of the third run, then the nine after it
     assert len(epochs) == 3 + 9 * settings["epochs"]
     assert history(out) == history(reference)
-    assert without_timings(metrics) == without_timings(reference_metrics)
+    assert without_timings(metrics, TIMINGS) == without_timings(reference_metrics, TIMINGS)
 
     epochs.clear()
     resume_finished_run("transfer_learning", out)

@@ -13,6 +13,7 @@ import pytest
 
 from assignments import DRIVERS
 from assignments.__main__ import COST_HINTS, PRODUCERS, main, next_to_start, start_order
+from driver_run import without_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = {"conv2d_cpu_ms"}  # filters' CPU time of each conv2d: the one value a rerun changes
@@ -20,14 +21,6 @@ TIMINGS = {"conv2d_cpu_ms"}  # filters' CPU time of each conv2d: the one value a
 
 def command(*args):
     return [sys.executable, "-m", "assignments", *args]
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def test_side_by_side_metrics_equal_those_of_one_run_after_the_other(side_by_sid
     for name in ("filters", "gnn"):
         alone = json.loads((tmp_path / name / "metrics.json").read_text())
         beside = json.loads((out / name / "metrics.json").read_text())
-        assert without_timings(beside) == without_timings(alone), name
+        assert without_timings(beside, TIMINGS) == without_timings(alone, TIMINGS), name
 
 
 def _workers(parent):
