@@ -16,7 +16,7 @@ import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
 
-from .runner import binomial_se, positive_int
+from .runner import binomial_se, positive_int, standard_error
 
 NAME = "regularization"
 COURSE = "ITU advanced ML"
@@ -96,8 +96,7 @@ def plot_penalties(result):
         ax.axvline(0, color="0.5", lw=0.8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center" if ax is ax_p else "upper left")
-    ax_p.title.set_fontsize(10)
-    ax_g.title.set_fontsize(10)
+        ax.title.set_fontsize(10)
     fig.tight_layout()
     return fig
 
@@ -157,28 +156,27 @@ def plot_histograms(weights, accuracy):
     return fig
 
 
+def plot_mean_and_band(ax, accuracy, colour, label, alpha=0.15):
+    """The mean over the seeds (the rows of ``accuracy``) in per cent, in a band of ±1 standard error."""
+    epochs, mean = np.arange(1, accuracy.shape[1] + 1), 100 * accuracy.mean(0)
+    ax.plot(epochs, mean, color=colour, label=label)
+    if len(accuracy) > 1:
+        se = 100 * accuracy.std(0, ddof=1) / np.sqrt(len(accuracy))
+        ax.fill_between(epochs, mean - se, mean + se, color=colour, alpha=alpha, lw=0)
+
+
 def plot_dropout(curves, baseline):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     colours = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(RATES)))
     for ax, (placement, (label, _)) in zip(axes, PLACEMENTS.items()):
-        epochs = np.arange(1, baseline.shape[1] + 1)
-        ax.plot(epochs, 100 * baseline.mean(0), color="k", lw=1.5, label="no dropout")
-        if len(baseline) > 1:
-            se = baseline.std(0, ddof=1) / np.sqrt(len(baseline))
-            ax.fill_between(epochs, 100 * (baseline.mean(0) - se), 100 * (baseline.mean(0) + se), color="k",
-                            alpha=0.08, lw=0)
+        plot_mean_and_band(ax, baseline, "k", "no dropout", alpha=0.08)
         for rate, colour in zip(RATES, colours):
-            acc = 100 * curves[placement, rate]
-            ax.plot(epochs, acc.mean(0), color=colour, label=f"p = {rate:g}")
-            if len(acc) > 1:
-                se = acc.std(0, ddof=1) / np.sqrt(len(acc))
-                ax.fill_between(epochs, acc.mean(0) - se, acc.mean(0) + se, color=colour, alpha=0.15, lw=0)
+            plot_mean_and_band(ax, curves[placement, rate], colour, f"p = {rate:g}")
         ax.set(title=f"dropout on {label}", xlabel="epoch")
         ax.grid(alpha=0.3)
-    low = min(np.percentile(100 * baseline[:, 2:], 5) if baseline.shape[1] > 2 else 100 * baseline.min(),
-              *(np.percentile(100 * c[:, 2:], 5) if c.shape[1] > 2 else 100 * c.min()
-                for c in curves.values()))
-    axes[0].set_ylim(max(0, low - 1), 100)
+    # the axis starts where the runs are after their first two epochs (5th percentile), not at their start
+    low = min(np.percentile(c[:, 2:], 5) if c.shape[1] > 2 else c.min() for c in (baseline, *curves.values()))
+    axes[0].set_ylim(max(0, 100 * low - 1), 100)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[-1].legend(fontsize=9, loc="lower right")
     seeds = baseline.shape[0]
@@ -186,11 +184,6 @@ def plot_dropout(curves, baseline):
                  + (f" (mean over {seeds} seeds; band: ±1 standard error)" if seeds > 1 else ""))
     fig.tight_layout()
     return fig
-
-
-def standard_error(values):
-    """Of the mean of ``values`` (one per seed); None with a single seed."""
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
 def dropout_rows(baseline, curves):
@@ -281,29 +274,25 @@ def run(ctx):
                                     "val_accuracy", "val_accuracy_se", "gain", "gain_se", "beyond_noise")},
                                     "val_accuracy_std": acc[:, -1].std(), "curve": acc.mean(0)}
                                    for ((placement, rate), acc), row in zip(curves.items(), rows[1:])]}
-    best = max(metrics["dropout"]["runs"], key=lambda r: r["val_accuracy"])
+    best, base = max(metrics["dropout"]["runs"], key=lambda r: r["val_accuracy"]), baseline[:, -1].mean()
+    setting, val_images = f"p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]}", len(data["val"][1])
     small = {k: f"{v['fraction_small']:.0%}" for k, v in metrics["penalties"].items()}
     ctx.note(f"L1 leaves {small['l1']} of the weights below {SMALL:g} in magnitude, L2 {small['l2']}, "
              f"no penalty {small['none']}.")
-    ctx.headline(f"val accuracy, best dropout (p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]})",
-                 best["val_accuracy"], metrics["dropout"]["baseline_val_accuracy"], "no dropout",
+    ctx.headline(f"val accuracy, best dropout ({setting})", best["val_accuracy"], base, "no dropout",
                  noise=best["gain_se"] if len(seeds) > 1 else None)
     if len(seeds) > 1:
         beyond = [r for r in rows[1:] if r["beyond_noise"] == "yes"]
-        ctx.note(f"Dropout: the best setting, p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]}, reaches "
-                 f"{best['val_accuracy']:.1%} validation accuracy against "
-                 f"{metrics['dropout']['baseline_val_accuracy']:.1%} "
-                 f"without ({100 * best['gain']:+.1f} ± {100 * best['gain_se']:.1f} points over {len(seeds)} seeds). "
-                 f"{len(beyond)} of the {len(rows) - 1} settings differ from no dropout by more than twice the "
-                 "standard error of the difference" + (": " + ", ".join(f"{r['placement']} p = {r['rate']:g} "
-                                                                f"({100 * r['gain']:+.1f})" for r in beyond)
-                                               if beyond else "")
-                 + "; the others are within the noise. That noise is the seeds' only: every run is scored on the "
-                 f"same {len(data['val'][1])} validation images, and on other images of that size one accuracy has "
-                 f"a binomial standard error of {binomial_se(best['val_accuracy'], len(data['val'][1])):.1%}. The "
-                 "best of nine settings is also picked on those images, which flatters it.")
+        listed = ": " + ", ".join(f"{r['placement']} p = {r['rate']:g} ({100 * r['gain']:+.1f})" for r in beyond)
+        ctx.note(f"Dropout: the best setting, {setting}, reaches {best['val_accuracy']:.1%} validation accuracy "
+                 f"against {base:.1%} without ({100 * best['gain']:+.1f} ± {100 * best['gain_se']:.1f} points over "
+                 f"{len(seeds)} seeds). {len(beyond)} of the {len(rows) - 1} settings differ from no dropout by more "
+                 f"than twice the standard error of the difference{listed if beyond else ''}; the others are within "
+                 "the noise. That noise is the seeds' only: every run is scored on the same "
+                 f"{val_images} validation images, and on other images of that size one accuracy has a binomial "
+                 f"standard error of {binomial_se(best['val_accuracy'], val_images):.1%}. The best of nine settings "
+                 "is also picked on those images, which flatters it.")
     else:
-        ctx.note(f"Dropout: best setting p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]} with "
-                 f"{best['val_accuracy']:.1%} validation accuracy against "
-                 f"{metrics['dropout']['baseline_val_accuracy']:.1%} without (one seed: no noise estimate).")
+        ctx.note(f"Dropout: best setting {setting} with {best['val_accuracy']:.1%} validation accuracy against "
+                 f"{base:.1%} without (one seed: no noise estimate).")
     return metrics

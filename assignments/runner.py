@@ -94,6 +94,18 @@ def fraction(text):
     return value
 
 
+def existing_file(text):
+    """A path that must name a file (a weight file, a checkpoint), checked before the run starts."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+existing_file.__name__ = "file"
+
+
 def comma_list(item=str, choices=None):
     """``a,b,c`` as a tuple of ``item``s, each one of ``choices`` when given."""
     def parse(text):
@@ -305,6 +317,12 @@ def binomial_se(accuracy, count):
     """The standard error of an accuracy measured on ``count`` test examples; the
     difference of two models on different test draws has about sqrt(2) times it."""
     return float(np.sqrt(accuracy * (1 - accuracy) / count))
+
+
+def standard_error(values):
+    """The standard error of the mean of ``values`` (one per seed: the seeds' spread);
+    None for a single value, which has no spread to estimate it from."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
 def _rank():
