@@ -348,10 +348,12 @@ class BatchNormFn(Function):
                 d = -a * sum_g / count
             else:
                 b = d = np.zeros_like(a)
-            dx = np.empty(self.x3.shape, dtype=dtype)
+            # Allocated in x's own shape, not as a reshaped view: autograd hands a
+            # fresh array to x.grad as it is, but copies a view of one.
+            grad_x = np.empty(self.x_shape, dtype=dtype)
             kernels.batch_norm_input_grad(g3, self.x3, self.mean.astype(dtype), a.astype(dtype),
-                                          b.astype(dtype), d.astype(dtype), dx)
-            grad_x = dx.reshape(self.x_shape)
+                                          b.astype(dtype), d.astype(dtype),
+                                          grad_x.reshape(self.x3.shape))
         return grad_x, grad_w, grad_b
 
 
