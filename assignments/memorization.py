@@ -116,8 +116,7 @@ def train(ctx, label, meta, x, y, epochs, lr, *, weight_decay=0.0, augment=None,
         callbacks.append(EpochCheckpoints(folder, checkpoint_epochs, meta))
     trainer = ctx.trainer(label, model, optimizer, callbacks=callbacks)
     loader = ctx.loader(x, y, shuffle=True, transform=augment)
-    history = ctx.fit(trainer, loader, epochs)
-    return trainer, history, len(loader)
+    return trainer, ctx.fit(trainer, loader, epochs), len(loader)
 
 
 def fit_text(run, epochs):
@@ -126,7 +125,7 @@ def fit_text(run, epochs):
 
 
 def load_data(ctx, c):
-    """(splits, training images normalised, labels, test images normalised, dataset options)."""
+    """(splits, training images normalised, their labels, dataset options)."""
     options = {"n": c.shapes_images, "size": c.image_size} if ctx.dataset == "shapes" else {}
     splits = ctx.load_dataset(**options)
     keep = slice(None) if c.train_size is None else slice(0, c.train_size)
@@ -140,12 +139,11 @@ def plot_figure1(runs, shares, budget_steps, model, dataset):
                                [h["loss"] for h in r["history"]]) for s, r in runs.items()}
     plots.line_plot(curves, "(a) training loss", "optimisation steps", "training loss (cross-entropy)", ax=axes[0],
                     logy=True)
-    steps = [runs[s]["fitted_step"] for s in shares]
-    fitted = [(100 * shares[s], v) for s, v in zip(shares, steps) if v is not None]
-    missed = [(100 * shares[s], budget_steps[s]) for s, v in zip(shares, steps) if v is None]
-    series = {"steps until fitted": tuple(zip(*fitted))} if fitted else {}
-    if missed:
-        series["not fitted: the budget's steps"] = tuple(zip(*missed))
+    fitted = [s for s in shares if runs[s]["fitted_step"] is not None]
+    missed = [s for s in shares if s not in fitted]
+    series = {"steps until fitted": ([100 * shares[s] for s in fitted], [runs[s]["fitted_step"] for s in fitted]),
+              "not fitted: the budget's steps": ([100 * shares[s] for s in missed], [budget_steps[s] for s in missed])}
+    series = {name: points for name, points in series.items() if points[0]}  # no empty line in the legend
     axes[0].legend(fontsize=7, loc="upper right")  # the curves fall from the top left to the bottom right
     plots.line_plot(series, "(b) convergence slowdown", "label corruption (%)", "steps until fitted", ax=axes[1])
     axes[1].set_ylim(0, None)
@@ -172,9 +170,8 @@ def plot_regularization(rows, dataset, model):
 def run(ctx):
     c = ctx.config
     splits, x, y, options = load_data(ctx, c)
-    test_x, test_y = splits.normalize(splits.test.x), splits.test.y
-    meta = model_meta(ctx, splits, c.model, options)
-    test_loader = ctx.loader(test_x, test_y, batch_size=500)
+    test_y, meta = splits.test.y, model_meta(ctx, splits, c.model, options)
+    test_loader = ctx.loader(splits.normalize(splits.test.x), test_y, batch_size=500)
     metrics = {"dataset": ctx.dataset, "model": c.model, "train_size": len(y), "test_size": len(test_y),
                "fit_threshold": c.fit_threshold, "epoch_budget": c.epochs, "runs": {}}
     ctx.log(f"{len(y):,} training images ({splits.description})")
@@ -208,8 +205,7 @@ def run(ctx):
                     f"(an epoch at {c.fit_threshold:.0%} training accuracy) or {c.epochs} epochs end. (b) Steps until "
                     "fitted against the share of random labels. (c) Test error on the true test labels and final "
                     "training error against the share of random labels; the dotted line is chance.")
-    ctx.table("settings", [{"setting": r["setting"], "epochs": r["epochs"], "fitted_step": r["fitted_step"],
-                            "train_accuracy": r["train_accuracy"], "test_error": r.get("test_error")}
+    ctx.table("settings", [{k: r.get(k) for k in ("setting", "epochs", "fitted_step", "train_accuracy", "test_error")}
                            for r in runs.values()],
               f"The {c.model} on {len(y):,} {ctx.dataset} images, SGD lr {c.lr:g}, momentum 0.9, batch {c.batch_size}, "
               "no regularisation. Steps until fitted: none when the budget ended first.",
@@ -247,26 +243,23 @@ def regularization_study(ctx, meta, splits, x, y, test_loader, runs, metrics):
     """True and fully random labels with each regulariser alone ("none": the sweep's runs)."""
     c = ctx.config
     random_y = corrupt(splits.train.x[:len(y)], y, "labels", 1.0, num_classes=splits.num_classes, seed=ctx.seed + 1)[1]
-    rows = []
+    rows = metrics["regularization"] = []
     for reg in ctx.progress(c.regularizers, "regularisers"):
         options = {"weight_decay": {"weight_decay": c.weight_decay}, "dropout": {"dropout": c.dropout},
                    "augmentation": {"augment": augmentation(splits.in_shape)}}
         row = {"regularizer": reg}
         for part, labels in (("true", y), ("random", random_y)):
             done = runs.get("true" if part == "true" else "random_labels") if reg == "none" else None
-            if done is not None:  # the same run as in the sweep
-                row.update({f"{part}_train": done["train_accuracy"], f"{part}_epochs": done["epochs"]})
+            if done is None:  # else the same run as in the sweep
+                trainer, history, _ = train(ctx, f"{c.model}_{reg}_{part}", meta, x, labels, c.epochs, c.lr,
+                                            threshold=c.fit_threshold, **options.get(reg, {}))
+                done = {"train_accuracy": history[-1]["accuracy"], "epochs": len(history)}
                 if part == "true":
-                    row["true_test"] = 1 - done["test_error"]
-                continue
-            trainer, history, _ = train(ctx, f"{c.model}_{reg}_{part}", meta, x, labels, c.epochs, c.lr,
-                                        threshold=c.fit_threshold, **options.get(reg, {}))
-            row[f"{part}_train"] = history[-1]["accuracy"]
-            row[f"{part}_epochs"] = len(history)
+                    done["test_accuracy"] = trainer.evaluate(test_loader)["accuracy"]
+            row.update({f"{part}_train": done["train_accuracy"], f"{part}_epochs": done["epochs"]})
             if part == "true":
-                row["true_test"] = trainer.evaluate(test_loader)["accuracy"]
+                row["true_test"] = done["test_accuracy"] if "test_accuracy" in done else 1 - done["test_error"]
         rows.append(row)
-    metrics["regularization"] = rows
     ctx.save_figure(plot_regularization(rows, ctx.dataset, c.model), "regularization",
                     f"Final training accuracy on true and on random labels, and test accuracy of the true-label "
                     f"network, with no regularisation, weight decay ({c.weight_decay:g}), augmentation (random crops, "
@@ -276,11 +269,11 @@ def regularization_study(ctx, meta, splits, x, y, test_loader, runs, metrics):
                   "regularizer": "regulariser", "true_train": ("train acc, true", "{:.1%}"),
                   "true_test": ("test acc, true", "{:.1%}"), "random_train": ("train acc, random", "{:.1%}"),
                   "true_epochs": "epochs, true", "random_epochs": "epochs, random"})
+
     def listed(group, key):
         return ", ".join(f"{REGULARIZERS[r['regularizer']]} {r[key]:.1%}" for r in group)
-    none = [r for r in rows if r["regularizer"] == "none"]
-    memorised = [r for r in rows if r["regularizer"] != "none" and r["random_train"] >= 0.5]
-    held = [r for r in rows if r["regularizer"] != "none" and r["random_train"] < 0.5]
+    none, others = [r for r in rows if r["regularizer"] == "none"], [r for r in rows if r["regularizer"] != "none"]
+    memorised, held = [r for r in others if r["random_train"] >= 0.5], [r for r in others if r["random_train"] < 0.5]
     ctx.note(f"Regularisation, test accuracy on true labels: {listed(rows, 'true_test')} (chance "
              f"{1 / splits.num_classes:.0%})" + (f"; without any regulariser the network generalises too (not "
              "necessary)" if none and none[0]["true_test"] > 2 / splits.num_classes else "")
