@@ -4,10 +4,9 @@ it through the runner (``ctx.trainer``, ``ctx.fit``) or loading it with ``--chec
 and picking the images to show. Everything about explaining lives in
 ``reference_torch.explain``; this module only wires a model to it.
 
-The model is ``Sequential(normalize=Normalize(mean, std), net=SmallCNN(...))``: it takes
-images in [0, 1], so attributions, deletion substrates, attack budgets and feature
-visualisations all live in pixel space. It lives on the run's device, and every batch of
-images reaches it through ``ctx.to_device``.
+The model is ``reference_torch.explain.small_cnn``'s (its normalisation inside: it takes
+images in [0, 1]). It lives on the run's device, and every batch of images reaches it
+through ``ctx.to_device``.
 
 The drivers train the same model, so it is trained once per configuration and cached:
 ``<cache>/<dataset>-<hash>.pt``, the hash of everything that changes the trained weights
@@ -22,22 +21,19 @@ import hashlib
 import json
 import os
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import minidl.data
 from minidl.errors import InputError
 from minidl.fileio import file_lock
-from reference_torch import explain as E
 from reference_torch.checkpoint import load_checkpoint, save_checkpoint
+# the model itself, which the drivers and tests also reach here (C.blocks, C.build_model, ...)
+from reference_torch.explain.small_cnn import WIDTHS, attribution_methods, blocks, build_model, read_model  # noqa: F401
 from reference_torch.train import evaluate, seed_everything, warmup_cosine
-from reference_torch.twins import SmallCNN
 
-from .runner import positive_int
+from .runner import existing_file, positive_int
 
 # The training settings every driver's PROFILES start from: images generated (shapes
 # only), training images used, epochs, batch size and peak learning rate (Adam, warm-up
@@ -47,58 +43,19 @@ from .runner import positive_int
 TRAINING = {"shapes_images": 10000, "train_images": 8000, "epochs": 4, "batch_size": 32, "lr": 3e-3}
 QUICK_TRAINING = {"shapes_images": 2000, "train_images": 1600, "epochs": 2}
 DATASET_SETTINGS = {"cifar10": {"train_images": 20000, "epochs": 4, "batch_size": 64}}
-WIDTHS = (16, 32, 64)
 # Part of every cache key: raise it when train_model changes in a way that changes the
 # weights it returns, so that older cached models are not mistaken for new ones.
 RECIPE_VERSION = 1
 CACHE_ENV = "MINIDL_MODEL_CACHE"
 
 
-def existing_file(text):
-    """An option's path that must name a file (checked before the run starts)."""
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return text
-
-
-existing_file.__name__ = "file"
-
-
-def _first(items, count=3):
-    return ", ".join(items[:count]) + (f" ... ({len(items)} in all)" if len(items) > count else "")
-
-
 def model_file(text):
-    """--checkpoint, --models: a model.pt of these drivers, checked before the run starts:
-    a readable torch file (tensors and plain data only) with 'model' and 'arch' entries,
-    whose keys and shapes fit the architecture 'arch' describes."""
+    """--checkpoint, --models: a model.pt of these drivers (``read_model``), checked before the run starts."""
     existing_file(text)
     try:
-        state = load_checkpoint(text)
-    except InputError as error:
-        raise argparse.ArgumentTypeError(f"cannot be read as a model.pt: {error}") from None
-    if not isinstance(state, dict) or "model" not in state or "arch" not in state:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a model.pt of the interpretability drivers (it needs 'model' and 'arch' "
-            "entries); pass a file written by `python -m assignments run explanations`")
-    try:
-        arch = state["arch"]
-        own = build_model(arch["in_shape"], arch["num_classes"], arch["mean"], arch["std"],
-                          arch["widths"]).state_dict()
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise argparse.ArgumentTypeError(f"{text}: its 'arch' entry does not describe a model "
-                                         f"({type(error).__name__}: {error})") from None
-    saved = state["model"]
-    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
-    faults = [f"{what}: {_first(keys)}" for what, keys in
-              (("missing keys", missing), ("unexpected keys", unexpected), ("shapes", shapes)) if keys]
-    if faults:
-        raise argparse.ArgumentTypeError(f"{text}: the weights do not fit the model its 'arch' "
-                                         f"describes ({'; '.join(faults)})")
+        read_model(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 
@@ -136,42 +93,6 @@ def load_data(ctx, bias=False):
 
 
 # ------------------------------------------------------------------------ the model
-def build_model(in_shape, num_classes, mean, std, widths=WIDTHS):
-    """Normalisation + ``reference_torch.twins.SmallCNN`` (conv-BN-ReLU-pool blocks, linear head)."""
-    return nn.Sequential(OrderedDict(
-        normalize=E.Normalize(mean, std),
-        net=SmallCNN(tuple(in_shape), num_classes=num_classes, widths=tuple(widths), batch_norm=True)))
-
-
-@dataclass(frozen=True)
-class Block:
-    """One conv-BN-ReLU-pool block of the SmallCNN: its number (1 for the first), the
-    module names of its conv and of its ReLU (after batch norm, before pooling), its
-    channels and the side of its maps (the image's, halved by each block before it)."""
-    number: int
-    conv: str
-    relu: str
-    channels: int
-    size: int
-
-    @property
-    def name(self):
-        return f"block{self.number}"
-
-    @property
-    def conv_name(self):
-        return f"conv{self.number}"
-
-
-def blocks(model, height):
-    """The Blocks of the SmallCNN inside ``model`` for images ``height`` pixels high, in order."""
-    modules = list(model.named_modules())
-    convs = [(name, m) for name, m in modules if isinstance(m, nn.Conv2d)]
-    relus = [name for name, m in modules if isinstance(m, nn.ReLU)]
-    return [Block(i + 1, conv, relu, m.out_channels, height >> i)
-            for i, ((conv, m), relu) in enumerate(zip(convs, relus))]
-
-
 def train_model(ctx, splits, label):
     """Train the small CNN on (a stratified subset of) ``splits.train`` with the run's
     trainer (device, AMP, checkpoints for --resume; its history kept under ``label``).
@@ -215,14 +136,9 @@ def load_model(ctx, path, splits, option="--checkpoint", state=None):
     dataset. ``option`` names the command-line option the path came from; ``state``:
     the file's contents when already read."""
     try:
-        state = load_checkpoint(path) if state is None else state
-    except Exception as error:  # not a torch file, or one holding arbitrary Python objects
-        raise SystemExit(f"{option} {path}: cannot be read as a model.pt ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
-    if not isinstance(state, dict) or "model" not in state or "arch" not in state:
-        raise SystemExit(f"{option} {path}: not a model.pt of the interpretability drivers (it needs 'model' "
-                         "and 'arch' entries); pass a file written by `python -m assignments run explanations`")
-    arch = state["arch"]
+        model, arch = read_model(path, state)
+    except ValueError as error:
+        raise SystemExit(f"{option}: {error}") from None
     if arch.get("dataset") != splits.name:  # shapes and CIFAR-10 images have the same shape
         raise SystemExit(f"{option} {path}: the model was trained on {arch.get('dataset')}, but this run uses "
                          f"{splits.name}; pass --dataset {arch.get('dataset')} or a model for {splits.name}")
@@ -230,11 +146,6 @@ def load_model(ctx, path, splits, option="--checkpoint", state=None):
         raise SystemExit(f"{option} {path}: the model takes {arch['dataset']} images {arch['in_shape']} with "
                          f"{arch['num_classes']} classes, but this run uses {splits.name} "
                          f"{list(splits.in_shape)} with {splits.num_classes}; pass the matching --dataset")
-    model = build_model(arch["in_shape"], arch["num_classes"], arch["mean"], arch["std"], arch["widths"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:  # keys or shapes that do not fit (model_file checks --checkpoint)
-        raise SystemExit(f"{option} {path}: the weights do not fit the model ({str(error).splitlines()[0]})") from None
     return model.to(ctx.device).eval()
 
 
@@ -333,21 +244,6 @@ METHODS = {"occlusion": "occlusion", "saliency": "saliency", "input_x_gradient":
 # a gradient's magnitude and Grad-CAM ends in a ReLU, the other three are signed.
 SIGNED = {"occlusion": True, "saliency": False, "input_x_gradient": True, "gradcam": False,
           "integrated_gradients": True}
-
-
-def attribution_methods(model, height, ig_steps=32):
-    """The five methods by key, all explaining pixels in [0, 1]: occlusion with a grey
-    patch (0.5) a quarter of the image wide (half-overlapping), Grad-CAM at the last conv block
-    (after its ReLU, before pooling), integrated gradients from a black image in
-    ``ig_steps`` steps."""
-    patch = max(2, height // 4)  # 8 px on 32-pixel images: about the size of a small shape
-    return {
-        "occlusion": E.Occlusion(model, patch=patch, stride=patch // 2, baseline=0.5),
-        "saliency": E.Saliency(model),
-        "input_x_gradient": E.InputXGradient(model),
-        "gradcam": E.GradCAM(model, layer=blocks(model, height)[-1].relu),
-        "integrated_gradients": E.IntegratedGradients(model, n_steps=ig_steps, baseline=0.0),
-    }
 
 
 # ------------------------------------------------------------------------ images
