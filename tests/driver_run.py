@@ -1,4 +1,5 @@
 """One way for the driver tests to run a driver and check what every run must write."""
+import csv
 import json
 
 import pytest
@@ -100,3 +101,61 @@ class NoTorch:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTorch())
 """
+
+
+# ------------------------------------------------------------------ killed, then --resume
+class Killed(Exception):
+    """What stops a run in the middle, as a kill would."""
+
+
+def history_rows(out, timings=()):
+    """history.csv as {run: [row, ...]}, without the columns in ``timings`` (the times a
+    rerun changes)."""
+    runs = {}
+    with open(out / "history.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            runs.setdefault(row.pop("run"), []).append({k: v for k, v in row.items() if k not in timings})
+    return runs
+
+
+def run_killed(monkeypatch, name, out, stop_at, *extra):
+    """Run ``NAME --quick --out OUT EXTRA...`` and stop it as a kill would when its
+    ``stop_at``-th epoch starts (after the checkpoints of those before); it must not have
+    written its metrics. Returns a list that from then on records every epoch trained (by
+    the --resume that follows) as the number its trainer had finished before it."""
+    from reference_torch.train import Trainer
+
+    epochs, train_epoch, stop = [], Trainer._train_epoch, {"at": stop_at}
+
+    def counted(self, *args):
+        epochs.append(self.epoch)
+        if len(epochs) == stop["at"]:
+            raise Killed
+        return train_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", counted)
+    with pytest.raises(Killed):
+        main(["run", name, "--quick", "--out", str(out), *extra])
+    assert not (out / "metrics.json").exists(), f"{name} wrote its metrics before it was killed"
+    epochs.clear()
+    stop["at"] = None  # from now on only counting
+    return epochs
+
+
+def checkpoints(out):
+    """Every checkpoint file of a run and when it was last written."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted((out / "checkpoints").rglob("*.pt"))}
+
+
+def resume_finished_run(name, out, timings):
+    """Run ``name`` again with --resume on the folder of a finished quick run: nothing may
+    train again (no checkpoint is rewritten), the histories and numbers but ``timings``
+    stay the same, and it takes less time than the run did. Returns the metrics."""
+    history, metrics = history_rows(out, timings), json.loads((out / "metrics.json").read_text())
+    written, seconds = checkpoints(out), json.loads((out / "manifest.json").read_text())["seconds"]
+    again, manifest = run_quick(name, out, "--resume")
+    assert checkpoints(out) == written, "a finished run trained again"
+    assert history_rows(out, timings) == history
+    assert without_timings(again, timings) == without_timings(metrics, timings)
+    assert manifest["seconds"] < seconds, (manifest["seconds"], seconds)
+    return again

@@ -3,7 +3,6 @@ declared figures, tables and metrics; --resume continues an interrupted run to t
 result and retrains nothing that was finished; training only the last layer leaves every
 pretrained weight (and batch-norm statistic) untouched; a bad option or a torchvision
 weight file that does not fit fails before anything runs, with a message that says why."""
-import csv
 import json
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from assignments.__main__ import main  # noqa: E402
-from driver_run import quick_run_fixture, run_quick, torchvision_resnet18_file, without_timings  # noqa: E402
+from driver_run import (history_rows, quick_run_fixture, resume_finished_run, run_killed, run_quick,  # noqa: E402
+                        torchvision_resnet18_file, without_timings)
 from reference_torch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -23,33 +23,7 @@ TIMINGS = ("seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds", "augm
 
 def history(out):
     """history.csv as {run: [row, ...]}, without the wall and CPU times (they differ between runs)."""
-    runs = {}
-    with open(out / "history.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            runs.setdefault(row.pop("run"), []).append({k: v for k, v in row.items() if k not in TIMINGS})
-    return runs
-
-
-def checkpoints(out):
-    """Every checkpoint file of a run and when it was last written."""
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted((out / "checkpoints").rglob("*.pt"))}
-
-
-def resume_finished_run(name, out):
-    """Run ``name`` again with --resume on the folder of a finished quick run: nothing may
-    train again (no checkpoint is rewritten), and the histories and numbers stay the same."""
-    before = (history(out), json.loads((out / "metrics.json").read_text()), checkpoints(out))
-    seconds = json.loads((out / "manifest.json").read_text())["seconds"]
-    metrics, manifest = run_quick(name, out, "--resume")
-    assert checkpoints(out) == before[2], "a finished run trained again"
-    assert history(out) == before[0]
-    assert without_timings(metrics, TIMINGS) == without_timings(before[1], TIMINGS)
-    assert manifest["seconds"] < seconds, (manifest["seconds"], seconds)
-    return metrics
-
-
-class Killed(Exception):
-    """What stops a run in the middle, as a kill would."""
+    return history_rows(out, TIMINGS)
 
 
 # ------------------------------------------------------------------ transfer_learning
@@ -120,27 +94,12 @@ def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_pat
     that never stopped, and a second --resume of a finished run trains nothing."""
     reference, reference_metrics, _ = tl_quick
     settings = json.loads((reference / "config.json").read_text())["settings"]
-    stop = {"at": settings["pretrain_epochs"] + 2 * settings["epochs"] + 4}  # epoch 4 of the third run
-    epochs, train_epoch = [], Trainer._train_epoch
-
-    def interrupted(self, *args):  # counts the epochs trained (as the number completed before each)
-        epochs.append(self.epoch)
-        if len(epochs) == stop["at"]:
-            raise Killed
-        return train_epoch(self, *args)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
-    with pytest.raises(Killed):
-        main(["run", "transfer_learning", "--quick", "--out", str(out)])
-    monkeypatch.undo()
-    assert not (out / "metrics.json").exists()
+    third_run = settings["pretrain_epochs"] + 2 * settings["epochs"]
+    epochs = run_killed(monkeypatch, "transfer_learning", out, third_run + 4)  # epoch 4 of the third run
     # the runs of the learning-rate grid, in order: head at 1x and 3x --lr, then finetune at 1x --finetune-lr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["finetune_lr0.0003", "head_lr0.001",
                                                                        "head_lr0.003", "pretrain"]
-    epochs.clear()
-    stop["at"] = None  # from now on only counting
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
     metrics, _ = run_quick("transfer_learning", out, "--resume")
     assert epochs[:3] == [3, 4, 5]  # the rest of the third run, then the nine after it
     assert len(epochs) == 3 + 9 * settings["epochs"]
@@ -148,7 +107,7 @@ def test_transfer_learning_resume_continues_an_interrupted_run(tl_quick, tmp_pat
     assert without_timings(metrics, TIMINGS) == without_timings(reference_metrics, TIMINGS)
 
     epochs.clear()
-    resume_finished_run("transfer_learning", out)
+    resume_finished_run("transfer_learning", out, TIMINGS)
     assert epochs == []
 
 
@@ -298,7 +257,7 @@ def test_augmentation_quick(aug_quick):
 
 @pytest.mark.slow
 def test_augmentation_resume_of_a_finished_run_trains_nothing(aug_quick):
-    resume_finished_run("augmentation", aug_quick[0])
+    resume_finished_run("augmentation", aug_quick[0], TIMINGS)
 
 
 def test_augmentation_rejects_a_training_set_larger_than_the_data(tmp_path):

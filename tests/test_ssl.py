@@ -210,18 +210,6 @@ def test_fixmatch_quick_run_beats_labelled_only(fixmatch_run):
     assert metrics["labelled_indices"] == ssl.balanced_labelled_subset(y, metrics["per_class"], 0)[0][:20].tolist()
 
 
-class Killed(Exception):
-    """What stops a run in the middle, as a kill would."""
-
-
-def history_rows(out):
-    """history.csv as {run: [row, ...]} (these drivers write no times into it)."""
-    import csv
-    with open(out / "history.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {run: [r for r in rows if r["run"] == run] for run in dict.fromkeys(r["run"] for r in rows)}
-
-
 # (driver, the epoch call that is killed, the epoch the resumed run starts from): SimCLR in its
 # third pre-training epoch; FixMatch after the 4 labelled-only epochs, in its second.
 @pytest.mark.slow
@@ -233,29 +221,14 @@ def test_an_interrupted_run_resumed_ends_as_the_uninterrupted_one(name, stop_at,
     the same histories and metrics as the run that never stopped (the augmentations' random
     stream, the loaders' order and the labelled subset all come back), and the epochs
     already finished are not trained again."""
-    from driver_run import run_quick
+    from driver_run import history_rows, run_killed, run_quick
 
-    from assignments.__main__ import main
-    from reference_torch.train import Trainer
     reference, reference_metrics, _ = request.getfixturevalue(f"{name}_run")
-    epochs, train_epoch, stop = [], Trainer._train_epoch, {"at": stop_at}
-
-    def interrupted(self, *args):
-        epochs.append(self.epoch)
-        if len(epochs) == stop["at"]:
-            raise Killed
-        return train_epoch(self, *args)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
-    with pytest.raises(Killed):
-        main(["run", name, "--quick", "--out", str(out)])
-    assert not (out / "metrics.json").exists()
-    epochs.clear()
-    stop["at"] = None  # from now on only counting
+    epochs = run_killed(monkeypatch, name, out, stop_at)
     metrics, _ = run_quick(name, out, "--resume")
     assert epochs[0] == resumed_from  # where it stopped: nothing finished is trained again
-    assert history_rows(out) == history_rows(reference)
+    assert history_rows(out) == history_rows(reference)  # these drivers write no times into it
     assert metrics == reference_metrics
 
 
