@@ -4,6 +4,7 @@ before anything is written. And every driver declares the protocol of runner.py.
 import argparse
 import csv
 import importlib
+import json
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import minidl as md
 
 import assignments
 from assignments.__main__ import main
+from assignments.report import unsupported_numbers
 from assignments.runner import EMBEDDED, PROFILE_NAMES, TORCH_SETTINGS, parser_for, settings
 from driver_run import assert_refused, run_quick
 
@@ -99,22 +101,32 @@ def test_cifar_cnn_quick(tmp_path):
         min(v for c, v in per_class.items() if c not in metrics["hardest_classes"])
     assert len(_histories(out)["cnn"]) == metrics["epochs"]
     (sweep,) = [t for t in manifest["tables"] if t["name"] == "sweep"]
-    rows = sweep["rows"]
-    assert rows[0]["factor"] == "base" and len(rows) >= 3
-    assert [(row["factor"], row["value"]) for row in rows[1:]] == [("lr", 1e-3), ("lr", 1e-2), ("depth", 2),
-                                                                   ("depth", 4)]  # the quick profile's factors
+    rows = metrics["sweep"]  # the table shows a selection of their keys
+    assert [row["setting"] for row in sweep["rows"]] == [row["setting"] for row in rows]
+    assert [(row["factor"], row["value"]) for row in rows] == [("base", None), ("depth", 2), ("depth", 4)]
     base = rows[0]
-    for row in rows[1:]:  # one factor away from the base setting
-        if row["factor"] == "depth":  # conv stages, the channels doubling from the base's first
-            assert len(row["widths"]) == row["value"] and row["widths"][0] == base["widths"][0]
-            assert row["lr"] == base["lr"]
-        else:
-            assert row[row["factor"]] == row["value"] and row["widths"] == base["widths"]
-    assert rows[2]["parameters"] == base["parameters"] and rows[4]["parameters"] > base["parameters"]
-    # every setting trains the same epochs (a convergence budget, not a race)
+    for row in rows[1:]:  # conv stages, the channels doubling from the base's first
+        assert len(row["widths"]) == row["value"] and row["widths"][0] == base["widths"][0]
+        assert row["lr"] == base["lr"] and row["setting"] == f"depth={row['value']}"
+    assert rows[2]["parameters"] > base["parameters"]
+    # every setting trains the same epochs on the same images, shrunk to 16x16 (a convergence budget)
+    epochs = json.loads((out / "config.json").read_text())["settings"]["sweep_epochs"]
+    assert metrics["sweep_epochs"] == epochs and metrics["sweep_image_shape"] == [3, 16, 16]
+    assert metrics["sweep_train_images"] == 600
     histories = _histories(out)
-    sweeps = [h for run, h in histories.items() if run.startswith("sweep_")]
-    assert len(sweeps) == len(rows) and {len(h) for h in sweeps} == {2}
+    n_val = sum(metrics["class_counts"]["validation"])
+    for row in rows:
+        curve = [float(r["val_accuracy"]) for r in histories["sweep_" + row["setting"].replace("=", "_")]]
+        assert len(curve) == epochs and row["val_accuracy"] == pytest.approx(curve[-1])
+        # its change over the last epoch and over the last quarter of the epochs: the plateau
+        assert row["last_epoch_gain"] == pytest.approx(curve[-1] - curve[-2])
+        assert row["late_gain"] == pytest.approx(curve[-1] - curve[-1 - epochs // 4])
+        acc = row["val_accuracy"]
+        assert row["val_se"] == pytest.approx(np.sqrt(acc * (1 - acc) / n_val))
+    for row in rows[1:]:  # its difference from the base, against the binomial noise of two accuracies
+        assert row["vs_base"] == pytest.approx(row["val_accuracy"] - base["val_accuracy"])
+        assert row["diff_se"] == pytest.approx(np.hypot(row["val_se"], base["val_se"]))
+        assert row["beyond_noise"] == (abs(row["vs_base"]) > 2 * row["diff_se"])
     assert {"factor", "value"} <= set(metrics["best_setting"])
     assert metrics["best_sweep_val_accuracy"] == max(row["val_accuracy"] for row in rows)
     # the confusion matrix counts images: its rows sum to the test set's class counts
@@ -125,7 +137,39 @@ def test_cifar_cnn_quick(tmp_path):
     acc = metrics["test_accuracy"]
     assert headline["noise"] == pytest.approx(np.sqrt(acc * (1 - acc) / n_test))
     val = [float(r["val_accuracy"]) for r in histories["cnn"]]
-    assert metrics["last_two_epochs_val_gain"] == pytest.approx(val[-1] - val[-3])
+    assert metrics["late_val_gain"] == pytest.approx(val[-1] - val[-2])  # 4 epochs: a quarter is one
+    assert unsupported_numbers(out) == []  # every number a caption or note quotes was measured
+
+
+@pytest.mark.slow
+def test_cifar_cnn_full_sweep_reuses_the_main_model_as_its_base(tmp_path):
+    """--profile full gives every setting the main model's budget: the main model's run
+    is then the base setting, not trained a second time."""
+    replay = tmp_path / "config.json"  # full, on a tiny budget
+    replay.write_text(json.dumps({"driver": "cifar_cnn", "profile": "full", "settings": {
+        "images": 600, "train_images": 400, "epochs": 2, "sweep": ["width"]}}))
+    out = tmp_path / "out"
+    assert main(["run", "cifar_cnn", "--config", str(replay), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    histories = _histories(out)
+    rows = metrics["sweep"]
+    assert [row["setting"] for row in rows] == ["base", "width=0.5", "width=1.5"]
+    assert [row["widths"] for row in rows] == [[8, 16, 32], [4, 8, 16], [12, 24, 48]]
+    assert metrics["sweep_image_shape"] == [3, 32, 32] and metrics["sweep_train_images"] == 400
+    assert [{**row, "run": "cnn"} for row in histories["sweep_base"]] == histories["cnn"]
+    assert rows[0]["seconds"] == metrics["train_seconds"]
+    assert rows[0]["val_accuracy"] == metrics["final_val_accuracy"]
+    assert all(len(histories["sweep_" + row["setting"].replace("=", "_")]) == 2 for row in rows)
+
+
+def test_cifar_cnn_pool_averages_blocks():
+    from assignments.cifar_cnn import pool
+
+    x = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    shrunk = pool(x, 2)
+    assert shrunk.shape == (2, 1, 2, 2) and shrunk.dtype == np.float32
+    assert shrunk[0, 0].tolist() == [[2.5, 4.5], [10.5, 12.5]]  # (0 + 1 + 4 + 5) / 4, ...
+    assert pool(x, 1) is x
 
 
 def test_confusion_matrix_cells_hold_counts_and_row_shares():
@@ -155,7 +199,8 @@ def test_cifar_cnn_sweep_options_set_the_factors():
     def config(*argv):
         return settings(driver, vars(parser_for(driver).parse_args(list(argv))))[1]
 
-    assert config("--quick").sweep == ("lr", "depth")
+    assert config("--quick").sweep == ("depth",)
+    assert config().sweep == ("depth", "width") and config("--profile", "full").sweep_epochs is None
     assert config("--sweep", "width,lr").sweep == ("width", "lr")
     assert config("--no-sweep").sweep == ()
     assert config("--dataset", "cifar10").epochs == 6  # its DATASET_SETTINGS
