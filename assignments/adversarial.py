@@ -1,19 +1,15 @@
 """ITU week 5, task 4: adversarial examples. FGSM and PGD under an L-infinity budget,
 untargeted and targeted, against a small CNN trained here.
 
-    data     shapes (10 classes of 32x32 colour shapes on clutter) or CIFAR-10
-             (--dataset cifar10 --data-dir ...)
-    model    the interpretability drivers' small CNN with its normalisation inside
-             (``_explain_common``): it takes images in [0, 1], so the budget eps is in
-             pixel units (eps = 8/255: every pixel may move by 8 grey levels)
-    attacks  ``reference_torch.explain.fgsm`` (one signed-gradient step) and ``pgd``
-             (several projected steps from a random start), each untargeted (push the
-             true class's loss up) and targeted (pull a chosen wrong class's loss down)
-    outputs  accuracy against eps for both attacks, beside random noise of the same
-             size and PGD's images saved as 8-bit files (a budget under one grey level,
-             1/255, does not survive that), the targeted success rate against eps, and
-             example images with the perturbation magnified and the predictions
-             before and after
+    data     shapes (10 classes of 32x32 colour shapes on clutter) or CIFAR-10 (--dataset cifar10)
+    model    the interpretability drivers' small CNN (``_explain_common``), its normalisation inside:
+             it takes images in [0, 1], so eps is in pixel units (8/255: 8 grey levels per pixel)
+    attacks  ``reference_torch.explain.fgsm`` (one signed-gradient step) and ``pgd`` (projected steps
+             from a random start), untargeted (the true class's loss up) and targeted (a chosen
+             wrong class's loss down)
+    outputs  accuracy against eps beside random noise of the same size and PGD's images saved as
+             8-bit files (a budget under one grey level, 1/255, does not survive that), the targeted
+             success rate, examples with the perturbation magnified and the predictions before and after
 """
 from __future__ import annotations
 
@@ -56,8 +52,7 @@ DATASETS = ("shapes", "cifar10")
 DEFAULT = True
 THREADS = "small"
 TORCH = True
-# On top of the shared training settings: test images attacked, budgets (in grey levels
-# of 255), PGD steps and examples shown.
+# On top of the shared training settings: test images attacked, budgets (grey levels of 255), PGD steps, examples.
 PROFILES = {
     "default": {**C.TRAINING, "images": 200, "eps_levels": (0, 0.25, 0.5, 1, 2, 4, 8, 32),
                 "pgd_steps": 7, "examples": 5},
@@ -65,17 +60,19 @@ PROFILES = {
 }
 DATASET_SETTINGS = C.DATASET_SETTINGS
 ATTACKS = {"fgsm": "FGSM", "pgd": "PGD"}
+UNTARGETED = {**ATTACKS, "pgd_8bit": "PGD 8-bit", "random_noise": "random noise"}  # the attacks, two references
 # Slack for "monotone" and "PGD not weaker": one image in a few hundred may go either way
 # (FGSM's single big step can overshoot; PGD's random start is random).
 TOLERANCE = 0.02
+# The examples' budget: the smallest where PGD's accuracy < the first and targeted PGD's hits >= the second.
+EXAMPLES_ACCURACY_BELOW, EXAMPLES_HITS_AT_LEAST = 0.2, 0.5
 
 
 def grey_level(text):
     """A budget in grey levels of 255: 8 is eps = 8/255 in [0, 1] pixel units."""
     level = float(text)
     if not 0 <= level <= 255:
-        raise argparse.ArgumentTypeError(f"must be a grey level between 0 and 255, got {text} "
-                                         "(8 means eps = 8/255 in [0, 1] pixel units)")
+        raise argparse.ArgumentTypeError(f"must be a grey level between 0 and 255 (8: eps = 8/255), got {text}")
     return level
 
 
@@ -126,13 +123,12 @@ def attack_curves(model, x, y, targets, eps_list, pgd_steps, seed):
 
 
 def display_eps(eps_list, curves):
-    """The budget to show examples at: the smallest where untargeted PGD leaves under 20 % of
-    the images correct and targeted PGD hits its target for at least half (perturbations still
-    small, predictions already changed), else the largest."""
+    """The budget to show examples at and whether it meets EXAMPLES_*: the smallest that does
+    (perturbations still small, predictions already changed), else the largest."""
     for eps, accuracy, hits in zip(eps_list, curves["pgd"], curves["pgd_targeted"]):
-        if eps > 0 and accuracy < 0.2 and hits >= 0.5:
-            return eps
-    return max(eps_list)
+        if eps > 0 and accuracy < EXAMPLES_ACCURACY_BELOW and hits >= EXAMPLES_HITS_AT_LEAST:
+            return eps, True
+    return max(eps_list), False
 
 
 # ------------------------------------------------------------------------ figures
@@ -142,10 +138,9 @@ def plot_curves(curves, eps_levels, chance, clean, dataset, n_images, pgd_steps)
     names = {"fgsm": "FGSM", "pgd": f"PGD ({pgd_steps} steps)"}
     references = {"pgd_8bit": ("PGD, image saved as 8-bit", dict(color="tab:orange", ls="--", lw=1.3)),
                   "random_noise": ("random ±eps noise (not an attack)", dict(color="tab:green", ls="-.", lw=1.3))}
-    for ax, suffix, title, ylabel in (
-            (axes[0], "", f"Untargeted: accuracy on {n_images} {dataset} test images", "accuracy (%)"),
-            (axes[1], "_targeted", "Targeted: images classified as the wanted wrong class",
-             "target success rate (%)")):
+    panels = {"": (f"Untargeted: accuracy on {n_images} {dataset} test images", "accuracy (%)"),
+              "_targeted": ("Targeted: images classified as the wanted wrong class", "target success rate (%)")}
+    for ax, (suffix, (title, ylabel)) in zip(axes, panels.items()):
         plots.line_plot({name + (", targeted" if suffix else ""): (x, 100 * np.array(curves[a + suffix]))
                          for a, name in names.items()},
                         title, "budget eps (grey levels of 255; L-infinity, pixel space)", ylabel, ax=ax)
@@ -171,8 +166,7 @@ def plot_examples(x, adversarial, eps, describe, dataset):
     """One row per image (numpy, in [0, 1]): clean, then for each attack the magnified
     perturbation and the adversarial image, titles giving the predictions."""
     columns = ["clean"] + [c for name in adversarial for c in (f"{name}\nperturbation", f"{name}\nimage")]
-    fig, axes = plt.subplots(len(x), len(columns), figsize=(1.75 * len(columns), 2.3 * len(x) + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(x), len(columns), figsize=(1.75 * len(columns), 2.3 * len(x) + 0.8), squeeze=False)
     for r in range(len(x)):
         plots.show_image(axes[r, 0], x[r], describe(x[r:r + 1], r), fontsize=8)
         for a, (name, x_adv) in enumerate(adversarial.items()):
@@ -191,9 +185,8 @@ def plot_examples(x, adversarial, eps, describe, dataset):
 
 # ------------------------------------------------------------------------ run
 def run(ctx):
-    cfg = ctx.config
+    cfg, rng = ctx.config, ctx.rng()
     splits, model, info = C.data_and_model(ctx)
-    rng = ctx.rng()
     # the first N test images: the same ones ``C.test_accuracy(..., limit=N)`` scores clean
     count = min(cfg.images, len(splits.test.y))
     y = splits.test.y[:count]
@@ -205,77 +198,67 @@ def run(ctx):
     curves = attack_curves(model, x, ctx.to_device(y), targets, eps_list, cfg.pgd_steps, ctx.seed)
 
     # ---- table and checks
-    rows = [{"eps_level": level, "eps": eps, **{f"{a}_accuracy": curves[a][i] for a in ATTACKS},
-             "pgd_8bit_accuracy": curves["pgd_8bit"][i], "random_noise_accuracy": curves["random_noise"][i],
+    rows = [{"eps_level": level, "eps": eps, **{f"{a}_accuracy": curves[a][i] for a in UNTARGETED},
              **{f"{a}_targeted_success": curves[f"{a}_targeted"][i] for a in ATTACKS}}
             for i, (level, eps) in enumerate(zip(eps_levels, eps_list))]
-    ctx.table("accuracy_vs_eps", rows,
-              f"{count} {ctx.dataset} test images; clean accuracy {100 * clean:.1f} %. Untargeted: accuracy "
-              "after the attack. Targeted: share of images the attack pushes into a random wrong class chosen "
-              f"per image (at eps 0 the share the model already predicts). PGD: {cfg.pgd_steps} steps of "
-              "2.5 eps / steps from a random start in the ball; 'PGD 8-bit': its images rounded to whole grey "
+    ctx.table("accuracy_vs_eps", rows, f"{count} {ctx.dataset} test images; clean accuracy {100 * clean:.1f} %. "
+              "Untargeted: accuracy after the attack. Targeted: share of images the attack pushes into a random wrong "
+              f"class chosen per image (at eps 0 the share the model already predicts). PGD: {cfg.pgd_steps} steps "
+              "of 2.5 eps / steps from a random start in the ball; 'PGD 8-bit': its images rounded to whole grey "
               "levels, as an 8-bit PNG stores them; 'random noise': every pixel moved by +eps or -eps at random.",
               columns={"eps_level": ("eps (of 255)", "{:g}"), "eps": ("eps (pixel units)", "{:.5f}"),
-                       **{f"{a}_accuracy": (f"{n} accuracy (%)", "{:.1%}") for a, n in ATTACKS.items()},
-                       "pgd_8bit_accuracy": ("PGD 8-bit accuracy (%)", "{:.1%}"),
-                       "random_noise_accuracy": ("random noise accuracy (%)", "{:.1%}"),
+                       **{f"{a}_accuracy": (f"{n} accuracy (%)", "{:.1%}") for a, n in UNTARGETED.items()},
                        **{f"{a}_targeted_success": (f"{n} targeted success (%)", "{:.1%}")
                           for a, n in ATTACKS.items()}})
 
-    def largest_rise(curve):  # of the accuracy from one eps to the next (0 if it never rises)
-        return max([0.0] + [b - a for a, b in zip(curve, curve[1:])])
-
+    # the largest rise of each attack's accuracy from one eps to the next (0 if it never rises)
+    rises = {a: max([0.0] + [later - earlier for earlier, later in zip(curves[a], curves[a][1:])]) for a in ATTACKS}
     pgd_gap = max(p - f for p, f in zip(curves["pgd"], curves["fgsm"]))  # > 0: PGD weaker somewhere
     checks = {
         # both count the same images, only in other ways: equal up to rounding
         "eps0_equals_clean": max(abs(curves[a][0] - clean) for a in ATTACKS) < 0.5 / count,
-        "fgsm_largest_rise": largest_rise(curves["fgsm"]), "pgd_largest_rise": largest_rise(curves["pgd"]),
-        "fgsm_monotone": largest_rise(curves["fgsm"]) <= TOLERANCE,
-        "pgd_monotone": largest_rise(curves["pgd"]) <= TOLERANCE,
+        **{f"{a}_largest_rise": rise for a, rise in rises.items()},
+        **{f"{a}_monotone": rise <= TOLERANCE for a, rise in rises.items()},
         "pgd_minus_fgsm_worst": pgd_gap, "pgd_not_weaker": pgd_gap <= TOLERANCE,
         "falls_at_largest_eps": all(curves[a][-1] < clean for a in ATTACKS),
     }
-    for name, passed in checks.items():
-        if passed is False:
-            ctx.log(f"check failed: {name}")
+    for name in (name for name, passed in checks.items() if passed is False):
+        ctx.log(f"check failed: {name}")
 
     # ---- figures
     ctx.save_figure(plot_curves(curves, eps_levels, info["chance"], clean, ctx.dataset, count, cfg.pgd_steps),
-                    "accuracy_vs_eps",
-                    "Left: accuracy under untargeted FGSM and PGD against the budget eps (in grey levels; the "
-                    "axis is linear up to 0.5/255 and logarithmic above), beside PGD's images saved as 8-bit "
-                    "files (rounded to whole grey levels) and random +-eps noise of the same size. Right: share "
-                    "of images a targeted attack pushes into a randomly chosen wrong class. The dotted vertical "
-                    "line marks one grey level (1/255): a smaller budget does not survive saving as an 8-bit "
-                    "image.")
+                    "accuracy_vs_eps", "Left: accuracy under untargeted FGSM and PGD against the budget eps (in "
+                    "grey levels; the axis is linear up to 0.5/255 and logarithmic above), beside PGD's images "
+                    "saved as 8-bit files (rounded to whole grey levels) and random +-eps noise of the same size. "
+                    "Right: share of images a targeted attack pushes into a randomly chosen wrong class. The "
+                    "dotted line marks one grey level (1/255): a smaller budget does not survive an 8-bit file.")
 
-    shown_eps = display_eps(eps_list, curves)
+    shown_eps, met = display_eps(eps_list, curves)
+    shown = eps_list.index(shown_eps)
     pick = C.pick_examples(ctx, model, splits.test, cfg.examples, rng)
     y_show, t_show = splits.test.y[pick], wrong_targets(splits.test.y[pick], splits.num_classes, rng)
-    x_show = ctx.to_device(splits.test.x[pick])
-    pgd_attack = partial(E.pgd, steps=cfg.pgd_steps, seed=ctx.seed)
+    x_show, pgd_attack = ctx.to_device(splits.test.x[pick]), partial(E.pgd, steps=cfg.pgd_steps, seed=ctx.seed)
     adversarial = {"FGSM": E.fgsm(model, x_show, ctx.to_device(y_show), shown_eps),
                    "PGD": pgd_attack(model, x_show, ctx.to_device(y_show), shown_eps),
                    "PGD targeted": pgd_attack(model, x_show, ctx.to_device(t_show), shown_eps, targeted=True)}
 
     def describe(image, row, attack=None):
         pred, prob = C.predictions(ctx, model, image)
-        name = C.class_name(splits, pred[0])
+        said = f"pred: {C.class_name(splits, pred[0])} ({prob[0]:.2f})"
         if attack is None:
-            return f"true: {C.class_name(splits, y_show[row])}\npred: {name} ({prob[0]:.2f})"
-        if attack.endswith("targeted"):
-            hit = "hit" if pred[0] == t_show[row] else "missed"
-            return f"target: {C.class_name(splits, t_show[row])}\npred: {name} ({prob[0]:.2f}), {hit}"
-        return f"pred: {name} ({prob[0]:.2f})\n{'fooled' if pred[0] != y_show[row] else 'still right'}"
+            return f"true: {C.class_name(splits, y_show[row])}\n{said}"
+        if not attack.endswith("targeted"):
+            return f"{said}\n{'fooled' if pred[0] != y_show[row] else 'still right'}"
+        return f"target: {C.class_name(splits, t_show[row])}\n{said}, {'hit' if pred[0] == t_show[row] else 'missed'}"
 
+    rule = (f"untargeted PGD leaves fewer than {EXAMPLES_ACCURACY_BELOW:.0%} of the images correct and targeted "
+            f"PGD hits at least {EXAMPLES_HITS_AT_LEAST:.0%} of its targets")
     ctx.save_figure(plot_examples(splits.test.x[pick], {k: v.cpu().numpy() for k, v in adversarial.items()},
                                   shown_eps, describe, ctx.dataset), "examples",
-                    f"Test images the model classifies correctly, attacked at eps = "
-                    f"{level_label(round(255 * shown_eps, 3))} (the smallest budget at which untargeted PGD "
-                    "leaves fewer than 20 % of the images correct and targeted PGD hits at least half of its "
-                    "targets). For each attack: the perturbation, magnified so that "
-                    "the budget's edges are black and white, and the adversarial image with the prediction "
-                    "(probability in brackets). The adversarial images look like the clean ones.")
+                    f"Test images the model classifies correctly, attacked at eps = {level_label(eps_levels[shown])} "
+                    + (f"(the smallest budget at which {rule})" if met else f"(the largest budget; at none {rule})")
+                    + ". For each attack: the perturbation, magnified so that the budget's edges are black and white, "
+                    "and the adversarial image with the prediction (probability in brackets).")
 
     # ---- notes
     half = next((lv for lv, a in zip(eps_levels, curves["pgd"]) if a <= clean / 2), None)
@@ -284,36 +267,33 @@ def run(ctx):
     ctx.note(f"On the {count} attacked images the clean accuracy is {100 * clean:.1f} %. At eps = {top} FGSM "
              f"leaves {100 * curves['fgsm'][-1]:.1f} % and PGD {100 * curves['pgd'][-1]:.1f} % of the images "
              "correct; " + (f"PGD halves the accuracy from eps = {level_label(half)} on." if half is not None else
-                            "PGD never halves the accuracy in this range."))
-    ctx.note(f"Targeted PGD at eps = {top} makes the model predict the wanted wrong class for "
+                            "PGD never halves the accuracy in this range.")
+             + f" Targeted PGD at eps = {top} makes the model predict the wanted wrong class for "
              f"{100 * curves['pgd_targeted'][-1]:.1f} % of the images (FGSM: "
              f"{100 * curves['fgsm_targeted'][-1]:.1f} %).")
     fgsm_targeted = curves["fgsm_targeted"]
     if fgsm_targeted[-1] < max(fgsm_targeted) - TOLERANCE:
-        peak = eps_levels[int(np.argmax(fgsm_targeted))]
-        ctx.note(f"Targeted FGSM succeeds most often at eps = {level_label(peak)} "
-                 f"({100 * max(fgsm_targeted):.1f} %) and less at larger budgets: its single step of size eps "
-                 "follows the gradient at the clean image, which describes the loss only nearby, so a large "
-                 "step overshoots. PGD's small steps re-read the gradient and keep improving.")
+        peak = level_label(eps_levels[int(np.argmax(fgsm_targeted))])
+        ctx.note(f"Targeted FGSM succeeds most often at eps = {peak} ({100 * max(fgsm_targeted):.1f} %) and less at "
+                 "larger budgets: its single step of size eps follows the gradient at the clean image, which "
+                 "describes the loss only nearby, so a large step overshoots. PGD's small steps re-read the gradient "
+                 "and keep improving.")
     below = [i for i, lv in enumerate(eps_levels) if 0 < lv < 1]
     if below:
-        ctx.note("A budget below one grey level (eps < 1/255) exists only in floating point: saving the "
-                 "adversarial image as an 8-bit PNG rounds every pixel to a whole grey level, which erases changes "
-                 "under half a level and turns larger ones into a whole level. PGD's accuracy, as computed and "
-                 "after saving: " + ", ".join(f"{100 * curves['pgd'][i]:.1f} % and {100 * curves['pgd_8bit'][i]:.1f} "
-                                               f"% at eps = {level_label(eps_levels[i])}" for i in below)
-                 + f" (clean {100 * clean:.1f} %).")
+        ctx.note("A budget below one grey level (eps < 1/255) exists only in floating point: saving the adversarial "
+                 "image as an 8-bit PNG rounds every pixel to a whole grey level, which erases changes under half a "
+                 "level and turns larger ones into a whole level. PGD's accuracy, as computed and after saving: "
+                 + ", ".join(f"{100 * curves['pgd'][i]:.1f} % and {100 * curves['pgd_8bit'][i]:.1f} % at eps = "
+                             f"{level_label(eps_levels[i])}" for i in below) + f" (clean {100 * clean:.1f} %).")
     # the headline: PGD at the budget of the examples against noise of the same size
-    shown = eps_list.index(shown_eps)
     attacked, noisy = curves["pgd"][shown], curves["random_noise"][shown]
     ctx.headline(f"PGD accuracy at eps = {level_label(eps_levels[shown])}", attacked, noisy,
-                 "random ±eps noise of the same size",
-                 noise=(binomial_se(attacked, count) ** 2 + binomial_se(noisy, count) ** 2) ** 0.5,
-                 higher_is_better=False)
+                 "random ±eps noise of the same size", higher_is_better=False,
+                 noise=float(np.hypot(binomial_se(attacked, count), binomial_se(noisy, count))))
     if not checks["pgd_not_weaker"]:
         ctx.note(f"PGD was weaker than FGSM at some budget by {100 * pgd_gap:.1f} points: more PGD steps "
                  "(--pgd-steps) should close the gap.")
-    return {**C.model_metrics(ctx, info),
-            "attacked_images": count, "clean_accuracy": clean, "pgd_steps": cfg.pgd_steps,
-            "eps_levels": eps_levels, "examples_eps": shown_eps, "checks": checks, "by_eps": rows,
-            "grey_level": E.GREY_LEVEL}
+    return {**C.model_metrics(ctx, info), "attacked_images": count, "clean_accuracy": clean,
+            "pgd_steps": cfg.pgd_steps, "eps_levels": eps_levels, "examples_eps": shown_eps, "checks": checks,
+            "examples_rule": {"pgd_accuracy_below": EXAMPLES_ACCURACY_BELOW, "targeted_hits_at_least":
+                              EXAMPLES_HITS_AT_LEAST, "met": met}, "by_eps": rows, "grey_level": E.GREY_LEVEL}

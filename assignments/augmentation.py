@@ -146,10 +146,6 @@ def train_grown(ctx, label, x, y, factor, names, test, normalize):
     return result
 
 
-def combo_label(names):
-    return " + ".join(names) if names else "none"
-
-
 def plot_samples(x, labels, classes, names, pipelines, seed, dataset, columns=6):
     """Rows: no augmentation, each transformation alone, each pipeline ({label: names}) that is
     not one of them, all together; columns: images, titled with their class."""
@@ -205,8 +201,7 @@ def run(ctx):
     splits = ctx.load_dataset(**({"n": c.shapes_images} if ctx.dataset == "shapes" else {}))
     classes = [str(name) for name in splits.classes]
     if c.train_size > len(splits.train):
-        raise SystemExit(f"{NAME}: --train-size {c.train_size} is more than the {len(splits.train):,} "
-                         "training images")
+        raise SystemExit(f"{NAME}: --train-size {c.train_size} is more than the {len(splits.train):,} training images")
     _, keep = minidl.data.stratified_split(splits.train.y, c.train_size, seed=ctx.seed)
     x, y = torch.from_numpy(splits.train.x[keep]), torch.from_numpy(splits.train.y[keep])
     # No model selection here, so validation and test images together score every run.
@@ -216,16 +211,15 @@ def run(ctx):
     names, factors, base = list(c.transforms), list(c.factors), c.train_size
     growth = [n for n in GROWTH if n in names]
     pipelines = {"augmented": growth, **{a: [a] for a in c.automated}}  # what makes each series' copies
-    legend = {"augmented": f"hand-chosen ({combo_label(growth)})", **{a: AUTOMATED[a][0] for a in c.automated},
+    legend = {"augmented": f"hand-chosen ({' + '.join(growth) or 'none'})", **{a: AUTOMATED[a][0] for a in c.automated},
               "repeated": "originals repeated (no new images)"}
     metrics = {"dataset": ctx.dataset, "train_size": base, "test_size": len(ty), "epochs": c.epochs,
                "factors": factors, "transforms": names, "growth_transforms": growth, "automated": list(c.automated),
                "model": {"widths": list(WIDTHS), "lr": c.lr, "batch_size": c.batch_size}}
 
-    ctx.save_figure(plot_samples(x, y, classes, names, {legend[k]: p for k, p in pipelines.items()}, ctx.seed,
-                                 ctx.dataset),
-                    "augmented_samples", "Each row applies one transformation to the same training images, the "
-                    "last rows each pipeline and all transformations in turn: the kinds of copies added.")
+    samples = plot_samples(x, y, classes, names, {legend[k]: p for k, p in pipelines.items()}, ctx.seed, ctx.dataset)
+    ctx.save_figure(samples, "augmented_samples", "Each row applies one transformation to the same training images, "
+                    "the last rows each pipeline and all transformations in turn: the kinds of copies added.")
     warm_up(x, y, normalize)
 
     def one(factor, which, label):
@@ -235,14 +229,15 @@ def run(ctx):
     originals = one(1, [], "originals")
     grown = {key: {k: originals if k == 1 else one(k, which, key) for k in ctx.progress(factors, key)}
              for key, which in {**pipelines, "repeated": []}.items()}
-    metrics["growth"] = grown
     series = {legend[key]: runs for key, runs in grown.items()}
+    top, none = factors[-1], grown["repeated"][factors[-1]]["test_accuracy"]
+    noise = binomial_se(none, len(ty)) * 2 ** 0.5  # of a difference between two settings
     title = f"vs training-set growth ({ctx.dataset}, {base:,} originals, {c.epochs} epochs)"
     ctx.save_figure(plot_growth(factors, series, base, ACCURACY_PANELS, f"Accuracy {title}"), "accuracy_vs_growth",
                     f"Test accuracy (left) and final training accuracy (right) after {c.epochs} epochs over the "
                     "grown set: the originals plus copies made by each pipeline, and the originals repeated as "
                     f"often (the same number of steps without new images). {len(ty):,} test images: one standard "
-                    f"error is about {100 * binomial_se(0.5, len(ty)):.1f} points at 50 %.")
+                    f"error of a difference between two settings is {100 * noise:.1f} points.")
     ctx.save_figure(plot_growth(factors, series, base, TIME_PANELS, f"CPU time {title}"), "time_vs_growth",
                     "CPU time (one thread, after a warm-up) per growth factor: training on each grown set (left), "
                     "making each pipeline's copies (right).")
@@ -256,8 +251,6 @@ def run(ctx):
               f"Every setting trains the same CNN (widths {WIDTHS}, batch norm, Adam {c.lr:g}, batch {c.batch_size}) "
               f"for {c.epochs} epochs over its training set; test accuracy on {len(ty):,} held-out images; CPU "
               "seconds on one thread.", columns=columns)
-    top, none = factors[-1], grown["repeated"][factors[-1]]["test_accuracy"]
-    noise = binomial_se(none, len(ty)) * 2 ** 0.5  # of a difference between two settings
     gains = {key: grown[key][top]["test_accuracy"] - none for key in pipelines}
     best = max(gains, key=gains.get)
     ctx.note(f"With {base:,} original images the CNN reaches {originals['test_accuracy']:.1%} test accuracy "
@@ -269,7 +262,7 @@ def run(ctx):
              f"at {top}x; making the hand-chosen copies {grown['augmented'][top]['augment_cpu_seconds']:.2f} s.")
     ctx.headline(f"test accuracy, grown {top}x by {legend[best]}", grown[best][top]["test_accuracy"], none,
                  f"originals repeated {top}x (same steps)", noise=noise)
-    metrics.update(best_pipeline=best, difference_noise=noise, test_accuracy={
+    metrics.update(growth=grown, best_pipeline=best, difference_noise=noise, test_accuracy={
         key: {str(k): runs[k]["test_accuracy"] for k in factors} for key, runs in grown.items()})
     if c.ablation:
         ablation(ctx, one, grown, names, pipelines, legend, metrics)
@@ -280,8 +273,7 @@ def ablation(ctx, one, grown, names, pipelines, legend, metrics):
     """Each transformation alone, none, each pipeline and all together, at one factor."""
     k = ctx.config.ablation_factor
     rows = [{"label": "none (repeats)", "transform": "none", **grown["repeated"][k]}]
-    for name in ctx.progress(names, "ablation"):
-        rows.append({"label": TRANSFORMS[name][0], "transform": name, **one(k, [name], name)})
+    rows += [{"label": TRANSFORMS[n][0], "transform": n, **one(k, [n], n)} for n in ctx.progress(names, "ablation")]
     rows += [{"label": legend[key], "transform": "+".join(which), **grown[key][k]} for key, which in pipelines.items()]
     every = grown["augmented"][k] if pipelines["augmented"] == names else one(k, names, "all")  # no rerun
     rows.append({"label": f"all {len(names)} together", "transform": "all", **every})
@@ -303,5 +295,5 @@ def ablation(ctx, one, grown, names, pipelines, legend, metrics):
     ctx.note(f"Ablation at {k}x, against no augmentation ({none:.1%}): " + ", ".join(
         f"{r['label']} {100 * (r['test_accuracy'] - none):+.1f}" for r in rows[1:]) + " points; beyond two standard "
         f"errors ({100 * clear:.1f} points): {', '.join(r['label'] for r in helped) or 'no single transformation'}.")
-    metrics.update(ablation_factor=k, best_transform=singles[0]["transform"],
+    metrics.update(ablation_factor=k, two_standard_errors=clear, best_transform=singles[0]["transform"],
                    helpful_transforms=[r["transform"] for r in helped])

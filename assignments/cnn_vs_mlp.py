@@ -202,7 +202,8 @@ def run(ctx):
     ctx.log(f"{len(y_train)} training, {len(data['val'][1])} validation, {n_test} "
             f"test images of shape {in_shape}, {len(classes)} classes")
     curve, nets, histories, rows = {"MLP": [], "CNN": []}, {}, {}, []
-    metrics = {"dataset": ctx.dataset, "epochs": ctx.config.epochs, "hidden": HIDDEN}
+    metrics = {"dataset": ctx.dataset, "epochs": ctx.config.epochs, "hidden": HIDDEN,
+               "images": {part: len(y) for part, (_, y) in data.items()}}
     for name, points in curve.items():
         for width in sorted(getattr(ctx.config, f"{name.lower()}_widths")):
             md.manual_seed(ctx.seed)  # every model from the same seed: only the width differs

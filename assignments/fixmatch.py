@@ -152,11 +152,12 @@ def run(ctx):
     weak, strong = ssl.weak_augment(size, normalize, flip=flip), ssl.strong_augment(size, normalize, flip=flip)
 
     shown = x[unlabelled_idx[:8]]
+    pad = next(t.padding for t in weak.transforms if isinstance(t, A.RandomCrop))  # the weak view's translation
     ctx.save_figure(plot_views(shown, ssl.weak_augment(size, seed=ctx.seed, flip=flip),
                                ssl.strong_augment(size, seed=ctx.seed, flip=flip)),
                     "views", f"Eight unlabelled training images (top), their weak views ({'flip, ' if flip else ''}"
-                    "translation up to 12.5 %) and their strong views (the same, then two RandAugment operations "
-                    "and Cutout).")
+                    f"translation up to {pad} of {size} pixels) and their strong views (the same, then two "
+                    "RandAugment operations and Cutout).")
     args = (labelled, unlabelled, test, normalize, classes)
     base_history, base = train(ctx, "labelled_only", ssl.supervised_step(weak), labelled, [], test,
                                normalize, classes)
@@ -193,7 +194,7 @@ def run(ctx):
     noise = binomial_se(base, len(tx)) * 2 ** 0.5  # of a difference on this test set
     ctx.headline(f"test accuracy, FixMatch (tau {c.tau:g}, {len(labelled_idx)} labels)", accuracy, base,
                  "labelled-only baseline (same labels, network, steps)", noise=noise)
-    return {"dataset": ctx.dataset, "labels": len(labelled_idx), "per_class": c.per_class,
-            "steps": c.epochs * c.steps_per_epoch, "tau": c.tau, "fixmatch_accuracy": accuracy,
-            "labelled_only_accuracy": base, "difference_noise": noise, "mask_rate": history[-1]["mask_rate"], "tau_sweep": sweep,
-            "labelled_indices": labelled_idx[:20].tolist()}
+    return {"dataset": ctx.dataset, "labels": len(labelled_idx), "per_class": c.per_class, "train_images": len(x),
+            "image_size": size, "weak_translation_pixels": pad, "steps": c.epochs * c.steps_per_epoch, "tau": c.tau,
+            "fixmatch_accuracy": accuracy, "labelled_only_accuracy": base, "difference_noise": noise,
+            "mask_rate": history[-1]["mask_rate"], "tau_sweep": sweep, "labelled_indices": labelled_idx[:20].tolist()}

@@ -1,45 +1,37 @@
-"""UvA DL1 assignment 1: an MLP with explicit backpropagation in NumPy, the same MLP
-with autograd, and its PyTorch twin, trained with the course's SGD settings.
+"""UvA DL1 assignment 1: an MLP with explicit backpropagation in NumPy, the same MLP with
+autograd, and its PyTorch twin, trained with the course's SGD settings.
 
-All three start from the same weights (the explicit-backprop MLP's Kaiming draw), so
-any difference between their curves comes from the engines (float64 against float32,
-the data order of the torch loader), not from the initialisation. The PyTorch MLP
-with batch normalisation is trained as well, from its own Kaiming draw. Without torch
-installed the two PyTorch models are skipped (said in a note) and the rest runs.
+All three start from the same weights (the explicit-backprop MLP's Kaiming draw), so any difference
+between their curves comes from the engines (float64 against float32, the torch loader's data order),
+not from the initialisation. The PyTorch MLP with batch norm is trained as well, from its own Kaiming
+draw. Without torch the two PyTorch models are skipped (said in a note) and the rest runs.
 """
 import copy
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-import minidl as md
-import minidl.data  # noqa: F401
-import minidl.manual  # noqa: F401
+import minidl as md  # with md.data, md.manual, md.models, md.optim and md.train
 import minidl.metrics  # noqa: F401
-import minidl.models  # noqa: F401
-import minidl.optim  # noqa: F401
-import minidl.train  # noqa: F401
 
 from . import plots
-from .runner import binomial_se, comma_list, positive_int
+from .runner import binomial_se, comma_list, cpu_threads, positive_int
 
 NAME = "mlp_numpy"
 COURSE = "UvA DL1"
 TASK = "assignment 1 (MLP in NumPy and PyTorch)"
 SUMMARY = "explicit-backprop NumPy MLP vs autograd MLP vs PyTorch twin: curves, confusion, F-beta"
 STATEMENT = """
-Implement the modules of a multi-layer perceptron (linear layer, ELU, softmax,
-cross-entropy) with their forward and backward passes by hand, assemble them into an
-MLP and train it with mini-batch SGD (one hidden layer of 128 units, learning rate 0.1,
-batch size 128, 10 epochs, seed 42) on CIFAR-10, flattened and normalised per channel,
-with 45,000 training and 5,000 validation images. Keep the model with the best
-validation accuracy and evaluate it on the test set: accuracy, the confusion matrix,
-and per-class precision, recall and F-beta for beta = 0.1, 1 and 10. Then build the
-same MLP in PyTorch (Kaiming initialisation, optionally batch normalisation between
-each linear layer and its ELU), train it the same way and compare. (Offline, the default
-runs on the embedded digits instead: scikit-learn's 1,797 handwritten 8x8 digits, 64
-inputs, split into 1,077 training, 360 validation and 360 test images; ``--dataset
-cifar10`` runs the course's setting.)
+Implement the modules of a multi-layer perceptron (linear layer, ELU, softmax, cross-entropy) with
+their forward and backward passes by hand, assemble them into an MLP and train it with mini-batch
+SGD (one hidden layer of 128 units, learning rate 0.1, batch size 128, 10 epochs, seed 42) on
+CIFAR-10, flattened and normalised per channel, with 45,000 training and 5,000 validation images.
+Keep the model with the best validation accuracy and evaluate it on the test set: accuracy, the
+confusion matrix, and per-class precision, recall and F-beta for beta = 0.1, 1 and 10. Then build
+the same MLP in PyTorch (Kaiming initialisation, optionally batch normalisation between each linear
+layer and its ELU), train it the same way and compare. (Offline, the default runs on the embedded
+digits instead: scikit-learn's 1,797 handwritten 8x8 digits, 64 inputs, split into 1,077 training,
+360 validation and 360 test images; ``--dataset cifar10`` runs the course's setting.)
 """
 DATASETS = ("digits", "cifar10")
 DEFAULT = True
@@ -54,16 +46,13 @@ PROFILES = {  # the course's settings; the quick run keeps a few batches of ever
 }
 
 COURSE_SEED = 42  # the seed used is 42 + --seed, so a plain run uses the course's 42
+COURSE_SPLIT = {"train": 45000, "val": 5000}  # the statement's CIFAR-10 training and validation images
 BETAS = (0.1, 1.0, 10.0)
 SCORES = {"precision": "precision", "recall": "recall", **{f"f_beta_{b:g}": f"F-beta, beta={b:g}" for b in BETAS}}
 # The course's CIFAR-10 normalisation (digits: the mean and std of its training split).
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
-MODELS = {  # key -> legend label
-    "numpy": "NumPy, explicit backprop (md.manual)",
-    "autograd": "minidl autograd (md.models.MLP)",
-    "torch": "PyTorch twin",
-    "torch_bn": "PyTorch twin + batch norm",
-}
+MODELS = {"numpy": "NumPy, explicit backprop (md.manual)", "autograd": "minidl autograd (md.models.MLP)",
+          "torch": "PyTorch twin", "torch_bn": "PyTorch twin + batch norm"}  # key -> legend label
 SHORT = {"numpy": "NumPy", "autograd": "autograd", "torch": "PyTorch", "torch_bn": "PyTorch with batch norm"}
 
 
@@ -83,11 +72,10 @@ def load_flat(ctx):
     for part in ("train", "val", "test"):
         x, y = getattr(splits, part).x, getattr(splits, part).y
         size = getattr(ctx.config, f"{part}_size")
-        if size and size < len(y):
-            keep = ctx.rng(1).permutation(len(y))[:size]
-            x, y = x[keep], y[keep]
+        keep = ctx.rng(1).permutation(len(y))[:size] if size and size < len(y) else slice(None)  # None: all
+        x, y = x[keep], y[keep]
         flat[part] = (md.data.normalize(x, mean, std).reshape(len(x), -1), y)
-    return flat, splits.classes
+    return flat, [str(c) for c in splits.classes]
 
 
 # ------------------------------------------------------------ the NumPy MLP
@@ -126,12 +114,13 @@ def linear_names(model):
     return [name for name, m in model.named_modules() if type(m).__name__ == "Linear"]
 
 
-def manual_state_dict(mlp, model):
-    """The NumPy MLP's weights under the key names of an autograd/torch twin ``model``."""
+def manual_state_dict(mlp, model, which="params"):
+    """The NumPy MLP's weights (``which="grads"``: their gradients) under the key names of an
+    autograd/torch twin ``model``."""
     state = {}
     for name, layer in zip(linear_names(model), mlp.linear_modules, strict=True):
-        state[f"{name}.weight"] = layer.params["weight"]
-        state[f"{name}.bias"] = layer.params["bias"].reshape(-1)
+        values = getattr(layer, which)
+        state[f"{name}.weight"], state[f"{name}.bias"] = values["weight"], values["bias"].reshape(-1)
     return state
 
 
@@ -144,10 +133,8 @@ def gradient_check(mlp, model, x, y):
     model.load_state_dict(manual_state_dict(mlp, model))
     model.zero_grad()
     md.nn.CrossEntropyLoss()(model(md.tensor(x.astype(np.float64))), md.tensor(y)).backward()
-    params = dict(model.named_parameters())
-    diff = max(max(float(np.abs(params[f"{name}.weight"].grad - layer.grads["weight"]).max()),
-                   float(np.abs(params[f"{name}.bias"].grad - layer.grads["bias"].reshape(-1)).max()))
-               for name, layer in zip(linear_names(model), mlp.linear_modules))
+    explicit = manual_state_dict(mlp, model, "grads")
+    diff = max(float(np.abs(p.grad - explicit[name]).max()) for name, p in model.named_parameters())
     mlp.clear_cache()
     return diff
 
@@ -168,9 +155,7 @@ def train_twins(ctx, start, data, n_classes, seed):
 
     # torch is imported only now, after the runner set every thread pool it had seen: give it
     # minidl's count (torch's own default spun several threads over these tiny matrices)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(md.threads.num_threads())
-    try:
+    with cpu_threads(md.threads.num_threads()):
         n_inputs, hidden = data["train"][0].shape[1], list(ctx.config.hidden)
         twin = TorchMLP(n_inputs, hidden, n_classes)
         twin.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))
@@ -191,12 +176,11 @@ def train_twins(ctx, start, data, n_classes, seed):
             with torch.no_grad():
                 logits[key] = model(ctx.to_device(data["test"][0])).float().cpu().numpy()
         return histories, logits
-    finally:
-        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------- figures
-def plot_curves(histories, title):
+def plot_curves(histories, best, title):
+    """Loss and validation accuracy per epoch, the epoch kept (``best[key]``, from 0) circled."""
     fig = plots.training_curves({MODELS[k]: h for k, h in histories.items()}, title=title,
                                 units={"loss": "cross-entropy (nats)"},
                                 titles={"loss": "Training loss (mean over each epoch)",
@@ -204,9 +188,8 @@ def plot_curves(histories, title):
     ax_loss, ax_acc = fig.axes
     for ax in fig.axes:  # the NumPy line wide and pale, so that autograd's, on top of it, stays visible
         ax.lines[0].set(lw=4, alpha=0.45)
-    for i, h in enumerate(histories.values()):
-        best = int(np.argmax(h["val_accuracy"]))
-        ax_acc.scatter(best + 1, 100 * h["val_accuracy"][best], s=120, facecolors="none",
+    for i, (key, h) in enumerate(histories.items()):
+        ax_acc.scatter(best[key] + 1, 100 * h["val_accuracy"][best[key]], s=120, facecolors="none",
                        edgecolors=f"C{i}", lw=1.5)
     ax_loss.get_legend().remove()  # one legend for both panels
     ax_acc.legend(ax_acc.lines[:len(histories)], [MODELS[k] for k in histories], fontsize=8, loc="lower right")
@@ -242,17 +225,16 @@ def run(ctx):
     config, seed = ctx.config, COURSE_SEED + ctx.seed
     hidden, lr, batch_size, epochs = list(config.hidden), config.lr, config.batch_size, config.epochs
     data, classes = load_flat(ctx)
-    n_inputs, n_classes = data["train"][0].shape[1], len(classes)
-    ctx.log(f"{ctx.dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val / "
-            f"{len(data['test'][1])} test, {n_inputs} inputs; seed {seed}")
+    n_inputs, n_classes, sizes = data["train"][0].shape[1], len(classes), {part: len(data[part][1]) for part in data}
+    ctx.log(f"{ctx.dataset}: {sizes['train']} train / {sizes['val']} val / {sizes['test']} test, {n_inputs} inputs, "
+            f"seed {seed}")
 
     md.manual_seed(seed)
     numpy_mlp = md.manual.MLP(n_inputs, hidden, n_classes)
     start = copy.deepcopy(numpy_mlp)  # the initial weights, for the PyTorch twin
     autograd_mlp = md.models.MLP(n_inputs, hidden, n_classes, activation="elu")
     autograd_mlp.load_state_dict(manual_state_dict(numpy_mlp, autograd_mlp))  # same start
-    grad_diff = gradient_check(numpy_mlp, autograd_mlp, data["train"][0][:batch_size],
-                               data["train"][1][:batch_size])
+    grad_diff = gradient_check(numpy_mlp, autograd_mlp, *(part[:batch_size] for part in data["train"]))
     ctx.log(f"explicit backprop vs autograd, same weights, one batch: max |dW difference| {grad_diff:.1e}")
 
     histories, predictions = {}, {}
@@ -263,60 +245,55 @@ def run(ctx):
     history = md.train.fit(  # patience > epochs: never stops, only restores the best epoch
         autograd_mlp, md.nn.CrossEntropyLoss(), md.optim.SGD(autograd_mlp.parameters(), lr=lr),
         md.data.DataLoader(*data["train"], batch_size=batch_size, shuffle=True, seed=seed),
-        md.data.DataLoader(*data["val"], batch_size=1000), epochs=epochs,
-        callbacks=[keep_best], progress=False)
+        md.data.DataLoader(*data["val"], batch_size=1000), epochs=epochs, callbacks=[keep_best], progress=False)
     histories["autograd"] = {"loss": history["loss"], "val_accuracy": history["val_accuracy"]}
     predictions["autograd"] = md.train.predict(autograd_mlp, data["test"][0])
     for key in ("numpy", "autograd"):  # the twins' histories are kept by ctx.fit
         ctx.history(key, histories[key])
 
     twin_histories, twin_logits = train_twins(ctx, start, data, n_classes, seed)
-    histories.update(twin_histories)
-    predictions.update(twin_logits)
+    histories, predictions = {**histories, **twin_histories}, {**predictions, **twin_logits}
 
     reports = {key: md.metrics.classification_report(data["test"][1], p, BETAS, n_classes)
                for key, p in predictions.items()}
-    rows = []
-    for key, report in reports.items():
-        best = int(np.argmax(histories[key]["val_accuracy"]))
-        rows.append({"model": MODELS[key], "best_epoch": best + 1,
-                     "val_accuracy": histories[key]["val_accuracy"][best], "test_accuracy": report["accuracy"],
-                     **{k: report[k] for k in SCORES}})
+    best = {key: int(np.argmax(h["val_accuracy"])) for key, h in histories.items()}  # the epochs kept
+    rows = [{"model": MODELS[k], "best_epoch": best[k] + 1, "val_accuracy": histories[k]["val_accuracy"][best[k]],
+             "test_accuracy": r["accuracy"], **{name: r[name] for name in SCORES}} for k, r in reports.items()]
 
-    class_names = [str(c) for c in classes]
     title = f"MLP {hidden} on {ctx.dataset}: SGD, lr {lr}, batch {batch_size}, seed {seed}"
-    ctx.save_figure(plot_curves(histories, title), "curves",
+    ctx.save_figure(plot_curves(histories, best, title), "curves",
                     "Training loss and validation accuracy per epoch. The NumPy, autograd and "
                     "PyTorch MLPs start from the same weights; the NumPy and autograd MLPs also "
                     "see the same batches, so their curves lie on top of each other.")
     shown = ["numpy", "torch_bn"] if "torch_bn" in reports else ["numpy"]
-    ctx.save_figure(plot_confusion(reports, shown, class_names), "confusion_matrix",
-                    "Test-set confusion matrices of the best-validation "
-                    + " and of the ".join(MODELS[k] for k in shown)
-                    + ": each cell holds its number of test images and its share of the true class (the "
-                    "colour); off-diagonal cells are the classes confused.")
-    ctx.save_figure(plot_fbeta(reports["numpy"], class_names), "per_class_scores",
+    ctx.save_figure(plot_confusion(reports, shown, classes), "confusion_matrix", "Test-set confusion matrices "
+                    f"of the best-validation {' and of the '.join(MODELS[k] for k in shown)}: each cell holds its "
+                    "number of test images and its share of the true class (the colour); off-diagonal cells are "
+                    "the classes confused.")
+    ctx.save_figure(plot_fbeta(reports["numpy"], classes), "per_class_scores",
                     "Per-class precision, recall and F-beta of the NumPy MLP on the test set.")
-    ctx.table("results", rows, "Best-validation models on the test set (macro averages over "
-                               "classes for precision, recall and F-beta).",
+    ctx.table("results", rows, "Best-validation models on the test set (macro averages over classes for precision, "
+              "recall and F-beta).",
               columns={"model": "model", "best_epoch": "best epoch",
                        "val_accuracy": ("val accuracy (%)", "{:.1%}"), "test_accuracy": ("test accuracy (%)", "{:.1%}"),
                        **{k: (f"{label} (%)", "{:.1%}") for k, label in SCORES.items()}})
-    n_test, accuracy = len(data["test"][1]), reports["numpy"]["accuracy"]
+    n_test, accuracy = sizes["test"], reports["numpy"]["accuracy"]
     accuracies = [r["accuracy"] for r in reports.values()]
     spread, noise = max(accuracies) - min(accuracies), binomial_se(accuracy, n_test) * 2 ** 0.5
     ctx.headline("NumPy MLP test accuracy", accuracy, 1 / n_classes, "chance", noise=binomial_se(accuracy, n_test))
     if ctx.dataset == "digits":
-        ctx.note(f"Offline data: the embedded digits ({len(data['train'][1]):,} training, {len(data['val'][1]):,} "
+        ctx.note(f"Offline data: the embedded digits ({sizes['train']:,} training, {sizes['val']:,} "
                  f"validation, {n_test:,} test images of {n_inputs} pixels), not the statement's CIFAR-10 "
-                 "(45,000/5,000): digits are far easier, so expect far higher accuracies than on CIFAR-10.")
-    ctx.note(f"Explicit backprop and autograd give the same gradients from the same weights "
-             f"(largest difference {grad_diff:.1e}). Test accuracy: "
-             + ", ".join(f"{SHORT[k]} {reports[k]['accuracy']:.1%}" for k in reports)
-             + f". One test image is {1 / n_test:.1%}; the largest gap between two engines, "
-             f"{100 * spread:.1f} points, is {'within' if spread <= 2 * noise else 'beyond'} twice the "
-             f"standard error of a difference ({100 * noise:.1f} points).")
+                 f"({COURSE_SPLIT['train']:,}/{COURSE_SPLIT['val']:,}): digits are far easier, so expect far higher "
+                 "accuracies than on CIFAR-10.")
+    ctx.note("Explicit backprop and autograd give the same gradients from the same weights (largest difference "
+             f"{grad_diff:.1e}). Test accuracy: "
+             + ", ".join(f"{SHORT[k]} {reports[k]['accuracy']:.1%}" for k in reports) + f". One test image is "
+             f"{1 / n_test:.1%}; the largest gap between two engines, {100 * spread:.1f} points, is "
+             f"{'within' if spread <= 2 * noise else 'beyond'} two standard errors of a difference (one is "
+             f"{100 * noise:.1f} points).")
     return {"dataset": ctx.dataset, "seed": seed, "epochs": epochs, "hidden": hidden, "lr": lr,
-            "batch_size": batch_size, "chance_accuracy": 1 / n_classes,
+            "batch_size": batch_size, "chance_accuracy": 1 / n_classes, "course_cifar10_split": COURSE_SPLIT,
+            "images": sizes, "one_test_image": 1 / n_test, "largest_engine_gap": spread, "difference_noise": noise,
             "manual_vs_autograd_max_grad_diff": grad_diff,
             "models": {key: {**reports[key], "history": histories[key]} for key in reports}}

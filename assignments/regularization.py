@@ -276,6 +276,7 @@ def run(ctx):
                                    for ((placement, rate), acc), row in zip(curves.items(), rows[1:])]}
     best, base = max(metrics["dropout"]["runs"], key=lambda r: r["val_accuracy"]), baseline[:, -1].mean()
     setting, val_images = f"p = {best['rate']:g} on {PLACEMENTS[best['placement']][0]}", len(data["val"][1])
+    metrics["dropout"]["val_images"] = val_images
     small = {k: f"{v['fraction_small']:.0%}" for k, v in metrics["penalties"].items()}
     ctx.note(f"L1 leaves {small['l1']} of the weights below {SMALL:g} in magnitude, L2 {small['l2']}, "
              f"no penalty {small['none']}.")

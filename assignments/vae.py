@@ -169,6 +169,7 @@ def run(ctx):
                  noise=(gain.std() / len(gain) ** 0.5).item(), unit="bpd", higher_is_better=False)
     metrics["marginal_test_bpd"] = marginal.mean().item()
     elbo = final["test_reconstruction_loss"] + final["test_regularization_loss"]
+    metrics["test_negative_elbo_nats"] = elbo
     collapsed = "; with so few the posterior has collapsed, every image gets much the same code" if active < 3 else ""
     ctx.note(f"After {c.epochs} epochs the z_dim {c.z_dim} VAE scores {final['val_bpd']:.3f} bits per dimension "
              f"on the validation set and {final['test_bpd']:.3f} on the test set (4 bits is a uniform guess "
@@ -176,8 +177,8 @@ def run(ctx):
              f"{final['test_regularization_loss']:.1f} are the KL term, and {active} of the {c.z_dim} latent "
              "dimensions are active (their mean code varies across the test images with a variance above "
              f"0.01){collapsed}. The training images' frequency of each level at each pixel, a model that "
-             f"ignores z, gives {marginal.mean():.3f} test bits per dimension. The decoder fed the encoder's mean codes {from_mean:.0f} nats of a training "
-             f"image, against {from_random:.0f} for a random prior code.")
+             f"ignores z, gives {marginal.mean():.3f} test bits per dimension. The decoder fed the encoder's mean "
+             f"codes {from_mean:.0f} nats of a training image, against {from_random:.0f} for a random prior code.")
 
     if c.manifold_epochs:
         model2, history2, _ = train_vae(ctx, "vae_z2", 2, c.manifold_epochs, data)
