@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_conv.py --cpu-time    # one thread each, CPU time
     .venv/bin/python benchmarks/bench_conv.py --wall        # wall-clock time instead
     .venv/bin/python benchmarks/bench_conv.py --threads-check
+    .venv/bin/python benchmarks/bench_conv.py --cpu-time --chunk-sweep
 
 Each case runs forward plus backward (input, weight and bias gradients; no
 input gradient for the first layer, whose input is the image batch) in both
@@ -26,6 +27,10 @@ max-pool and batch norm 2-D; each row says met or NOT met. Then one training epo
 minidl/threads.py): a prange kernel beside BLAS's threads, convolution chunks
 on one thread with multi-threaded GEMMs instead of on several threads, and a
 small GEMM on BLAS's threads against one thread (``minidl.threads.matmul``).
+
+--chunk-sweep times the two big convolutions with several values of
+``minidl.conv.CHUNK_BYTES`` (the column bytes per chunk of images), all
+settings and torch in turn within each round, so that they share the load.
 """
 from __future__ import annotations
 
@@ -339,6 +344,31 @@ def threads_check(repeats):
     print(f"   BLAS's threads for every product:  {t_blas:6.3f} s ({1 / ratio:.2f}x the time)")
 
 
+def chunk_sweep(repeats, settings=(1 << 19, 1 << 20, 1 << 21, 1 << 22, 1 << 24)):
+    """Ratio to torch of the conv cases for each CHUNK_BYTES; every round runs
+    torch and each setting once, in alternating order."""
+    default = conv.CHUNK_BYTES
+    print(f"\nCHUNK_BYTES sweep (now {default >> 10} KB); ratios to torch of the same rounds")
+    try:
+        for c_in, c_out, size in ((32, 64, 28), (64, 128, 14)):
+            run_md, run_torch = conv_case(c_in, c_out, size, first=False)
+            runs = [("torch", None, run_torch)] + [(f"{s >> 10} KB", s, run_md) for s in settings]
+            times = {name: [] for name, _, _ in runs}
+            for r in range(repeats + 1):  # the first round warms up
+                for name, chunk_bytes, fn in (runs if r % 2 else runs[::-1]):
+                    conv.CHUNK_BYTES = chunk_bytes or default
+                    start = CLOCK()
+                    fn()
+                    if r:
+                        times[name].append(CLOCK() - start)
+            base = np.array(times["torch"])
+            print(f"conv {c_in}->{c_out} {size}x{size}: torch {np.median(base) * 1e3:.1f} ms; " +
+                  ", ".join(f"{name} {np.median(np.array(times[name]) / base):.2f}"
+                            for name, _, _ in runs[1:]), flush=True)
+    finally:
+        conv.CHUNK_BYTES = default
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -355,6 +385,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no accuracy run")
     parser.add_argument("--threads-check", action="store_true")
+    parser.add_argument("--chunk-sweep", action="store_true",
+                        help="the conv cases for several minidl.conv.CHUNK_BYTES")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each, timed by the CPU time of that thread")
     parser.add_argument("--wall", action="store_true",
@@ -380,6 +412,9 @@ def main():
     print(md_threads.thread_report())
     if args.threads_check:
         threads_check(repeats)
+        return
+    if args.chunk_sweep:
+        chunk_sweep(repeats)
         return
 
     rows = []

@@ -31,7 +31,7 @@ layer, so when ``needs_input_grad`` says so, grad_cols and col2im are skipped.
 Why chunks of B images, not the whole batch at once: the column matrix of a
 whole batch is large (58 MB for 64 images of 32 channels at 28x28), and
 writing it to main memory and reading it back costs as much as the GEMM. A
-chunk of about 1 MB stays in the core's cache between im2col and the GEMM,
+chunk of about 1 MB stays in cache between im2col and the GEMM,
 and the chunks are independent, so ``threads.parallel_for`` gives them to
 several threads, each with a single-threaded GEMM (``minidl/threads.py`` says
 why this beats multi-threaded BLAS calls). Backward recomputes each chunk's
@@ -119,9 +119,9 @@ def _as_batch(x):
 
 
 # Bytes of column matrix per chunk of images, about twice one core's L2 cache
-# (512 KB on the 2-core EPYC this was tuned on). Measured with one thread against
-# torch on the benchmark's two big layers: 1 MB ties 0.5 MB and beats 2, 4 and
-# 16 MB (16 MB: 1.29x and 1.20x torch where 1 MB gives 0.97x and 1.16x).
+# (512 KB on the 2-core EPYC this was tuned on). ``bench_conv.py --chunk-sweep``
+# measures 0.5 to 16 MB: on the benchmark's two big layers no size beat 1 MB by
+# more than the noise of a loaded machine, and 16 MB was slower in five of six.
 CHUNK_BYTES = 1 << 20
 
 
