@@ -188,7 +188,8 @@ def run(ctx):
         scored, before = scores[(1.0, None)], grammar_scores(untrained, c.max_operand)
         metrics.update(untrained_acceptance=before["acceptance"],
                        acceptance=scored["acceptance"], sum_accuracy=scored["sum_accuracy"],
-                       scores={metrics_key(s): v for s, v in scores.items()})
+                       scores={metrics_key(s): {**v, "sum_share": v["sums"] / max(v["lines"], 1)}
+                               for s, v in scores.items()})
         noise = (binomial_se(scored["acceptance"], max(scored["lines"], 1)) ** 2
                  + binomial_se(before["acceptance"], max(before["lines"], 1)) ** 2) ** 0.5
         ctx.headline("generated lines the grammar accepts (T = 1)", scored["acceptance"], before["acceptance"],
@@ -282,9 +283,9 @@ def notes(ctx, m):
                  "are right: " + ", ".join(f"{k} {v['acceptance']:.0%} accepted" for k, v in m["scores"].items())
                  + ".")
         plain, top = m["scores"]["T=1"], m["scores"][f"T=1, top-k {c.top_k}"]
-        ctx.note(f"Sums are {plain['sums'] / max(plain['lines'], 1):.0%} of the lines at T=1 and "
-                 f"{top['sums'] / max(top['lines'], 1):.0%} with top-k {c.top_k}: a line starts with one of ten "
-                 "digits or with a word, and top-k keeps only the k likeliest next characters.")
+        ctx.note(f"Sums are {plain['sum_share']:.0%} of the lines at T=1 and {top['sum_share']:.0%} with top-k "
+                 f"{c.top_k}: a line starts with one of ten digits or with a word, and top-k keeps only the k "
+                 "likeliest next characters.")
     ctx.note(f"Training (its epochs with their evaluations and samples) ran at "
              f"{m['train_tokens_per_cpu_second']:,.0f} characters per CPU second "
              f"({m['torch_threads']} torch thread(s), "
