@@ -6,19 +6,22 @@ objects. RNG states are stored the same way (numpy's as a list of ints).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import random
 import re
 import warnings
 import zipfile
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from minidl.errors import CorruptFileError, MissingFileError, UnsafePickleError
-from minidl.fileio import atomic_open, pickle_globals, refused_pickle
+from minidl.errors import CorruptFileError, InputError, MissingFileError, UnsafePickleError
+from minidl.fileio import atomic_open, file_lock, pickle_globals, refused_pickle
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
@@ -102,3 +105,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def cached(folder: str | os.PathLike, name: str, recipe: dict[str, Any],
+           build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Path, bool]:
+    """``build()``'s result (a dict of tensors and plain data), computed once per ``recipe``
+    (plain data: everything that decides the result) and kept in
+    ``<folder>/<name>-<16 hex digits of the recipe's hash>.pt``. Built under
+    ``minidl.fileio.file_lock``, and the file re-checked inside it, so that a second process
+    asking for the same recipe waits and then reads the first one's file; a file that cannot
+    be read, or was written for another recipe, is built again. Under torchrun (WORLD_SIZE > 1)
+    every rank builds and nothing is cached: a rank waiting on the lock would stall the others.
+    Returns (the result, the file, whether it was read from an earlier build)."""
+    text = json.dumps(recipe, sort_keys=True)
+    recipe, digest = json.loads(text), hashlib.sha256(text.encode()).hexdigest()[:16]  # tuples as the file's lists
+    path = Path(folder) / f"{name}-{digest}.pt"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return build(), path, False
+    with file_lock(path):
+        if path.exists():
+            try:
+                state = load_checkpoint(path)
+                if isinstance(state, dict) and state.get("recipe") == recipe and "result" in state:
+                    return state["result"], path, True
+            except InputError:  # damaged: built again below
+                pass
+        result = build()
+        save_checkpoint({"recipe": recipe, "result": result}, path)
+    return result, path, False

@@ -521,3 +521,15 @@ def evaluate(model: nn.Module, loader: DataLoader, *, step: StepFn | None = None
         result["predictions"] = result["logits"].argmax(1)
         result["targets"] = torch.cat(targets_all)
     return result
+
+
+def tune_lr(train_at: Callable[[float], dict[str, Any]], rates: Sequence[float], *,
+            monitor: str = "best_val_accuracy", mode: str = "max") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A learning-rate search on validation data: ``train_at(rate)`` trains one model at each
+    of ``rates`` and returns its results, a dict holding ``monitor`` (a validation score).
+    Returns (the results of the best rate, every rate's results in the order of ``rates``);
+    a tie goes to the earlier rate. Test data must play no part in ``monitor``."""
+    if mode not in ("max", "min") or not rates:
+        raise ValueError(f"tune_lr needs mode 'max' or 'min' (got {mode!r}) and at least one rate (got {rates!r})")
+    results = [train_at(rate) for rate in rates]
+    return (max if mode == "max" else min)(results, key=lambda r: r[monitor]), results
