@@ -108,6 +108,8 @@ def set_rng_state(state):
 def _as_array(data, dtype=None):
     """Python scalars and lists of floats become float32 (torch's default dtype);
     ndarrays keep their dtype unless one is asked for."""
+    if dtype is None and type(data) is np.ndarray:  # the common case, first: every op's output
+        return data
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, (np.ndarray, np.generic)):  # numpy data keeps its dtype
@@ -438,9 +440,19 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         fn = cls()
-        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        fn.needs_input_grad = needs
+        # One pass over the arguments (this runs for every op): the arrays that
+        # forward computes on, which inputs need a gradient, and those inputs.
+        arrays, needs, inputs = [], [], []
+        for a in args:
+            if isinstance(a, Tensor):
+                arrays.append(a.data)
+                needs.append(a.requires_grad)
+                inputs.append(a if a.requires_grad else None)
+            else:
+                arrays.append(a)
+                needs.append(False)
+                inputs.append(None)
+        fn.needs_input_grad = needs = tuple(needs)
         try:
             if cls.torch_style:  # forward(ctx, *tensors) on tensors, outside the graph
                 with no_grad():
@@ -454,11 +466,11 @@ class Function:
             _check_finite(out, f"the forward pass of {cls.__name__}")
         result = Tensor(out)
         if _grad_enabled and True in needs:
-            fn.inputs = tuple(a if n else None for a, n in zip(args, needs))
+            fn.inputs = tuple(inputs)
             if cls.saves_inputs:
-                # Any tensor input may be saved, also those that need no gradient.
-                fn.saved = tuple(a if isinstance(a, Tensor) else None for a in args)
-                fn.versions = tuple(None if a is None else a._versions[0] for a in fn.saved)
+                # Every tensor input, also one that needs no gradient, with its version
+                # now: backward checks that none was changed in place since.
+                fn.saved = [(a, a._versions[0]) for a in args if isinstance(a, Tensor)]
             result.requires_grad = True
             result.grad_fn = fn
         return result
@@ -466,8 +478,8 @@ class Function:
     def _check_versions(self):
         if not self.saves_inputs:
             return
-        for t, version in zip(self.saved, self.versions):
-            if t is not None and t._versions[0] != version:
+        for t, version in self.saved:
+            if t._versions[0] != version:
                 raise RuntimeError(
                     f"a tensor of shape {t.shape} used by {type(self).__name__} was modified in "
                     f"place after it was used (version {version} -> {t._version}); its gradient "
@@ -556,10 +568,10 @@ def run_backward(root, gradient, retain_graph=False):
     while ready:
         node = ready.pop()
         grad = pending.pop(node, None)
-        grads = ()
+        grads = None  # no gradient reached this node: its inputs get none either
         if grad is not None:
             node._check_versions()
-            grads = node._backward(grad)
+            grads = node.backward(grad) if not node.torch_style else node._backward(grad)
             if not isinstance(grads, tuple):
                 grads = (grads,)
             if len(grads) != len(node.inputs):
@@ -568,16 +580,9 @@ def run_backward(root, gradient, retain_graph=False):
         for i, t in enumerate(node.inputs):
             if t is None:
                 continue
-            g = grads[i] if grads else None
+            g = None if grads is None else grads[i]
             if g is not None:
-                if not isinstance(g, np.ndarray):  # a NumPy or Python scalar
-                    g = np.asarray(g)
-                if g.shape != t.data.shape:
-                    g = _to_input_shape(node, i, g, t.data.shape, grad.shape)
-                if g.dtype != t.data.dtype:
-                    g = g.astype(t.data.dtype)
-                if _anomaly_mode:
-                    _check_finite(g, f"the backward pass of {type(node).__name__}")
+                g = _fitted(node, i, g, t.data, grad)
             parent = t.grad_fn
             if parent is None:
                 if g is not None:
@@ -593,14 +598,28 @@ def run_backward(root, gradient, retain_graph=False):
             node._release()
 
 
+def _fitted(node, i, g, data, incoming):
+    """Input ``i``'s gradient ``g`` as an array of the input's shape and dtype."""
+    if not isinstance(g, np.ndarray):  # a NumPy or Python scalar
+        g = np.asarray(g)
+    if g.shape != data.shape:
+        g = _to_input_shape(node, i, g, data.shape, incoming.shape)
+    if g.dtype != data.dtype:
+        g = g.astype(data.dtype)
+    if _anomaly_mode:
+        _check_finite(g, f"the backward pass of {type(node).__name__}")
+    return g
+
+
 def _made_for_one_input(node, g, grads, incoming):
     """Whether ``g`` is a new array that ``node``'s backward made for this one input:
     not the incoming gradient passed on (Add, Clone), not a view of anything
     (Reshape, a broadcast), not handed to two inputs, not an array the node saved."""
-    return (g is not incoming and g.base is None and g.flags.writeable
-            and sum(other is g for other in grads) == 1
-            and not node.torch_style
-            and all(value is not g for value in vars(node).values()))
+    if g is incoming or g.base is not None or node.torch_style or not g.flags.writeable:
+        return False
+    if sum(other is g for other in grads) > 1:
+        return False
+    return all(value is not g for value in vars(node).values())
 
 
 def _accumulate(leaf, grad, owned=False):

@@ -22,6 +22,8 @@ from ..threads import matmul
 
 
 class ReLUFn(Function):
+    saves_inputs = False  # backward reads the output only
+
     def forward(self, x):
         self.out = np.maximum(x, 0)
         return self.out
@@ -166,8 +168,9 @@ class LinearFn(Function):
 
     def backward(self, grad):
         need_x, need_w, need_b = (self.needs_input_grad + (False,))[:3]
-        x2 = self.x.reshape(-1, self.x.shape[-1])
-        g2 = grad.reshape(-1, grad.shape[-1])
+        x2, g2 = self.x, grad
+        if x2.ndim != 2:  # one sample or (batch..., features): the rows of a matrix
+            x2, g2 = x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1])
         grad_x = matmul(grad, self.weight) if need_x else None
         grad_w = matmul(g2.T, x2) if need_w else None
         grad_b = g2.sum(axis=0) if need_b else None
@@ -177,7 +180,7 @@ class LinearFn(Function):
 def _check_floating(where, x, what="input"):
     """Layers and losses compute in floating point; torch refuses integer inputs too
     (NumPy would silently compute them in float64)."""
-    dtype = _as_array(x).dtype
+    dtype = x.dtype if isinstance(x, (Tensor, np.ndarray)) else _as_array(x).dtype
     if dtype.kind != "f":
         raise TypeError(f"{where}: the {what} has dtype {dtype}; it must be a float tensor, "
                         "e.g. x.float() or md.tensor(data, dtype=md.float32)")
@@ -435,26 +438,32 @@ class CrossEntropyFn(Function):
     def forward(self, logits, target, weight, reduction, label_smoothing, ignore_index):
         n, classes = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        sum_exp = exp.sum(axis=1, keepdims=True)
-        log_p = shifted - np.log(sum_exp)
-        keep = target != ignore_index
+        softmax = np.exp(shifted)
+        sum_exp = softmax.sum(axis=1, keepdims=True)
+        log_sum_exp = np.log(sum_exp)
+        softmax /= sum_exp  # in place: exp itself is not needed again
+        rows = np.arange(n)
+        # ignore_index None: cross_entropy found that no target can equal it
+        keep = None if ignore_index is None else target != ignore_index
         w = None if weight is None else weight.astype(logits.dtype)
-        if w is None and keep.all():
+        if w is None and (keep is None or keep.all()):
             keep = row_weight = None
             denominator = n
         else:
-            target = np.where(keep, target, 0)
-            row_weight = (1 if w is None else w[target]) * keep
+            if keep is not None:
+                target = np.where(keep, target, 0)
+            row_weight = (1 if w is None else w[target]) * (1 if keep is None else keep)
             denominator = row_weight.sum()
-        loss = -log_p[np.arange(n), target]
+        # -log p of each row's target only (the full log-softmax only for smoothing)
+        loss = log_sum_exp[:, 0] - shifted[rows, target]
         if row_weight is not None:
             loss = loss * row_weight
         eps = label_smoothing
         if eps:  # the mean of -w log p over the classes, mixed in with weight eps
+            log_p = shifted - log_sum_exp
             smooth = -(log_p if w is None else log_p * w).sum(axis=1) / classes
             loss = (1 - eps) * loss + eps * (smooth if keep is None else smooth * keep)
-        self.softmax, self.target, self.w = exp / sum_exp, target, w
+        self.softmax, self.rows, self.target, self.w = softmax, rows, target, w
         self.row_weight, self.keep, self.eps, self.reduction = row_weight, keep, eps, reduction
         self.denominator = denominator if reduction == "mean" else 1
         if reduction == "none":
@@ -463,8 +472,14 @@ class CrossEntropyFn(Function):
 
     def backward(self, grad):
         p, eps = self.softmax, self.eps
+        if self.row_weight is None and not eps and self.reduction != "none":
+            # The plain case in two passes: (softmax - one_hot) * grad / denominator.
+            scale = grad / self.denominator
+            g = p * scale
+            g[self.rows, self.target] -= scale
+            return g, None, None
         g = p.copy()
-        g[np.arange(len(g)), self.target] -= 1  # softmax - one_hot
+        g[self.rows, self.target] -= 1  # softmax - one_hot
         if self.row_weight is not None:
             g *= self.row_weight[:, None]
         if eps:  # the smoothing term's gradient: (p sum(w) - w) / classes
@@ -494,11 +509,14 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
         raise ValueError(f"cross_entropy: logits of shape {logits.shape} need targets of shape "
                          f"{(logits.shape[0],) + logits.shape[2:]}, got {target.shape}")
     classes = logits.shape[1]
-    if target.size and (target.min() < 0 or target.max() >= classes):  # then look closer
+    classes_only = not target.size or (target.min() >= 0 and target.max() < classes)
+    if not classes_only:  # then look closer
         valid = target[target != ignore_index]
         if valid.size and (valid.min() < 0 or valid.max() >= classes):
             raise ValueError(f"cross_entropy: targets must lie in [0, {classes}), got values "
                              f"from {valid.min()} to {valid.max()}")
+    if classes_only and not 0 <= ignore_index < classes:
+        ignore_index = None  # no target can be ignored: the loss need not look for one
     out_shape = target.shape
     if logits.ndim > 2:  # (N, C, d...) -> (N * d..., C)
         logits = logits.permute(0, *range(2, logits.ndim), 1).reshape(-1, classes)

@@ -111,7 +111,10 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         output = self.forward(*args, **kwargs)
-        for hook in tuple(self.__dict__.get("_forward_hooks", {}).values()):
+        hooks = self.__dict__.get("_forward_hooks")
+        if not hooks:  # the usual case, on every call of every layer: nothing to do
+            return output
+        for hook in tuple(hooks.values()):  # a copy: a hook may remove itself
             result = hook(self, args, output)
             if result is not None:  # as in torch, a hook may replace the output
                 output = result
