@@ -49,6 +49,9 @@ def _valid_range(offset, stride, out_size, in_size):
     return lo, hi
 
 
+# The inner loops of im2col and col2im: each runs over a slice from index 0, so
+# numba knows no index is negative (no wrap-around check per element) and
+# vectorises the loop, about seven times faster than ``row[start + k]``.
 @njit(**_JIT)
 def _fill_zero(a):
     for k in range(a.size):
@@ -86,9 +89,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     ``cols[(c*kh + i)*kw + j, (n*oh + y)*ow + z] = x[n, c, y*sh - ph + i*dh, z*sw - pw + j*dw]``
     and 0 where that position lies in the padding.
 
-    The inner loops run over slices from index 0 (``_copy``, ``_fill_zero``):
-    numba then knows no index is negative and vectorises them, eight times
-    faster than indexing with an offset.
+    The inner loops are ``_copy`` and ``_fill_zero`` on slices (see above).
     """
     n_img, channels, height, width = x.shape
     plane = oh * ow
