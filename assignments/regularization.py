@@ -208,20 +208,18 @@ def run(ctx):
     # (1) the exercise's weights
     exercise = penalties_of_exercise()
     metrics["exercise"] = {"weights": EXERCISE_WEIGHTS, **exercise}
-    ctx.table("penalties", [{"weight": w, "l1_term": abs(w), "l2_term": w * w,
-                             "l1_gradient": exercise["l1"]["gradient"][i],
-                             "l2_gradient": exercise["l2"]["gradient"][i]}
-                            for i, w in enumerate(EXERCISE_WEIGHTS)]
-              + [{"weight": "sum", "l1_term": exercise["l1"]["value"], "l2_term": exercise["l2"]["value"]}],
+    l1, l2 = exercise["l1"], exercise["l2"]
+    ctx.table("penalties", [{"weight": w, "l1_term": abs(w), "l2_term": w * w, "l1_gradient": g1, "l2_gradient": g2}
+                            for w, g1, g2 in zip(EXERCISE_WEIGHTS, l1["gradient"], l2["gradient"])]
+              + [{"weight": "sum", "l1_term": l1["value"], "l2_term": l2["value"]}],
               "The exercise's weights: L1 = sum |w|, L2 = sum w² (no factor 1/2), and their "
               "gradients by autograd: sign(w) and 2w.",
               columns={"weight": "weight w", "l1_term": ("|w|", "{:.6g}"), "l2_term": ("w²", "{:.6g}"),
                        "l1_gradient": ("dL1/dw", "{:g}"), "l2_gradient": ("dL2/dw", "{:g}")})
     ctx.save_figure(plot_penalties(exercise), "penalties",
                     "The two penalties and their gradients, with the exercise's six weights.")
-    ctx.note(f"Exercise: L1 = {exercise['l1']['value']:.6g}, L2 = {exercise['l2']['value']:.6g}; "
-             f"gradients sign(w) = {exercise['l1']['gradient'].tolist()} and "
-             f"2w = {exercise['l2']['gradient'].tolist()}.")
+    ctx.note(f"Exercise: L1 = {l1['value']:.6g}, L2 = {l2['value']:.6g}; gradients sign(w) = "
+             f"{l1['gradient'].tolist()} and 2w = {l2['gradient'].tolist()}.")
 
     data, n_classes = load(ctx)
     ctx.log(f"{ctx.dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val images; "
