@@ -23,8 +23,8 @@ from reference_torch.train import warmup_cosine
 from .runner import binomial_se, positive_float, positive_int
 
 COURSE_TEMPLATE = "This is a photo of a {}"
-REAL_WEIGHTS = ("To use OpenAI's weights: --weights ViT-B-32.state_dict.pt (a state dict of their ViT-B/32) "
-                "--vocab bpe_simple_vocab_16e6.txt.gz --dataset cifar10 (or cifar100).")
+REAL_WEIGHTS = ("To use OpenAI's weights: --weights PATH (a state dict of one of their vision-transformer CLIPs, as "
+                "ViT-B-32.state_dict.pt) --vocab bpe_simple_vocab_16e6.txt.gz --dataset cifar10 (or cifar100).")
 
 
 def add_arguments(parser):
@@ -63,9 +63,10 @@ def load_model(ctx):
         model, tokenizer, info = mini_clip(ctx.out.parent / "mini_clip", settings, ctx.device, ctx.log)
         trained = "read from its cache" if info["cached"] else f"trained here in {info['train_cpu_seconds']:.0f} CPU s"
         description = (f"mini-CLIP ({info['parameters']:,} parameters, {settings['images']:,} shapes images with "
-                       f"generated captions, {settings['epochs']} epochs, {trained}: {info['file']})")
-        ctx.note(f"No --weights: the model is a {description}; its zero-shot accuracy on 1,000 held-out shapes "
-                 f"images was {info['held_out_zero_shot_accuracy']:.1%} (chance 10%). {REAL_WEIGHTS}")
+                       f"generated captions, {settings['epochs']} epochs, {trained}; zero-shot accuracy "
+                       f"{info['held_out_zero_shot_accuracy']:.1%} on {info['held_out_images']:,} held-out images: "
+                       f"{info['file']})")
+        ctx.note(f"No --weights: the model is a {description}; chance is 10%. {REAL_WEIGHTS}")
     return model.to(ctx.device).eval().requires_grad_(False), tokenizer, description
 
 

@@ -282,12 +282,16 @@ def test_damaged_cache_is_trained_again(tmp_path):
 
 # ------------------------------------------------------------------ drivers
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory, torch_one_thread):
+def quick_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("clip")
+
+
+@pytest.fixture(scope="module")
+def quick_runs(quick_folder, torch_one_thread):
     """--quick runs of the three drivers in one folder: the first trains the mini-CLIP into
     <folder>/mini_clip, the others read it."""
     from driver_run import run_quick
-    folder = tmp_path_factory.mktemp("clip")
-    return {name: run_quick(name, folder / name) for name in ("visual_prompting", "clip_zeroshot", "deep_prompting")}
+    return {name: run_quick(name, quick_folder / name) for name in ("visual_prompting", "clip_zeroshot", "deep_prompting")}
 
 
 @pytest.mark.slow
@@ -325,6 +329,13 @@ def test_deep_prompting_quick(quick_runs):
     assert runs["layer_0"]["trainable_parameters"] == 4 * 64  # 4 tokens of the encoder's width
     assert runs["every_layer"]["trainable_parameters"] == 2 * 4 * 64  # fresh ones before each of the 2 blocks
     assert runs["linear_probe"]["trainable_parameters"] == 64 * 10 + 10
+
+
+@pytest.mark.slow
+def test_quick_runs_quote_only_recorded_numbers(quick_runs, quick_folder):
+    from assignments.report import unsupported_numbers
+    for name in quick_runs:  # every number in a caption or note is one that metrics.json or a table holds
+        assert unsupported_numbers(quick_folder / name) == [], name
 
 
 def test_refusals(tmp_path):
