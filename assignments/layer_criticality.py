@@ -227,4 +227,4 @@ def run(ctx):
     return {"model": meta["model"], "dataset": ctx.dataset, "checkpoints": str(folder), "epochs": epochs,
             "base_error": base, "layers": labels, "reinit": study["reinit"], "rerandom": study["rerandom"],
             "robust": [bool(r) for r in robust], "critical": critical, "margin": c.margin,
-            "published_mnist_accuracy": PUBLISHED}
+            "test_images": len(test_y), "published_mnist_accuracy": PUBLISHED}
