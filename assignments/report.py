@@ -421,9 +421,9 @@ resolution) and the numbers it measured.</p>
 
 
 # ------------------------------------------------------ caption check
-# A number in running text: not part of a name (CIFAR-10, conv1, top-5, 32x32, 1-10-1),
+# A number in running text: not part of a name (CIFAR-10, conv1, top-5, 32x32, 1-10-1, ViT-B/32),
 # with thousands separators (1,249), decimals and exponents (1e-4); a % after it.
-_NUMBER = re.compile(r"(?<![\w.\-−])([-−]?)(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(\.\d+)?([eE][-+]?\d+)?"
+_NUMBER = re.compile(r"(?<![\w.\-−])(?<![A-Za-z]/)([-−]?)(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(\.\d+)?([eE][-+]?\d+)?"
                      r"(?![\w]|[-.]\d|-\w)(\s?%)?")
 SMALL_INTEGERS = 10  # "3 of 3 regularisers", "one of 5 seeds": counts of the figure's own panels
 
