@@ -20,6 +20,8 @@
                                   course's visual and deep prompts (prompting)
     reference_torch.vae, .aae     the UvA DL1 VAE (bits per dimension) and adversarial autoencoder
     reference_torch.gnn           GCN (message passing and matrix form), max aggregation, GAT
+    reference_torch.transfer      a pretrained body with a new head, each strategy's parameter groups,
+                                  class-split source/target tasks, accuracy under gaussian test noise
 
 Submodules are imported explicitly (``from reference_torch.train import fit``) so that
 importing one part does not pull in the others.
