@@ -131,7 +131,7 @@ def plot_confusion(cm, classes, order, dataset):
     plots.bar_chart({classes[k]: per_class[k] for k in order}, "Per-class test accuracy (red: the 3 hardest)",
                     "test accuracy (%)", ax=ax_bar, colors=colours, chance=100 / len(classes),
                     baseline=("overall accuracy", 100 * np.trace(cm) / cm.sum()), xlabel="true class",
-                    rotation=45, ylim=(0, 110))
+                    rotation=45, ylim=(0, 110), unit=" %")
     for label, colour in zip(ax_bar.get_xticklabels(), colours):
         label.set_color(colour)
     return fig
@@ -144,6 +144,7 @@ def plot_sweep(rows, curves, num_classes, dataset):
     plots.line_plot({n: (np.arange(1, len(c) + 1), 100 * np.array(c)) for n, c in zip(names, curves)},
                     f"Validation accuracy per epoch ({dataset})", "epoch", "validation accuracy (%)", ax=ax,
                     chance=chance, unit=" %")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     base, noise = 100 * rows[0]["val_accuracy"], 100 * rows[0]["val_se"] * 2 ** 0.5  # of a difference
     top = 100 * max(row["val_accuracy"] for row in rows)
     plots.bar_chart({n: 100 * r["val_accuracy"] for n, r in zip(names, rows)}, "Final validation accuracy ± 1 s.e.",
@@ -268,7 +269,7 @@ def run(ctx):
                    final_train_accuracy=history["accuracy"][-1], final_val_accuracy=val_accuracy[-1],
                    late_val_gain=late, val_difference_se=val_noise, confusion_matrix=cm,
                    per_class_accuracy=dict(zip(classes, per_class.tolist())),
-                   hardest_classes=[classes[k] for k in order[:3]],
+                   hardest_classes=[classes[k] for k in order[:3]], setting=BASE,
                    most_confused={"true": classes[i], "predicted": classes[j], "images": int(off[i, j])})
     if not cfg.sweep:
         return metrics
