@@ -581,8 +581,9 @@ def run_backward(root, gradient, retain_graph=False):
             if t is None:
                 continue
             g = None if grads is None else grads[i]
-            if g is not None:
-                g = _fitted(node, i, g, t.data, grad)
+            if g is not None and not (type(g) is np.ndarray and g.shape == t.data.shape
+                                      and g.dtype == t.data.dtype and not _anomaly_mode):
+                g = _fitted(node, i, g, t.data, grad)  # only where something needs fixing
             parent = t.grad_fn
             if parent is None:
                 if g is not None:

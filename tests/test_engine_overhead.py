@@ -1,6 +1,7 @@
 """The shortcuts that keep the engine's overhead small (issue 19) change no result:
 a leaf keeps a gradient array only when nothing else holds it, and cross-entropy's
-plain case (no class weights, nothing ignored, no smoothing) equals torch's."""
+plain case (no class weights, nothing ignored, no smoothing) equals torch's; and the
+MLP step stays lean in structure: one graph node per layer, no float64 array."""
 import numpy as np
 import torch
 
@@ -73,4 +74,59 @@ def test_plain_cross_entropy_and_its_gradient_equal_torchs():
         np.testing.assert_allclose(loss.data, their_loss.detach().numpy(), rtol=1e-12)
         loss.sum().backward()
         their_loss.sum().backward()
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def _mlp_step_graph():
+    """One forward pass of the benchmark's MLP (tiny sizes), float32, graph kept."""
+    md.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = md.Tensor(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32))
+    loss = nn.CrossEntropyLoss()(model(x), np.array([0, 2, 1, 2]))
+    nodes, stack = [], [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(t.grad_fn for t in node.inputs if t is not None and t.grad_fn is not None)
+    return model, loss, nodes
+
+
+def test_an_mlp_step_records_one_node_per_layer_and_the_loss():
+    _, _, nodes = _mlp_step_graph()
+    names = sorted(type(node).__name__ for node in nodes)
+    assert names == ["CrossEntropyFn"] + ["LinearFn"] * 3 + ["ReLUFn"] * 2
+
+
+def test_a_float32_step_makes_no_float64_array():
+    model, loss, nodes = _mlp_step_graph()
+    saved = [value for node in nodes for value in vars(node).values()
+             if isinstance(value, np.ndarray) and value.dtype.kind == "f"]
+    assert saved and {a.dtype for a in saved} == {np.dtype(np.float32)}
+    assert loss.dtype == np.float32
+    opt = md.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss.backward()
+    opt.step()
+    opt.step()  # the second step updates the momentum buffers in place
+    for p in model.parameters():
+        assert p.grad.dtype == p.data.dtype == opt.state[p]["momentum_buffer"].dtype == np.float32
+
+
+def test_cross_entropys_ignore_and_weight_paths_equal_torchs():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((8, 4))
+    cases = [(np.array([0, -100, 3, 1, -100, 2, 0, 1]), {}),           # ignored rows, default index
+             (np.array([0, 1, 3, 1, 0, 2, 0, 1]), {"ignore_index": 0}),  # an index among the classes
+             (np.array([0, 1, 3, 1, 0, 2, 0, 1]), {"weight": [1.0, 2.0, 0.5, 1.5]})]
+    for target, options in cases:
+        mine = md.tensor(logits, requires_grad=True, dtype=np.float64)
+        theirs = torch.tensor(logits, requires_grad=True)
+        their_options = {k: torch.tensor(v, dtype=torch.float64) if k == "weight" else v
+                         for k, v in options.items()}
+        loss = F.cross_entropy(mine, target, **{k: np.array(v) if k == "weight" else v
+                                                 for k, v in options.items()})
+        their_loss = torch.nn.functional.cross_entropy(theirs, torch.from_numpy(target),
+                                                       **their_options)
+        np.testing.assert_allclose(loss.data, their_loss.detach().numpy(), rtol=1e-12)
+        loss.backward()
+        their_loss.backward()
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-14)
