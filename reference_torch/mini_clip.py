@@ -10,7 +10,9 @@ and colour (the mean colour under the mask, by the nearest of 12 colour names), 
 background's colour and where the shape sits, in one of several templates ("a photo of
 a small red star on a blue background", "a green ring at the top left", ...). Every
 step draws one of each image's captions. The loss is CLIP's: cross-entropy of the
-image-to-text and text-to-image similarities, each image's own caption the target.
+image-to-text and text-to-image similarities, each image's own caption the target; a
+caption that is the same text as another image's in the batch is a target too, not a
+negative (three templates name only the shape: "a photo of a star" comes up in every batch).
 
 The checkpoint (weights, merges, settings; read with weights_only) is written atomically
 to ``cache_dir/mini_clip_<key>.pt``, the key a hash of the settings, so every driver that
@@ -96,13 +98,20 @@ def captions(images, mask, labels, classes, rng, per_image=4):
 
 
 def contrastive_step(model, batch):
-    """CLIP's symmetric cross-entropy on a batch of images and one random caption of each."""
+    """CLIP's symmetric cross-entropy on a batch of images and one random caption of each.
+    Captions repeat (there are far fewer distinct captions than images), and an image whose
+    caption is the same text as another image's is no negative for it: the target of each
+    image is shared equally among all texts equal to its own caption, and so for each text."""
     images, tokens = batch
-    tokens = tokens[torch.arange(len(tokens)), torch.randint(0, tokens.shape[1], (len(tokens),))]
-    logits_per_image, logits_per_text = model(images, tokens.to(images.device))
-    target = torch.arange(len(images), device=images.device)
+    tokens = tokens[torch.arange(len(tokens)), torch.randint(0, tokens.shape[1], (len(tokens),))].to(images.device)
+    texts, copy = tokens.unique(dim=0, return_inverse=True)  # each distinct caption encoded once
+    logits_per_image = model.logits(model.encode_image(images), model.encode_text(texts)[copy])
+    logits_per_text = logits_per_image.t()
+    same = (copy[:, None] == copy[None]).float()  # symmetric, ones on the diagonal
+    target = same / same.sum(1, keepdim=True)
     loss = (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_text, target)) / 2
-    return loss, {"accuracy": (logits_per_image.argmax(1) == target).float().mean()}
+    hit = same[torch.arange(len(images)), logits_per_image.argmax(1)]  # the closest text is an equal caption
+    return loss, {"accuracy": hit.mean()}
 
 
 class ClampLogitScale(Callback):
@@ -113,8 +122,13 @@ class ClampLogitScale(Callback):
             trainer.model.logit_scale.clamp_(0, np.log(100))
 
 
+# Raised whenever the recipe (captions, loss, optimiser) changes, so that a mini-CLIP cached by an
+# earlier recipe under the same settings is not read as this one's: it is in the cache file's name.
+RECIPE = 2
+
+
 def _key(settings):
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps({"recipe": RECIPE, **settings}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def mini_clip(cache_dir, settings, device="cpu", log=print):
