@@ -37,7 +37,7 @@ DEFAULT = True
 THREADS = "small"
 TORCH = True
 PROFILES = {
-    "default": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "adam", "warmup": 1000, "tokens": 4,
+    "default": {"epochs": 2, "batch_size": 128, "lr": 0.05, "optimizer": "adam", "warmup": 1000, "tokens": 4,
                 "layers": (0, 1), "token_counts": (1, 4, 16), "every_layer": True, "prompt_size": 4,
                 "padding_lr": 0.05, "probe_lr": 1e-2, "shift": "dark", "test_noise": 0.1, "weights": None,
                 "vocab": None, "test_size": None, "shapes_images": 10000, "needs_weights": None},
@@ -119,6 +119,9 @@ def run(ctx):
     learn("padding", f"padding prompt, width {c.prompt_size}", visual=PadPrompter(c.prompt_size, size),
           lr=c.padding_lr)  # pixels on their own (the course's) learning rate
     runs["linear_probe"] = linear_probe(ctx, clip, data, x_clean, y, len(classes))
+    for key, r in runs.items():  # each method against zero-shot, with one standard error of the difference
+        if key != "zero_shot":
+            r["gain"], r["gain_noise"] = r["test"] - runs["zero_shot"]["test"], common.difference_noise(r["test"], len(y))
     metrics = {"model": description, "dataset": ctx.dataset, "shift": c.shift, "test_images": len(y), "runs": runs,
                "zero_shot_accuracy": runs["zero_shot"]["test"], "encoder_blocks": layers}
     figures(ctx, runs, len(classes), metrics)
@@ -183,8 +186,8 @@ def figures(ctx, runs, num_classes, m):
              f"({best['trainable_parameters']:,} trainable values).")
     for key, r in runs.items():
         if key != "zero_shot":
-            ctx.note(f"{r['method']}: {r['test']:.1%} ({100 * (r['test'] - zero['test']):+.1f} points against "
-                     f"zero-shot, noise of the difference {100 * common.difference_noise(r['test'], n):.1f}; "
+            ctx.note(f"{r['method']}: {r['test']:.1%} ({100 * r['gain']:+.1f} points against "
+                     f"zero-shot, noise of the difference {100 * r['gain_noise']:.1f}; "
                      f"unshifted images {r['clean_test']:.1%}).")
     main = runs[f"layer_{c.layers[0]}"]  # the course's deep prompt: --tokens tokens before the first layer
     ctx.headline(f"test accuracy, {main['method']}", main["test"], zero["test"], "zero-shot",

@@ -35,7 +35,7 @@ DEFAULT = True
 THREADS = "small"
 TORCH = True
 PROFILES = {
-    "default": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "adam", "warmup": 1000,
+    "default": {"epochs": 2, "batch_size": 128, "lr": 0.05, "optimizer": "adam", "warmup": 1000,
                 "prompts": tuple(VISUAL_PROMPTERS), "prompt_size": 4, "patch_size": 1, "shift": "dark",
                 "test_noise": 0.1, "weights": None, "vocab": None, "test_size": None, "shapes_images": 10000,
                 "needs_weights": None},
@@ -91,6 +91,9 @@ def run(ctx):
             model = PromptCLIP(clip, together, visual_prompt=prompt, image_size=size)
             runs[key]["cross_dataset"] = {name: common.accuracy(common.logits_of(
                 ctx, model, data["test"][0] if name == ctx.dataset else x), y) for name, x, y in sets}
+    for kind in prompted:  # each prompt against zero-shot, with one standard error of the difference
+        runs[kind]["gain"] = runs[kind]["test"] - runs["zero_shot"]["test"]
+        runs[kind]["gain_noise"] = common.difference_noise(runs[kind]["test"], len(y))
     metrics = {"model": description, "dataset": ctx.dataset, "shift": c.shift, "optimizer": c.optimizer,
                "lr": c.lr, "epochs": c.epochs, "test_images": len(y), "runs": runs,
                "zero_shot_accuracy": runs["zero_shot"]["test"],
@@ -151,8 +154,8 @@ def figures(ctx, runs, prompted, x, num_classes, m):
     for kind in prompted:
         r = runs[kind]
         ctx.note(f"The {r['prompt']} prompt ({r['trainable_parameters']:,} values) reaches {r['test']:.1%}, "
-                 f"{100 * (r['test'] - zero['test']):+.1f} points against zero-shot (noise of the difference "
-                 f"{100 * common.difference_noise(r['test'], n):.1f}); on the unshifted images it gives "
+                 f"{100 * r['gain']:+.1f} points against zero-shot (noise of the difference "
+                 f"{100 * r['gain_noise']:.1f}); on the unshifted images it gives "
                  f"{r['clean_test']:.1%}, under noise {r['noisy_test']:.1%}.")
     if prompted:  # the first prompt asked for (the course's padding by default) against zero-shot
         first = runs[next(iter(prompted))]
