@@ -618,9 +618,10 @@ def _made_for_one_input(node, g, grads, incoming):
     (Reshape, a broadcast), not handed to two inputs, not an array the node saved."""
     if g is incoming or g.base is not None or node.torch_style or not g.flags.writeable:
         return False
-    if sum(other is g for other in grads) > 1:
+    # (lists, not generators: this runs for every parameter on every backward)
+    if [other is g for other in grads].count(True) > 1:
         return False
-    return all(value is not g for value in vars(node).values())
+    return True not in [value is g for value in vars(node).values()]
 
 
 def _accumulate(leaf, grad, owned=False):
