@@ -72,7 +72,7 @@ def grey_level(text):
     """A budget in grey levels of 255: 8 is eps = 8/255 in [0, 1] pixel units."""
     level = float(text)
     if not 0 <= level <= 255:
-        raise argparse.ArgumentTypeError(f"must be a grey level between 0 and 255 (8: eps = 8/255), got {text}")
+        raise argparse.ArgumentTypeError(f"must be a grey level between 0 and 255, got {text} (8: eps = 8/255)")
     return level
 
 

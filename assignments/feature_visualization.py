@@ -228,7 +228,8 @@ def run(ctx):
                **building_blocks(ctx, model, x[:cfg.dictionary_images], blocks[-1], colours, names, row_labels)}
     gains, in_std, beats, start_beats = (np.array([r[key] for r in every_unit])
                                          for key in ("gain", "gain_in_test_std", "beats", "start_beats"))
-    metrics.update(min_gain=float(gains.min()), all_gains_positive=bool((gains > 0).all()),
+    metrics.update(min_gain=float(gains.min()), median_gain=float(np.median(gains)),
+                   all_gains_positive=bool((gains > 0).all()),
                    min_gain_in_test_std=float(in_std.min()), median_gain_in_test_std=float(np.median(in_std)),
                    share_beating_best_test_image=float(beats.mean()), units_beating_best_test_image=int(beats.sum()),
                    share_of_starts_beating_best_test_image=float(start_beats.mean()))

@@ -341,6 +341,7 @@ class Run:
         self.out = Path(run["out"]) if run["out"] else RUNS_DIR / self.name
         self.is_main = _rank() == 0
         self.figures, self.tables, self.notes, self.histories = [], [], [], {}
+        self.data_split = None  # how a fallback split the data, as its note says (into config.json)
         self.headline_result = None
         self._device = None
 
@@ -434,6 +435,7 @@ class Run:
             try:
                 splits = load(download=False, train_from_test=8000)
                 self.note(f"Only the official {self.dataset} test set was found: {splits.description}.")
+                self.data_split = splits.description
                 return splits
             except data.DatasetNotFoundError:
                 pass
@@ -495,7 +497,7 @@ class Run:
             return
         config = {"driver": self.name, "dataset": self.dataset, "profile": self.profile,
                   "seed": self.seed, "data_dir": self.data_dir, "threads": self.threads,
-                  "settings": self.config}
+                  "settings": self.config, **({"data_split": self.data_split} if self.data_split else {})}
         manifest = {
             "name": self.name, "course": self.driver.COURSE, "task": self.driver.TASK,
             "summary": self.driver.SUMMARY, "statement": self.driver.STATEMENT.strip(),
