@@ -58,10 +58,10 @@ def _main(argv=None):
 # held to. Only a hint for the order of a side-by-side run: the longest first, so that no long
 # driver starts last while the other workers sit idle; a driver not listed goes last.
 COST_HINTS = {
-    "regression": 37, "filters": 8, "mlp_numpy": 12, "cnn_vs_mlp": 35, "cifar_cnn": 111, "regularization": 34,
-    "transfer_learning": 89, "augmentation": 93, "explanations": 75, "model_bias": 66,
+    "regression": 37, "filters": 8, "mlp_numpy": 12, "cnn_vs_mlp": 35, "cifar_cnn": 89, "regularization": 34,
+    "transfer_learning": 71, "augmentation": 93, "explanations": 75, "model_bias": 66,
     "feature_visualization": 58, "adversarial": 41, "memorization": 61, "layer_criticality": 2, "simclr": 83,
-    "fixmatch": 79, "clip_zeroshot": 327, "visual_prompting": 82, "deep_prompting": 154, "vae": 74, "aae": 95,
+    "fixmatch": 79, "clip_zeroshot": 245, "visual_prompting": 40, "deep_prompting": 70, "vae": 74, "aae": 95,
     "gpt": 50, "gnn": 19,
 }
 # A driver that reads what another one writes (a cached model, Part I's checkpoints) starts
