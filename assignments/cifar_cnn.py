@@ -78,6 +78,10 @@ def subset(x, y, limit, rng):
     return x[keep], y[keep]
 
 
+def check(config):
+    if config.sweep_pool not in (1, 2):  # 8x8 pixels would leave depth 4's last stage nothing to pool
+        return f"sweep_pool {config.sweep_pool!r}: the sweep shrinks the images 1- or 2-fold (32 or 16 pixels)"
+
 def pool(x, k):
     """Images shrunk k-fold by averaging k x k blocks (k = 1: unchanged)."""
     n, c, h, w = x.shape

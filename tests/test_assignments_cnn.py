@@ -193,6 +193,15 @@ def test_a_bad_option_stops_before_any_file(tmp_path, name, option, value):
     assert_refused(tmp_path, name, option, value)
 
 
+
+@pytest.mark.parametrize("pool", [3, 4])
+def test_cifar_cnn_refuses_a_replayed_sweep_pool_it_cannot_use(tmp_path, pool):
+    """A hand-edited config.json: 3 does not divide 32 pixels, 4 leaves depth 4 nothing to pool."""
+    (tmp_path / "config.json").write_text(json.dumps({"driver": "cifar_cnn", "settings": {"sweep_pool": pool}}))
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "cifar_cnn", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "out")])
+    assert f"sweep_pool {pool}" in str(stop.value.code) and not (tmp_path / "out").exists()
+
 def test_cifar_cnn_sweep_options_set_the_factors():
     driver = assignments.get("cifar_cnn")
 
