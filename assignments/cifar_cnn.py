@@ -82,6 +82,7 @@ def check(config):
     if config.sweep_pool not in (1, 2):  # 8x8 pixels would leave depth 4's last stage nothing to pool
         return f"sweep_pool {config.sweep_pool!r}: the sweep shrinks the images 1- or 2-fold (32 or 16 pixels)"
 
+
 def pool(x, k):
     """Images shrunk k-fold by averaging k x k blocks (k = 1: unchanged)."""
     n, c, h, w = x.shape
@@ -126,13 +127,12 @@ def shown(value):
 
 
 # ---------------------------------------------------------------- figures
-def plot_confusion(cm, classes, order, dataset):
-    """The confusion matrix, and beside it every class's accuracy, hardest first (``order``)."""
-    per_class = 100 * np.diag(cm) / np.maximum(cm.sum(axis=1), 1)
+def plot_confusion(cm, per_class, classes, order, dataset):
+    """The confusion matrix, and beside it every class's accuracy (``per_class``), hardest first (``order``)."""
     colours = ["tab:red" if r < 3 else "tab:blue" for r in range(len(classes))]
     fig, (ax, ax_bar) = plt.subplots(1, 2, figsize=(13, 5.4), gridspec_kw={"width_ratios": [1.25, 1]})
     plots.confusion_matrix(cm, classes, f"Confusion matrix, test set ({dataset})", ax=ax)
-    plots.bar_chart({classes[k]: per_class[k] for k in order}, "Per-class test accuracy (red: the 3 hardest)",
+    plots.bar_chart({classes[k]: 100 * per_class[k] for k in order}, "Per-class test accuracy (red: the 3 hardest)",
                     "test accuracy (%)", ax=ax_bar, colors=colours, chance=100 / len(classes),
                     baseline=("overall accuracy", 100 * np.trace(cm) / cm.sum()), xlabel="true class",
                     rotation=45, ylim=(0, 110), unit=" %")
@@ -254,7 +254,7 @@ def run(ctx):
                     f"{shown(BASE['widths'])}, {BASE['kernel_size']}x{BASE['kernel_size']} kernels, batch norm; "
                     f"Adam, lr {BASE['lr']} with cosine decay, batch {BASE['batch_size']}, random horizontal flips) "
                     "on training and validation data.")
-    ctx.save_figure(plot_confusion(cm, classes, order, ctx.dataset), "confusion_matrix",
+    ctx.save_figure(plot_confusion(cm, per_class, classes, order, ctx.dataset), "confusion_matrix",
                     "Left: test confusion matrix, each cell the number of test images and its share of "
                     "the true class (the colour). Right: accuracy of every class, hardest first.")
     params, val_accuracy = sum(p.data.size for p in model.parameters()), history["val_accuracy"]

@@ -21,7 +21,7 @@ import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
 
 from . import plots
-from .runner import positive_int
+from .runner import positive_int, standard_error
 
 NAME = "regression"
 COURSE = "ITU advanced ML"
@@ -190,7 +190,7 @@ def run(ctx):
     gains = np.array([u["held_out_mse"] - r["held_out_mse"] for r, u in zip(table["weight_decay"], table["none"])])
     ctx.headline(f"held-out MSE with weight decay (mean of {len(seeds)} seeds)",
                  summary["weight_decay"]["held_out_mse_mean"], summary["none"]["held_out_mse_mean"],
-                 "no regularisation", noise=gains.std(ddof=1) / len(gains) ** 0.5 if len(gains) > 1 else None,
+                 "no regularisation", noise=standard_error(gains),
                  unit="", higher_is_better=False)
     beaten = [VARIANTS[v] for v in VARIANTS if v != "none"
               and summary[v]["held_out_mse"] < summary["none"]["held_out_mse"]]

@@ -2,7 +2,6 @@
 figures, tables and metrics, with accuracies clearly above chance; a bad option stops
 before anything is written. And every driver declares the protocol of runner.py."""
 import argparse
-import csv
 import importlib
 import json
 
@@ -16,21 +15,12 @@ import assignments
 from assignments.__main__ import main
 from assignments.report import unsupported_numbers
 from assignments.runner import EMBEDDED, PROFILE_NAMES, TORCH_SETTINGS, parser_for, settings
-from driver_run import assert_refused, run_quick
+from driver_run import assert_refused, history_rows, run_quick
 
 
 def _run(name, tmp_path, *extra):
     out = tmp_path / name
     return (out, *run_quick(name, out, *extra))
-
-
-def _histories(out):
-    """history.csv as {run: [row, ...]}."""
-    runs = {}
-    with open(out / "history.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            runs.setdefault(row["run"], []).append(row)
-    return runs
 
 
 @pytest.mark.slow
@@ -40,7 +30,7 @@ def test_cnn_vs_mlp_quick(tmp_path):
     assert files == {"accuracy_vs_parameters.png", "learning_curves.png", "tsne_mlp.png", "tsne_cnn.png"}
     (table,) = [t for t in manifest["tables"] if t["name"] == "comparison"]
     assert [row["model"] for row in table["rows"]] == ["MLP", "CNN"]
-    histories = _histories(out)
+    histories = history_rows(out)
     for model in ("mlp", "cnn"):
         assert metrics[f"{model}_test_accuracy"] > 0.5, metrics  # chance is 0.1
         assert metrics[f"{model}_feature_knn_accuracy"] > 0.4, metrics
@@ -99,7 +89,7 @@ def test_cifar_cnn_quick(tmp_path):
     per_class = metrics["per_class_accuracy"]
     assert max(per_class[c] for c in metrics["hardest_classes"]) <= \
         min(v for c, v in per_class.items() if c not in metrics["hardest_classes"])
-    assert len(_histories(out)["cnn"]) == metrics["epochs"]
+    assert len(history_rows(out)["cnn"]) == metrics["epochs"]
     (sweep,) = [t for t in manifest["tables"] if t["name"] == "sweep"]
     rows = metrics["sweep"]  # the table shows a selection of their keys
     assert [row["setting"] for row in sweep["rows"]] == [row["setting"] for row in rows]
@@ -113,7 +103,7 @@ def test_cifar_cnn_quick(tmp_path):
     epochs = json.loads((out / "config.json").read_text())["settings"]["sweep_epochs"]
     assert metrics["sweep_epochs"] == epochs and metrics["sweep_image_shape"] == [3, 16, 16]
     assert metrics["sweep_train_images"] == 600
-    histories = _histories(out)
+    histories = history_rows(out)
     n_val = sum(metrics["class_counts"]["validation"])
     for row in rows:
         curve = [float(r["val_accuracy"]) for r in histories["sweep_" + row["setting"].replace("=", "_")]]
@@ -151,12 +141,12 @@ def test_cifar_cnn_full_sweep_reuses_the_main_model_as_its_base(tmp_path):
     out = tmp_path / "out"
     assert main(["run", "cifar_cnn", "--config", str(replay), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    histories = _histories(out)
+    histories = history_rows(out)
     rows = metrics["sweep"]
     assert [row["setting"] for row in rows] == ["base", "width=0.5", "width=1.5"]
     assert [row["widths"] for row in rows] == [[8, 16, 32], [4, 8, 16], [12, 24, 48]]
     assert metrics["sweep_image_shape"] == [3, 32, 32] and metrics["sweep_train_images"] == 400
-    assert [{**row, "run": "cnn"} for row in histories["sweep_base"]] == histories["cnn"]
+    assert histories["sweep_base"] == histories["cnn"]  # every column but the run's name
     assert rows[0]["seconds"] == metrics["train_seconds"]
     assert rows[0]["val_accuracy"] == metrics["final_val_accuracy"]
     assert all(len(histories["sweep_" + row["setting"].replace("=", "_")]) == 2 for row in rows)
