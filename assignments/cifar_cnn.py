@@ -21,7 +21,7 @@ import minidl.train  # noqa: F401
 from minidl.metrics import confusion_matrix
 
 from . import plots
-from .runner import binomial_se, comma_list, positive_int
+from .runner import beyond_noise, binomial_se, comma_list, positive_int
 
 NAME = "cifar_cnn"
 COURSE = "ITU advanced ML"
@@ -210,7 +210,7 @@ def sweep(ctx, x, y, val, num_classes, epochs, main_run):
     for row in rows[1:]:  # the binomial noise of a difference of two validation accuracies
         row.update(vs_base=row["val_accuracy"] - base["val_accuracy"],
                    diff_se=float(np.hypot(row["val_se"], base["val_se"])))
-        row["beyond_noise"] = abs(row["vs_base"]) > 2 * row["diff_se"]
+        row["beyond_noise"] = beyond_noise(row["vs_base"], row["diff_se"])
     budget = f"{epochs} epochs on {len(y):,} training images of {x.shape[2]}x{x.shape[3]} pixels"
     shown_rows = [{k: row[k] for k in SWEEP_COLUMNS if k in row} for row in rows]  # in metrics: all
     ctx.table("sweep", shown_rows, f"One factor at a time away from the base setting (batch {BASE['batch_size']}, lr "

@@ -2,7 +2,8 @@
 
 Both models are trained with minidl (the from-scratch engine) on the same data with the
 same optimiser and budget, each at several widths: the comparison is test accuracy
-against parameter count, with the binomial standard error of the test set as the noise.
+against parameter count, with the binomial standard error of the test set as each one's
+noise and the paired one (the images where they disagree) as the noise of their difference.
 Both end in one hidden layer of the same width before the linear classifier, and a
 t-SNE of that penultimate layer for training and test images, coloured by the true and
 by the predicted class, shows how well each separates the classes before the
@@ -21,7 +22,7 @@ import minidl.optim  # noqa: F401
 import minidl.train  # noqa: F401
 
 from . import plots
-from .runner import binomial_se, comma_list, positive_float, positive_int
+from .runner import binomial_se, comma_list, paired_se, positive_float, positive_int
 
 NAME = "cnn_vs_mlp"
 COURSE = "ITU advanced ML"
@@ -201,7 +202,7 @@ def run(ctx):
     in_shape, n_test = x_train.shape[1:], len(y_test)
     ctx.log(f"{len(y_train)} training, {len(data['val'][1])} validation, {n_test} "
             f"test images of shape {in_shape}, {len(classes)} classes")
-    curve, nets, histories, rows = {"MLP": [], "CNN": []}, {}, {}, []
+    curve, nets, histories, rows, correct = {"MLP": [], "CNN": []}, {}, {}, [], {}
     metrics = {"dataset": ctx.dataset, "epochs": ctx.config.epochs, "hidden": HIDDEN,
                "images": {part: len(y) for part, (_, y) in data.items()}}
     for name, points in curve.items():
@@ -219,6 +220,7 @@ def run(ctx):
             if width != MAIN[name]:
                 continue
             nets[name], histories[name] = net, history
+            correct[name] = md.train.predict(net, x_test).argmax(axis=1) == y_test  # per test image
             ctx.history(name.lower(), history)
             # How separable the learned features are: 5-NN on features, fit on training images.
             features = md.train.predict(net.body, x_train)
@@ -259,13 +261,18 @@ def run(ctx):
                         "predicted one; misclassified points ringed in black, the other split in pale grey.")
 
     mlp, cnn = rows
-    gap, noise = cnn["test_accuracy"] - mlp["test_accuracy"], float(np.hypot(cnn["test_se"], mlp["test_se"]))
+    # Both models are tested on the same images: the noise of their difference is the paired
+    # one, set by the images where they disagree (the binomial error of each would count twice
+    # the images that both get right or both get wrong).
+    gap, noise = cnn["test_accuracy"] - mlp["test_accuracy"], paired_se(correct["CNN"], correct["MLP"])
+    only = {name: int((correct[name] & ~correct[other]).sum()) for name, other in (("CNN", "MLP"), ("MLP", "CNN"))}
     verdict = ctx.headline("CNN test accuracy", cnn["test_accuracy"], mlp["test_accuracy"],
                            f"the MLP ({mlp['parameters']:,} parameters)", noise=noise)
     ctx.note(f"The CNN reaches {cnn['test_accuracy']:.1%} ± {cnn['test_se']:.1%} test accuracy with "
              f"{cnn['parameters']:,} parameters, the MLP {mlp['test_accuracy']:.1%} ± {mlp['test_se']:.1%} with "
              f"{mlp['parameters']:,}: a difference of {100 * gap:+.1f} points ({round(gap * n_test):+d} of {n_test} "
-             f"test images), against a standard error of the difference of {100 * noise:.1f} points: "
+             f"test images: {only['CNN']} only the CNN gets right, {only['MLP']} only the MLP), against a paired "
+             f"standard error of the difference of {100 * noise:.1f} points: "
              + ("more than twice the noise." if verdict == "beats the baseline" else "within twice the noise, "
                 "so this test set cannot tell the two apart."))
     smallest = {name: min(points, key=lambda p: p["parameters"]) for name, points in curve.items()}
@@ -274,5 +281,6 @@ def run(ctx):
              f"{smallest['MLP']['test_accuracy']:.1%}; see the accuracy-against-parameters figure.")
     ctx.note(f"5-NN accuracy on the penultimate layer's {HIDDEN} features: {cnn['feature_knn_accuracy']:.1%} "
              f"(CNN) and {mlp['feature_knn_accuracy']:.1%} (MLP).")
-    metrics.update(comparison=rows, cnn_minus_mlp=gap, difference_se=noise, verdict=verdict)
+    metrics.update(comparison=rows, cnn_minus_mlp=gap, difference_se=noise, verdict=verdict,
+                   only_cnn_correct=only["CNN"], only_mlp_correct=only["MLP"])
     return metrics

@@ -16,7 +16,7 @@ import minidl.optim  # noqa: F401
 import minidl.regularization  # noqa: F401
 import minidl.train  # noqa: F401
 
-from .runner import binomial_se, positive_int, standard_error
+from .runner import beyond_noise, binomial_se, positive_int, standard_error
 
 NAME = "regularization"
 COURSE = "ITU advanced ML"
@@ -196,7 +196,7 @@ def dropout_rows(baseline, curves):
         gain, gain_se = acc[:, -1].mean() - base, None if se is None else float(np.hypot(se, base_se))
         rows.append({"placement": PLACEMENTS[placement][0], "rate": rate, "val_accuracy": acc[:, -1].mean(),
                      "val_accuracy_se": se, "gain": gain, "gain_se": gain_se,
-                     "beyond_noise": "n/a" if gain_se is None else "yes" if abs(gain) > 2 * gain_se else "no"})
+                     "beyond_noise": "n/a" if gain_se is None else "yes" if beyond_noise(gain, gain_se) else "no"})
     return rows
 
 

@@ -325,6 +325,18 @@ def standard_error(values):
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
+def paired_se(correct, other_correct):
+    """One standard error of the difference of two models' accuracies on the *same* test
+    examples, from each example's 0/1 correctness. Only the examples where the two disagree
+    count, so it is smaller than sqrt(2) * binomial_se when the models err on the same ones."""
+    return standard_error(np.asarray(correct, float) - np.asarray(other_correct, float))
+
+
+def beyond_noise(difference, noise):
+    """Whether a difference exceeds twice its standard error (False when the noise is unknown)."""
+    return noise is not None and abs(difference) > 2 * noise
+
+
 def _rank():
     """This process's rank under torchrun (0 otherwise), read without importing torch."""
     return int(os.environ.get("RANK", "0"))
@@ -377,7 +389,7 @@ class Run:
         gain = (value - baseline) if higher_is_better else (baseline - value)
         if gain <= 0:
             verdict = "does not beat the baseline"
-        elif noise is not None and gain <= 2 * noise:
+        elif noise is not None and not beyond_noise(gain, noise):
             verdict = "within noise"
         else:
             verdict = "beats the baseline"

@@ -212,3 +212,15 @@ def test_a_driver_under_torchrun_trains_on_both_ranks_and_rank_0_writes(tmp_path
     assert (tmp_path / "rank0" / "checkpoints" / "torch" / "last.pt").exists()
     rows = list(csv.DictReader((tmp_path / "rank0" / "history.csv").open()))
     assert [r["run"] for r in rows] == ["model", "model", "torch", "torch"]
+
+
+def test_paired_standard_error_counts_only_the_disagreements():
+    from assignments.runner import beyond_noise, paired_se
+    # 100 test images: both right on 90, only the first model right on 6, only the second on 2
+    first = [1] * 90 + [1] * 6 + [0] * 2 + [0] * 2
+    second = [1] * 90 + [0] * 6 + [1] * 2 + [0] * 2
+    # per-image differences: six +1, two -1, 92 zeros; mean 0.04, sample variance (8 - 100 * 0.04**2) / 99
+    assert paired_se(first, second) == pytest.approx(((8 - 0.16) / 99 / 100) ** 0.5)
+    assert paired_se(first, first) == 0.0  # two identical models: no noise in their difference
+    assert beyond_noise(0.04, 0.0139) and not beyond_noise(0.04, 0.021) and beyond_noise(-0.05, 0.02)
+    assert not beyond_noise(0.5, None)
