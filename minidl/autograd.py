@@ -139,7 +139,9 @@ class Tensor:
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
-        self.data = _as_array(data, dtype)
+        # An ndarray as it is, without a call (every op's output comes this way); the
+        # rest through _as_array.
+        self.data = data if type(data) is np.ndarray and dtype is None else _as_array(data, dtype)
         self.grad = None
         self.grad_fn = None
         # Bumped by in-place changes, checked by backward. A one-item list, so that
@@ -401,8 +403,11 @@ class Function:
 
     needs_input_grad = ()
     torch_style = False  # set per subclass: forward written in torch's form
-    inputs = ()
+    # The input tensors (None where no gradient is needed), set by apply when it records
+    # the node; None here, the class's value, also once backward has released the node.
+    inputs = None
     saves_inputs = True  # False for ops whose backward never reads their inputs
+    saved = ()  # (tensor, version) of each tensor input, when saves_inputs
     broadcast_shapes = None  # rule 2 above: None means the output's shape for every input
 
     def forward(self, *args, **kwargs):
@@ -440,14 +445,17 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         fn = cls()
-        # One pass over the arguments (this runs for every op): the arrays that
-        # forward computes on, which inputs need a gradient, and those inputs.
-        arrays, needs, inputs = [], [], []
+        # One loop over the arguments (this runs for every op; a loop with appends is
+        # faster than comprehensions here): the arrays that forward computes on, which
+        # inputs need a gradient, those inputs, and every tensor input with its
+        # version now, which backward checks (none may be changed in place since).
+        arrays, needs, inputs, saved = [], [], [], []
         for a in args:
             if isinstance(a, Tensor):
                 arrays.append(a.data)
                 needs.append(a.requires_grad)
                 inputs.append(a if a.requires_grad else None)
+                saved.append((a, a._versions[0]))
             else:
                 arrays.append(a)
                 needs.append(False)
@@ -468,29 +476,16 @@ class Function:
         if _grad_enabled and True in needs:
             fn.inputs = tuple(inputs)
             if cls.saves_inputs:
-                # Every tensor input, also one that needs no gradient, with its version
-                # now: backward checks that none was changed in place since.
-                fn.saved = [(a, a._versions[0]) for a in args if isinstance(a, Tensor)]
+                fn.saved = saved
             result.requires_grad = True
             result.grad_fn = fn
         return result
 
-    def _check_versions(self):
-        if not self.saves_inputs:
-            return
-        for t, version in self.saved:
-            if t._versions[0] != version:
-                raise RuntimeError(
-                    f"a tensor of shape {t.shape} used by {type(self).__name__} was modified in "
-                    f"place after it was used (version {version} -> {t._version}); its gradient "
-                    "would be wrong. Use an out-of-place operation (x = x + 1, not x += 1).")
-
-    def _release(self):
-        """Drop the saved arrays; a second backward through this node is an error."""
-        name = type(self).__name__
-        vars(self).clear()
-        self.inputs = None
-        self.released_name = name
+    def _modified_error(self, t, version):
+        return RuntimeError(
+            f"a tensor of shape {t.shape} used by {type(self).__name__} was modified in "
+            f"place after it was used (version {version} -> {t._version}); its gradient "
+            "would be wrong. Use an out-of-place operation (x = x + 1, not x += 1).")
 
 
 def _check_finite(array, where):
@@ -544,6 +539,8 @@ def run_backward(root, gradient, retain_graph=False):
     First count, for every node, how many nodes consume its output; then process a
     node only when all its consumers have handed in their gradient. Both passes use
     an explicit stack, so a chain of 100,000 ops does not hit the recursion limit.
+    This loop runs once per node on every backward: it does the bookkeeping inline
+    (no helper calls unless something needs fixing), which is most of its cost.
     """
     if root.grad_fn is None:  # a leaf
         _accumulate(root, gradient)
@@ -552,32 +549,37 @@ def run_backward(root, gradient, retain_graph=False):
     stack = [root.grad_fn]
     while stack:
         node = stack.pop()
-        if node.inputs is None:
-            raise RuntimeError(_SECOND_BACKWARD.format(name=node.released_name))
+        if node.inputs is None:  # released by an earlier backward
+            raise RuntimeError(_SECOND_BACKWARD.format(name=type(node).__name__))
         for t in node.inputs:
             if t is not None and t.grad_fn is not None:
                 parent = t.grad_fn
-                if parent in consumers:
-                    consumers[parent] += 1
-                else:
+                count = consumers.get(parent)
+                if count is None:
                     consumers[parent] = 1
                     stack.append(parent)
+                else:
+                    consumers[parent] = count + 1
 
     pending = {root.grad_fn: gradient}
     ready = [root.grad_fn]
     while ready:
         node = ready.pop()
+        inputs = node.inputs
         grad = pending.pop(node, None)
         grads = None  # no gradient reached this node: its inputs get none either
         if grad is not None:
-            node._check_versions()
+            for t, version in node.saved:  # was an input changed in place since forward?
+                if t._versions[0] != version:
+                    raise node._modified_error(t, version)
             grads = node.backward(grad) if not node.torch_style else node._backward(grad)
-            if not isinstance(grads, tuple):
+            if type(grads) is not tuple:
                 grads = (grads,)
-            if len(grads) != len(node.inputs):
+            if len(grads) != len(inputs):
                 raise RuntimeError(f"{type(node).__name__}.backward returned {len(grads)} "
-                                   f"gradients for {len(node.inputs)} inputs")
-        for i, t in enumerate(node.inputs):
+                                   f"gradients for {len(inputs)} inputs")
+        in_use = None  # see _arrays_in_use: found once per node, when a leaf first needs it
+        for i, t in enumerate(inputs):
             if t is None:
                 continue
             g = None if grads is None else grads[i]
@@ -585,18 +587,26 @@ def run_backward(root, gradient, retain_graph=False):
                                       and g.dtype == t.data.dtype and not _anomaly_mode):
                 g = _fitted(node, i, g, t.data, grad)  # only where something needs fixing
             parent = t.grad_fn
-            if parent is None:
+            if parent is None:  # a leaf
                 if g is not None:
-                    _accumulate(t, g, owned=t.grad is None
-                                and _made_for_one_input(node, g, grads, grad))
+                    owned = False
+                    if t.grad is None:
+                        if in_use is None:
+                            in_use = _arrays_in_use(node, grad, grads)
+                        owned = in_use.count(id(g)) <= 1 and g.base is None and g.flags.writeable
+                    _accumulate(t, g, owned)
                 continue
             if g is not None:
-                pending[parent] = pending[parent] + g if parent in pending else g
-            consumers[parent] -= 1
-            if consumers[parent] == 0:
+                previous = pending.get(parent)
+                pending[parent] = g if previous is None else previous + g
+            count = consumers[parent] - 1
+            consumers[parent] = count
+            if count == 0:
                 ready.append(parent)
         if not retain_graph:
-            node._release()
+            # Drop the saved arrays (and the inputs, so that a second backward through
+            # this node is caught above).
+            vars(node).clear()
 
 
 def _fitted(node, i, g, data, incoming):
@@ -612,16 +622,18 @@ def _fitted(node, i, g, data, incoming):
     return g
 
 
-def _made_for_one_input(node, g, grads, incoming):
-    """Whether ``g`` is a new array that ``node``'s backward made for this one input:
-    not the incoming gradient passed on (Add, Clone), not a view of anything
-    (Reshape, a broadcast), not handed to two inputs, not an array the node saved."""
-    if g is incoming or g.base is not None or node.torch_style or not g.flags.writeable:
-        return False
-    # (lists, not generators: this runs for every parameter on every backward)
-    if [other is g for other in grads].count(True) > 1:
-        return False
-    return True not in [value is g for value in vars(node).values()]
+def _arrays_in_use(node, incoming, grads):
+    """The ids of the arrays that ``node``'s gradients might share with someone else:
+    the incoming gradient (Add and Clone pass it on), everything the node holds (a
+    saved array), and every gradient it returned, so that one handed to two inputs
+    appears twice. A leaf keeps its gradient without a copy only when its id appears
+    at most once here (once: its own entry; never: an array ``_fitted`` just made) and
+    it is no view of another array. A node in torch's form hands back tensors the user
+    may hold, so its gradients are never kept. (ids in a list: list.count compares
+    them in C, and this runs for every parameter.)"""
+    if node.torch_style:
+        return [id(g) for g in grads] * 2  # each appears twice: never kept
+    return [id(incoming), *map(id, vars(node).values()), *map(id, grads)]
 
 
 def _accumulate(leaf, grad, owned=False):
