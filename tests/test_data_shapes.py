@@ -74,6 +74,47 @@ def test_generation_is_vectorised():
     assert time.process_time() - start < 3.0  # about 0.3 s; a loop over pixels takes minutes
 
 
+# sha256 of x, y and mask (their bytes, in that order) of make_shapes(200, seed=0), recorded
+# before the clean variant was added: the default images must not change
+DEFAULT_DIGEST = "5acdee2910356ee1af03c5f112a0098abc00206fe129435dd15d08cfe3f16c09"
+
+
+def test_default_images_are_the_recorded_ones():
+    import hashlib
+    for x, y, mask, _ in (make_shapes(200, seed=0), make_shapes(200, seed=0, clutter=True)):
+        assert hashlib.sha256(x.tobytes() + y.tobytes() + mask.tobytes()).hexdigest() == DEFAULT_DIGEST
+
+
+def test_clean_variant_is_one_shape_on_a_plain_background():
+    x, y, mask, _ = make_shapes(300, seed=4, clutter=False)
+    assert x.shape == (300, 32, 32, 3) and np.bincount(y).tolist() == [30] * 10
+    near = np.ones((1, 5, 5), bool)  # the soft edge, up to two pixels either side of the outline
+    background, core = ~ndimage.binary_dilation(mask, near), ndimage.binary_erosion(mask, near, border_value=1)
+    contrast = []
+    for img, outside, inside in zip(x, background, core):
+        # each one colour: no clutter, light, line or noise (where two edges of a shape meet, as at the
+        # star's tips and the crescent's horns, the soft edge reaches a little further)
+        colours = []
+        for pixels in (img[outside], img[inside]):
+            colour, count = np.unique(pixels, axis=0, return_counts=True)
+            assert count.max() > 0.9 * len(pixels)
+            colours.append(colour[count.argmax()].astype(int))
+        contrast.append(np.abs(colours[0] - colours[1]).sum() / 255)
+    assert np.mean(np.array(contrast) > 0.7 - 0.01) > 0.95  # the shape stands out (a few are faint)
+    area = mask.mean((1, 2))
+    circle_centre = np.array([np.argwhere(m).mean(0) for m in mask[y == SHAPE_CLASSES.index("circle")]])
+    assert area.min() > 0.08 and np.median(area) > 0.25 and np.abs(circle_centre - 15.5).max() < 2
+    # upright and centred: two shapes of a class overlap more than shapes of two classes (pairs among the
+    # first 20 of each class)
+    def overlap(a, b):
+        return (a & b).sum() / (a | b).sum()
+    by_class = [mask[y == k][:20] for k in range(10)]
+    same = [np.mean([overlap(a, b) for a, b in zip(m[::2], m[1::2])]) for m in by_class]
+    other = [np.mean([overlap(a, b) for a, b in zip(m, by_class[(k + 1) % 10])]) for k, m in enumerate(by_class)]
+    assert min(same) > 0.55 and np.mean(same) > np.mean(other) + 0.2
+    np.testing.assert_array_equal(load_dataset("shapes", n=300, seed=4, clutter=False).test.mask, mask[270:])
+
+
 def test_load_dataset_shapes():
     splits = load_dataset("shapes", n=500, seed=2)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (400, 50, 50)

@@ -152,16 +152,16 @@ def _digits(data_dir, seed, download, size=8):
     return splits
 
 
-def _shapes(data_dir, seed, download, n=10000, size=32):
-    images, labels, mask, classes = make_shapes(n, size=size, seed=seed)
+def _shapes(data_dir, seed, download, n=10000, size=32, clutter=True):
+    images, labels, mask, classes = make_shapes(n, size=size, seed=seed, clutter=clutter)
     data = ArrayDataset(images_to_float(images), labels, mask)
     # the labels are already in random order, so contiguous blocks are random splits
     n_test = n_val = n // 10
     n_train = n - n_val - n_test
     parts = [np.arange(0, n_train), np.arange(n_train, n_train + n_val), np.arange(n_train + n_val, n)]
     return Splits("shapes", *(data.subset(p) for p in parts), list(classes), (), (),
-                  f"procedural shapes, {n:,} images of {size}x{size} from seed {seed}, "
-                  "80/10/10 split")
+                  f"procedural shapes{'' if clutter else ' (clean: large, upright, centred, plain background)'}, "
+                  f"{n:,} images of {size}x{size} from seed {seed}, 80/10/10 split")
 
 
 def _idx_dataset(name, loader, classes):
@@ -208,7 +208,7 @@ def _cifar(name):
 
 _BUILDERS = {
     "digits": (_digits, ("size",)),
-    "shapes": (_shapes, ("n", "size")),
+    "shapes": (_shapes, ("n", "size", "clutter")),
     "mnist": (_idx_dataset("mnist", load_mnist, MNIST_CLASSES), ("train_from_test", "val_fraction")),
     "fashion_mnist": (_idx_dataset("fashion_mnist", load_fashion_mnist, FASHION_MNIST_CLASSES),
                       ("train_from_test", "val_fraction")),
@@ -229,6 +229,7 @@ def load_dataset(name, data_dir=None, seed=0, download=True, **options):
     when only the test files are at hand), ``cifar10``, ``cifar100``
     (``label='fine'|'coarse'``). ``val_fraction`` and ``strict`` (CIFAR: error on
     missing batches instead of loading those present) where they apply.
+    ``clutter=False``: the easy variant of ``shapes`` (see :func:`make_shapes`).
 
     ``bias=True`` (any dataset) adds the ModelBias patch to every image: a striped
     square whose colour encodes the label; see :func:`add_bias_patch`. The images are

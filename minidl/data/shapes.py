@@ -5,7 +5,9 @@ and slight stretch, drawn over a cluttered background: a colour gradient, a stri
 texture, low-frequency blotches, a random line, and pixel noise; in a fifth of the
 images a second line crosses in front of the shape. The object mask says exactly
 which pixels belong to the shape, so explanation methods (saliency, Grad-CAM, ...)
-can be scored against the truth.
+can be scored against the truth. ``clutter=False`` draws an easy variant: the shape
+large, upright and centred on a plain background of one colour, without lines, blotches,
+light, noise or occlusion (for a model that must learn the outlines in seconds).
 
 How it is drawn, all at once for a whole batch (no loop over pixels or images):
 each shape is a *signed distance function* d(u, v) in the shape's own unit frame,
@@ -125,6 +127,12 @@ _KNOBS = dict(
     noise=(0.02, 0.07),      # pixel noise std range
 )
 
+# The easy variant (``clutter=False``): large, upright, near the centre, nothing else in the image.
+_CLEAN_KNOBS = dict(
+    radius=(0.36, 0.46),     # shape radius, fraction of the image side
+    offset=0.05,             # the centre is at most this fraction of the side off the middle
+)
+
 _SDF = (_circle, _square, _triangle, _star, _cross, _ring, _diamond, _crescent, _heart, _arrow)
 
 
@@ -207,21 +215,28 @@ def _object_colour(rng, n, local_bg):
     return colour
 
 
-def _render(rng, y, size):
+def _render(rng, y, size, clutter=True):
     """Images (N, H, W, 3) uint8 and masks (N, H, W) for the labels ``y``."""
     f32 = np.float32
     n = len(y)
     ys, xs = np.mgrid[0:size, 0:size].astype(f32) + f32(0.5)  # pixel centres
     coords = (ys[None], xs[None])
-    img = _background(rng, n, size, coords)
-
-    # pose: the radius is a fraction of the image side; the centre keeps most of the shape inside
-    radius = (rng.uniform(*_KNOBS["radius"], n) * size).astype(f32)
-    cx = rng.uniform(radius * 0.8, size - radius * 0.8).astype(f32)
-    cy = rng.uniform(radius * 0.8, size - radius * 0.8).astype(f32)
-    angle = rng.uniform(0, 2 * np.pi, n).astype(f32)
+    if clutter:
+        img = _background(rng, n, size, coords)
+        # pose: the radius is a fraction of the image side; the centre keeps most of the shape inside
+        radius = (rng.uniform(*_KNOBS["radius"], n) * size).astype(f32)
+        cx = rng.uniform(radius * 0.8, size - radius * 0.8).astype(f32)
+        cy = rng.uniform(radius * 0.8, size - radius * 0.8).astype(f32)
+        angle = rng.uniform(0, 2 * np.pi, n).astype(f32)
+    else:
+        img = rng.random((n, 3, 1, 1), dtype=f32) * np.ones((1, 1, size, size), f32)  # one colour
+        radius = (rng.uniform(*_CLEAN_KNOBS["radius"], n) * size).astype(f32)
+        cx, cy = (size * (0.5 + rng.uniform(-1, 1, (2, n)) * _CLEAN_KNOBS["offset"])).astype(f32)
+        angle = np.zeros(n, f32)  # upright: a rotated outline is what a small model learns slowly
     stretch = rng.uniform(0.85, 1.15, n).astype(f32)  # a little anisotropy
     shade = rng.uniform(-0.25, 0.25, (n, 2)).astype(f32)  # light falling across the shape
+    if not clutter:
+        shade[:] = 0
 
     dist = np.empty((n, size, size), dtype=f32)
     light = np.empty_like(dist)
@@ -245,11 +260,11 @@ def _render(rng, y, size):
     colour = _object_colour(rng, n, local_bg)[:, :, None, None]
     _paint(img, alpha, colour * (1 + light[:, None]))
 
-    # a line in front of some of the shapes: partial occlusion
-    front = (rng.random(n) < _KNOBS["occluded"]).astype(f32)[:, None, None] * _KNOBS["line_opacity"]
-    _paint(img, _line_alpha(rng, n, coords, size) * front, rng.random((n, 3, 1, 1), dtype=f32))
-
-    img += _pixel_noise(rng, img.shape, rng.uniform(*_KNOBS["noise"], (n, 1, 1, 1)).astype(f32))
+    if clutter:
+        # a line in front of some of the shapes: partial occlusion
+        front = (rng.random(n) < _KNOBS["occluded"]).astype(f32)[:, None, None] * _KNOBS["line_opacity"]
+        _paint(img, _line_alpha(rng, n, coords, size) * front, rng.random((n, 3, 1, 1), dtype=f32))
+        img += _pixel_noise(rng, img.shape, rng.uniform(*_KNOBS["noise"], (n, 1, 1, 1)).astype(f32))
     img *= 255
     img += 0.5
     x = np.clip(img, 0, 255, out=img).astype(np.uint8)
@@ -257,8 +272,10 @@ def _render(rng, y, size):
 
 
 # --------------------------------------------------------------------------- public
-def make_shapes(n, size=32, seed=0):
+def make_shapes(n, size=32, seed=0, clutter=True):
     """Generate ``n`` shape images, classes balanced (counts differ by at most one).
+    ``clutter=False``: the easy variant, each shape large, upright and centred on a plain
+    background.
 
     Returns ``(x, y, mask, classes)``:
       x       uint8 (N, size, size, 3), channels last, like the raw CIFAR loader;
@@ -268,7 +285,7 @@ def make_shapes(n, size=32, seed=0):
               occluding line crosses it: the mask is where the object is)
       classes tuple of the 10 class names, ``SHAPE_CLASSES``
 
-    The same ``(n, size, seed)`` always gives the same images.
+    The same ``(n, size, seed, clutter)`` always gives the same images.
     """
     n, size = int(n), int(size)
     if n < 1 or size < 8:
@@ -282,5 +299,5 @@ def make_shapes(n, size=32, seed=0):
     chunk = max(1, 2 ** 19 // (size * size))
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
-        x[part], mask[part] = _render(rng, y[part], size)
+        x[part], mask[part] = _render(rng, y[part], size, clutter)
     return x, y, mask, SHAPE_CLASSES
