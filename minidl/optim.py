@@ -84,15 +84,22 @@ class Optimizer:
         """One update of every parameter that has a gradient. ``closure`` (optional)
         re-evaluates the model and returns the loss, which step returns."""
         loss = closure() if closure is not None else None
+        states = self.state
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.shape != p.data.shape:
-                    raise RuntimeError(f"gradient of shape {p.grad.shape} for a parameter of "
+                if grad.shape != p.data.shape:
+                    raise RuntimeError(f"gradient of shape {grad.shape} for a parameter of "
                                        f"shape {p.data.shape}")
-                self._update(p, p.grad, self.state.setdefault(p, {}), group)
-                p._bump()  # graphs that saved p before the update must not be reused
+                state = states.get(p)
+                if state is None:
+                    state = states[p] = {}
+                self._update(p, grad, state, group)
+                # p._bump(), written out (this runs for every parameter): graphs that
+                # saved p before the update must not be reused.
+                p._versions[0] += 1
         return loss
 
     def _update(self, p, grad, state, group):
@@ -187,13 +194,13 @@ class SGD(Optimizer):
     def _update(self, p, grad, state, group):
         if group["maximize"]:
             grad = -grad
-        if group["weight_decay"] != 0:
+        if group["weight_decay"]:
             grad = grad + group["weight_decay"] * p.data
         momentum = group["momentum"]
-        if momentum != 0:
+        if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = np.array(grad, dtype=p.dtype, copy=True)
+                buf = state["momentum_buffer"] = np.array(grad, dtype=p.data.dtype, copy=True)
             else:
                 buf *= momentum
                 dampening = group["dampening"]

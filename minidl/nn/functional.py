@@ -157,6 +157,8 @@ class LinearFn(Function):
     """x @ weight.T + bias in one node: two GEMMs backward, none wasted."""
 
     def forward(self, x, weight, bias=None):
+        if x.dtype.kind != "f":  # checked here, on the array, not in linear(): one call less
+            _check_floating("linear", x)  # raises, naming the dtype
         if x.shape[-1] != weight.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight {weight.shape} "
                              f"expects {weight.shape[1]}")
@@ -187,7 +189,6 @@ def _check_floating(where, x, what="input"):
 
 
 def linear(x, weight, bias=None):
-    _check_floating("linear", x)
     if bias is None:
         return LinearFn.apply(x, weight)
     return LinearFn.apply(x, weight, bias)

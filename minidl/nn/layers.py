@@ -49,7 +49,10 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        # From the dict itself: self.weight is found only after a failed lookup, through
+        # Module.__getattr__, which costs more than the rest of this call.
+        params = self._parameters
+        return F.linear(x, params["weight"], params["bias"])
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
