@@ -130,3 +130,82 @@ def test_cross_entropys_ignore_and_weight_paths_equal_torchs():
         loss.backward()
         their_loss.backward()
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def _layer_step(layer, x, opt=None):
+    layer(x).sum().backward()
+    if opt is not None:
+        opt.step()
+
+
+def test_a_gradient_the_user_keeps_is_not_changed_by_later_steps():
+    # The engine lets a leaf keep its fresh gradient array without a copy; the user who
+    # keeps that array must still see it unchanged by the update, by a second backward
+    # that accumulates, and by the next step's gradient.
+    md.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    x = md.randn(4, 3)
+    opt = md.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    _layer_step(layer, x, opt)
+    kept, expected = layer.weight.grad, layer.weight.grad.copy()
+    opt.step()  # the momentum buffer is updated in place: it is not the gradient
+    _layer_step(layer, x)  # accumulates into .grad
+    np.testing.assert_array_equal(kept, expected)
+    assert layer.weight.grad is not kept
+    opt.zero_grad()
+    _layer_step(layer, x, opt)
+    np.testing.assert_array_equal(kept, expected)
+    assert not np.shares_memory(opt.state[layer.weight]["momentum_buffer"], layer.weight.grad)
+
+
+class PassesGradOnFn(Function):
+    """torch's form: backward returns the incoming gradient tensor itself."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.seen = grad
+        return grad
+
+
+def test_a_torch_style_functions_gradient_is_copied():
+    x = md.tensor([1.0, 2.0], requires_grad=True)
+    out = PassesGradOnFn.apply(x)
+    node = out.grad_fn
+    out.backward(np.array([1.0, 1.0], dtype=np.float32), retain_graph=True)
+    x.grad *= 5
+    np.testing.assert_array_equal(node.seen.data, [1.0, 1.0])
+
+
+def test_retained_graph_accumulates_and_a_released_one_names_the_node():
+    md.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    x = md.randn(4, 3)
+    loss = layer(x).relu().sum()
+    loss.backward(retain_graph=True)
+    first = layer.weight.grad.copy()
+    loss.backward()
+    np.testing.assert_allclose(layer.weight.grad, 2 * first, rtol=1e-6)
+    try:
+        loss.backward()
+    except RuntimeError as error:
+        assert "second time" in str(error) and "SumFn" in str(error)  # the first node it meets
+    else:
+        raise AssertionError("a third backward through a released graph must raise")
+
+
+def test_an_input_changed_in_place_after_forward_is_caught_in_a_layer():
+    md.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    loss = layer(md.randn(4, 3)).sum()
+    with md.no_grad():
+        layer.weight.add_(1.0)
+    try:
+        loss.backward()
+    except RuntimeError as error:
+        assert "LinearFn" in str(error) and "modified in place" in str(error)
+    else:
+        raise AssertionError("backward must refuse a weight changed since forward")
