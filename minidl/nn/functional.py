@@ -175,7 +175,8 @@ class LinearFn(Function):
             x2, g2 = x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1])
         grad_x = matmul(grad, self.weight) if need_x else None
         grad_w = matmul(g2.T, x2) if need_w else None
-        grad_b = g2.sum(axis=0) if need_b else None
+        # (np.add.reduce is what .sum() calls, without its Python wrapper in between)
+        grad_b = np.add.reduce(g2, axis=0) if need_b else None
         return (grad_x, grad_w, grad_b)[:len(self.needs_input_grad)]
 
 
@@ -498,18 +499,22 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
     """torch's F.cross_entropy for logits (N, C) or (N, C, d1, ...) and integer targets."""
     _check_reduction(reduction)
     logits = logits if isinstance(logits, Tensor) else Tensor(logits)
-    _check_floating("cross_entropy", logits, "logits")
+    # The checks read the array's shape, not the tensor's properties: each of those is
+    # a Python call, and this runs once per training step.
+    shape = logits.data.shape
+    if logits.data.dtype.kind != "f":
+        _check_floating("cross_entropy", logits, "logits")  # raises, naming the dtype
     target = _as_array(target)
-    if logits.ndim == 1 and target.size == 1:  # one unbatched sample: (C,) logits, a label
+    if len(shape) == 1 and target.size == 1:  # one unbatched sample: (C,) logits, a label
         loss = cross_entropy(logits.reshape(1, -1), target.reshape(1), weight, reduction,
                              label_smoothing, ignore_index)
         return loss.reshape(()) if reduction == "none" else loss
     if target.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy expects integer class targets, got dtype {target.dtype}")
-    if logits.ndim < 2 or target.shape != (logits.shape[0],) + logits.shape[2:]:
-        raise ValueError(f"cross_entropy: logits of shape {logits.shape} need targets of shape "
-                         f"{(logits.shape[0],) + logits.shape[2:]}, got {target.shape}")
-    classes = logits.shape[1]
+    if len(shape) < 2 or target.shape != (shape[0],) + shape[2:]:
+        raise ValueError(f"cross_entropy: logits of shape {shape} need targets of shape "
+                         f"{(shape[0],) + shape[2:]}, got {target.shape}")
+    classes = shape[1]
     classes_only = not target.size or (target.min() >= 0 and target.max() < classes)
     if not classes_only:  # then look closer
         valid = target[target != ignore_index]
@@ -519,8 +524,8 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
     if classes_only and not 0 <= ignore_index < classes:
         ignore_index = None  # no target can be ignored: the loss need not look for one
     out_shape = target.shape
-    if logits.ndim > 2:  # (N, C, d...) -> (N * d..., C)
-        logits = logits.permute(0, *range(2, logits.ndim), 1).reshape(-1, classes)
+    if len(shape) > 2:  # (N, C, d...) -> (N * d..., C)
+        logits = logits.permute(0, *range(2, len(shape)), 1).reshape(-1, classes)
         target = target.reshape(-1)
     w = None if weight is None else _as_array(weight)
     loss = CrossEntropyFn.apply(logits, target, w, reduction=reduction,
