@@ -209,3 +209,27 @@ def test_an_input_changed_in_place_after_forward_is_caught_in_a_layer():
         assert "LinearFn" in str(error) and "modified in place" in str(error)
     else:
         raise AssertionError("backward must refuse a weight changed since forward")
+
+
+def _numpy_momentum_steps(p, grads, lr, momentum):
+    """SGD with momentum written out in NumPy, torch's formula."""
+    p, buf = p.copy(), None
+    for g in grads:
+        buf = g.copy() if buf is None else buf * np.float32(momentum) + g
+        p -= np.float32(lr) * buf
+    return p, buf
+
+
+def test_the_one_pass_momentum_update_equals_numpys_bit_for_bit():
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((5, 7)).astype(np.float32)
+    grads = [rng.standard_normal((5, 7)).astype(np.float32) for _ in range(4)]
+    expected, expected_buf = _numpy_momentum_steps(start, grads, lr=0.05, momentum=0.9)
+    for layout in ("C", "F"):  # F order: not flat, so the NumPy path updates it
+        p = md.Tensor(np.array(start, order=layout), requires_grad=True)
+        opt = md.optim.SGD([p], lr=0.05, momentum=0.9)
+        for g in grads:
+            p.grad = np.array(g, order=layout)
+            opt.step()
+        np.testing.assert_array_equal(p.data, expected)
+        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], expected_buf)
