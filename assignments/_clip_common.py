@@ -23,6 +23,9 @@ from reference_torch.train import warmup_cosine
 from .runner import binomial_se, positive_float, positive_int
 
 COURSE_TEMPLATE = "This is a photo of a {}"
+CLEAN_SHAPES = ("On this profile the mini-CLIP learned, and this run uses, the clean variant of shapes: one "
+                "large, upright, centred shape, lighter than its plain dark background, without clutter (the "
+                "cluttered images take the mini-CLIP minutes to learn; see reference_torch.mini_clip).")
 REAL_WEIGHTS = ("To use OpenAI's weights: --weights PATH (a state dict of one of their vision-transformer CLIPs, as "
                 "ViT-B-32.state_dict.pt) --vocab bpe_simple_vocab_16e6.txt.gz --dataset cifar10 (or cifar100).")
 
@@ -59,15 +62,24 @@ def load_model(ctx):
             raise SystemExit(f"--weights {c.weights}: {error}".splitlines()[0]) from None
         description = f"OpenAI CLIP from {c.weights}"
     else:
-        settings = MINI_CLIP["quick" if ctx.quick else "default"]
+        settings = mini_clip_settings(ctx)
         model, tokenizer, info = mini_clip(ctx.out.parent / "mini_clip", settings, ctx.device, ctx.log)
         trained = "read from its cache" if info["cached"] else f"trained here in {info['train_cpu_seconds']:.0f} CPU s"
-        description = (f"mini-CLIP ({info['parameters']:,} parameters, {settings['images']:,} shapes images with "
+        clean = not settings.get("clutter", True)
+        description = (f"mini-CLIP ({info['parameters']:,} parameters, {settings['images']:,} "
+                       f"{'clean ' if clean else ''}shapes images with "
                        f"generated captions, {settings['epochs']} epochs, {trained}; zero-shot accuracy "
                        f"{info['held_out_zero_shot_accuracy']:.1%} on {info['held_out_images']:,} held-out images: "
                        f"{info['file']})")
         ctx.note(f"No --weights: the model is a {description}; chance is 10%. {REAL_WEIGHTS}")
+        if clean:
+            ctx.note(CLEAN_SHAPES)
     return model.to(ctx.device).eval().requires_grad_(False), tokenizer, description
+
+
+def mini_clip_settings(ctx):
+    """The settings of the profile's mini-CLIP: "quick"'s learns clean shapes (``clutter=False``)."""
+    return MINI_CLIP["quick" if ctx.quick else "default"]
 
 
 def load_model_and_data(ctx):
@@ -83,9 +95,11 @@ def accuracy_columns(config, first):
 
 
 def load_data(ctx):
-    """(splits, class names as words), the test split cut to --test-size."""
+    """(splits, class names as words), the test split cut to --test-size. The shapes are drawn as
+    the profile's mini-CLIP learned them: clean ones (no clutter) on the quick profile."""
     c = ctx.config
-    splits = ctx.load_dataset(**({"n": c.shapes_images} if ctx.dataset == "shapes" else {}))
+    clutter = mini_clip_settings(ctx).get("clutter", True)
+    splits = ctx.load_dataset(**({"n": c.shapes_images, "clutter": clutter} if ctx.dataset == "shapes" else {}))
     if c.test_size:
         splits.test = splits.test.subset(np.arange(min(c.test_size, len(splits.test))))
     return splits, [str(name).replace("_", " ") for name in splits.classes]

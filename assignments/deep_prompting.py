@@ -41,7 +41,7 @@ PROFILES = {
                 "layers": (0, 1), "token_counts": (1, 4, 16), "every_layer": True, "prompt_size": 4,
                 "padding_lr": 0.05, "probe_lr": 1e-2, "shift": "dark", "test_noise": 0.1, "weights": None,
                 "vocab": None, "test_size": None, "shapes_images": 10000, "needs_weights": None},
-    "quick": {"epochs": 2, "layers": (0,), "token_counts": (4,), "shapes_images": 3000, "test_size": 300},
+    "quick": {"epochs": 2, "lr": 0.2, "layers": (0,), "token_counts": (4,), "shapes_images": 3000, "test_size": 300},
 }
 DATASET_SETTINGS = {name: {"needs_weights": name, "prompt_size": 30, "shift": "none", "epochs": 20, "padding_lr": 40.0,
                            "layers": (0, 4, 8, 11), "token_counts": (1, 4, 8)} for name in ("cifar10", "cifar100")}

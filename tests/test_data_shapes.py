@@ -90,7 +90,6 @@ def test_clean_variant_is_one_shape_on_a_plain_background():
     assert x.shape == (300, 32, 32, 3) and np.bincount(y).tolist() == [30] * 10
     near = np.ones((1, 5, 5), bool)  # the soft edge, up to two pixels either side of the outline
     background, core = ~ndimage.binary_dilation(mask, near), ndimage.binary_erosion(mask, near, border_value=1)
-    contrast = []
     for img, outside, inside in zip(x, background, core):
         # each one colour: no clutter, light, line or noise (where two edges of a shape meet, as at the
         # star's tips and the crescent's horns, the soft edge reaches a little further)
@@ -99,8 +98,7 @@ def test_clean_variant_is_one_shape_on_a_plain_background():
             colour, count = np.unique(pixels, axis=0, return_counts=True)
             assert count.max() > 0.9 * len(pixels)
             colours.append(colour[count.argmax()].astype(int))
-        contrast.append(np.abs(colours[0] - colours[1]).sum() / 255)
-    assert np.mean(np.array(contrast) > 0.7 - 0.01) > 0.95  # the shape stands out (a few are faint)
+        assert (colours[1] > colours[0] + 0.1 * 255 - 1).all()  # lighter in every channel
     area = mask.mean((1, 2))
     circle_centre = np.array([np.argwhere(m).mean(0) for m in mask[y == SHAPE_CLASSES.index("circle")]])
     assert area.min() > 0.08 and np.median(area) > 0.25 and np.abs(circle_centre - 15.5).max() < 2
