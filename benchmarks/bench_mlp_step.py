@@ -9,7 +9,10 @@ the floor that minidl's engine overhead is measured against.
 
 Targets: minidl / numpy <= 1.05 (the engine adds at most 5 % to the same BLAS
 work) and minidl / torch <= 1.0. The GEMMs are the same BLAS work in all three,
-so the ratios are set by what each engine does around them.
+so the ratios are set by what each engine does around them. minidl's SGD updates
+in one fused pass where the NumPy step takes four, which makes up for part of the
+graph's cost; the last line therefore times forward and backward alone, without
+the update, to show the graph engine's own overhead.
 
 Times are CPU time (time.thread_time on one thread, time.process_time on more),
 after a warm-up, the median of interleaved blocks: other processes on a busy
@@ -54,11 +57,12 @@ def minidl_step_fn(x, y):
     loss_fn = nn.CrossEntropyLoss()
     xt = md.Tensor(x)
 
-    def step():
+    def step(update=True):
         opt.zero_grad()
         loss = loss_fn(model(xt), y)
         loss.backward()
-        opt.step()
+        if update:
+            opt.step()
         return loss.item()
 
     return step, model
@@ -91,7 +95,7 @@ def numpy_step_fn(x, y, md_model):
     buffers = [np.zeros_like(p) for p in params]
     rows = np.arange(BATCH)
 
-    def step():
+    def step(update=True):
         h1 = x @ w1.T + b1
         a1 = np.maximum(h1, 0)
         h2 = a1 @ w2.T + b2
@@ -112,6 +116,8 @@ def numpy_step_fn(x, y, md_model):
         da1 = da2 @ w2
         da1 *= h1 > 0
         grads[0], grads[1] = da1.T @ x, da1.sum(0)
+        if not update:
+            return float(loss)
         for param, grad, buf in zip(params, grads, buffers):
             buf *= MOMENTUM
             buf += grad
@@ -163,9 +169,14 @@ def main(argv=None):
         for step in engines.values():  # warm up caches, allocators, lazy imports
             time_steps(step, 10)
         times = {name: [] for name in engines}
+        # The same without the update: the graph engine's own share, apart from the
+        # optimiser's (minidl's SGD updates in one fused pass, the NumPy step in four).
+        no_update = {name: [] for name in ("numpy", "minidl")}
         for _ in range(args.repeats):  # interleaved, so that drifting load hits all alike
             for name, step in engines.items():
                 times[name].append(time_steps(step, args.steps))
+            for name in no_update:
+                no_update[name].append(time_steps(lambda: engines[name](update=False), args.steps))
 
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = median["minidl"] / median["torch"]
@@ -185,6 +196,10 @@ def main(argv=None):
         verdict = "" if target is None else \
             f"   target <= {target:.2f}: {'met' if value <= target else 'NOT met'}"
         print(f"{name} = {value:.3f}{verdict}")
+    engine_only = statistics.median(no_update["minidl"]) / statistics.median(no_update["numpy"])
+    print(f"forward and backward only (no update): minidl / numpy = {engine_only:.3f} "
+          f"({statistics.median(no_update['minidl']) * 1e3:.3f} and "
+          f"{statistics.median(no_update['numpy']) * 1e3:.3f} ms/step)")
     if args.threads > 1 and 2 * args.threads > (os.cpu_count() or 1):
         print(f"caution: torch's OpenMP threads and numpy's BLAS threads ({args.threads} each) share this "
               f"process and {os.cpu_count()} CPUs; they spin against each other, which slows torch most, "
@@ -193,7 +208,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "ms_per_step": {k: v * 1e3 for k, v in median.items()},
                        "minidl_over_torch": ratio,
-                       "minidl_over_numpy": ratios["minidl / numpy"]}, f, indent=2)
+                       "minidl_over_numpy": ratios["minidl / numpy"],
+                       "minidl_over_numpy_without_update": engine_only}, f, indent=2)
     return ratio
 
 
