@@ -202,11 +202,10 @@ class SGD(Optimizer):
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = np.array(grad, dtype=p.data.dtype, copy=True)
-            elif _fusable(p.data, buf, grad) and not group["dampening"] and not group["nesterov"]:
+            elif not group["dampening"] and not group["nesterov"] and _fusable(p.data, buf, grad):
                 # The common case (plain momentum) in one pass: see _momentum_step.
-                dtype = p.data.dtype.type
-                _momentum_step(p.data.reshape(-1), buf.reshape(-1), grad.reshape(-1),
-                               dtype(momentum), dtype(group["lr"]))
+                scalar = p.data.dtype.type
+                _momentum_step(p.data, buf, grad, scalar(momentum), scalar(group["lr"]))
                 return
             else:
                 buf *= momentum
@@ -217,9 +216,12 @@ class SGD(Optimizer):
 
 
 def _fusable(p, buf, grad):
-    """Whether _momentum_step can update these arrays: flat views of all three (C order),
-    one floating dtype."""
-    return (p.flags.c_contiguous and buf.flags.c_contiguous and grad.flags.c_contiguous
+    """Whether _momentum_step can update these arrays: all three of one shape (the
+    kernel does not check bounds), in C order (so that it can walk them as flat
+    vectors), of one floating dtype, the parameter writable (else NumPy's error)."""
+    flags = p.flags
+    return (p.shape == buf.shape == grad.shape and flags.c_contiguous and flags.writeable
+            and buf.flags.c_contiguous and grad.flags.c_contiguous
             and p.dtype == buf.dtype == grad.dtype and p.dtype.kind == "f")
 
 
@@ -230,6 +232,7 @@ def _momentum_step(p, buf, grad, momentum, lr):
     four, one more to write ``lr * buf`` to a temporary (a 256x784 weight: 60 µs
     against 126 µs on one thread). The same float operations in the same order (the
     factors come in the arrays' dtype), so the same numbers, bit for bit."""
+    p, buf, grad = p.reshape(p.size), buf.reshape(buf.size), grad.reshape(grad.size)  # views
     for i in range(p.size):
         b = momentum * buf[i] + grad[i]
         buf[i] = b
