@@ -1,7 +1,9 @@
 """The shortcuts that keep the engine's overhead small (issue 19) change no result:
-a leaf keeps a gradient array only when nothing else holds it, and cross-entropy's
-plain case (no class weights, nothing ignored, no smoothing) equals torch's; and the
-MLP step stays lean in structure: one graph node per layer, no float64 array."""
+a leaf keeps a gradient array only when nothing else holds it (and a user who keeps
+a gradient never sees it change afterwards), cross-entropy's plain case (no class
+weights, nothing ignored, no smoothing) equals torch's, SGD's one-pass momentum
+update equals NumPy's bit for bit; and the MLP step stays lean in structure: one
+graph node per layer, no float64 array."""
 import numpy as np
 import torch
 
