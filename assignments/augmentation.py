@@ -19,7 +19,7 @@ from reference_torch.train import Callback, seed_everything
 from reference_torch.twins import SmallCNN
 
 from . import plots
-from .runner import binomial_se, positive_int
+from .runner import beyond_noise, binomial_se, positive_int
 
 NAME = "augmentation"
 COURSE = "ITU advanced ML"
@@ -290,8 +290,8 @@ def ablation(ctx, one, grown, names, pipelines, legend, metrics):
               columns={"augmentation": "augmentation", "train_accuracy": ("train acc (%)", "{:.1%}"),
                        "test_accuracy": ("test acc (%)", "{:.1%}"), "gain": ("test acc vs none", "{:+.1%}")})
     singles = sorted(rows[1:1 + len(names)], key=lambda r: -r["test_accuracy"])
-    clear = 2 * metrics["difference_noise"]
-    helped = [r for r in singles if r["test_accuracy"] - none > clear]
+    clear, noise = 2 * metrics["difference_noise"], metrics["difference_noise"]
+    helped = [r for r in singles if r["test_accuracy"] > none and beyond_noise(r["test_accuracy"] - none, noise)]
     ctx.note(f"Ablation at {k}x, against no augmentation ({none:.1%}): " + ", ".join(
         f"{r['label']} {100 * (r['test_accuracy'] - none):+.1f}" for r in rows[1:]) + " points; beyond two standard "
         f"errors ({100 * clear:.1f} points): {', '.join(r['label'] for r in helped) or 'no single transformation'}.")

@@ -15,7 +15,7 @@ import minidl as md  # with md.data, md.manual, md.models, md.optim and md.train
 import minidl.metrics  # noqa: F401
 
 from . import plots
-from .runner import binomial_se, comma_list, cpu_threads, positive_int
+from .runner import beyond_noise, binomial_se, comma_list, cpu_threads, positive_int
 
 NAME = "mlp_numpy"
 COURSE = "UvA DL1"
@@ -290,7 +290,7 @@ def run(ctx):
              f"{grad_diff:.1e}). Test accuracy: "
              + ", ".join(f"{SHORT[k]} {reports[k]['accuracy']:.1%}" for k in reports) + f". One test image is "
              f"{1 / n_test:.1%}; the largest gap between two engines, {100 * spread:.1f} points, is "
-             f"{'within' if spread <= 2 * noise else 'beyond'} two standard errors of a difference (one is "
+             f"{'beyond' if beyond_noise(spread, noise) else 'within'} two standard errors of a difference (one is "
              f"{100 * noise:.1f} points).")
     return {"dataset": ctx.dataset, "seed": seed, "epochs": epochs, "hidden": hidden, "lr": lr,
             "batch_size": batch_size, "chance_accuracy": 1 / n_classes, "course_cifar10_split": COURSE_SPLIT,
