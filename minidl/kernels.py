@@ -1,4 +1,6 @@
-"""Numba kernels for the data movement around convolution, pooling and batch norm.
+"""Numba kernels for the data movement around convolution, pooling and batch norm,
+and for the few small elementwise steps that NumPy would take in several passes
+(softmax cross-entropy, ReLU's gradient).
 
 The division of labour (see ``minidl/conv.py``): every multiply-add of a
 convolution goes to a BLAS matrix product (numpy's ``@``), and everything
@@ -564,3 +566,68 @@ def batch_norm_input_grad(g, x, mean, a, b, d, out):
             for p in range(plane):
                 dst[p] = gr[p] * ac + (xr[p] - m) * bc + dc
     return out
+
+
+# ------------------------------------------------- cross-entropy and ReLU
+
+
+@njit(**_JIT)
+def targets_in_range(target, classes):
+    """Whether every class index in ``target`` lies in [0, classes): one pass where
+    ``target.min()`` and ``target.max()`` take two."""
+    for i in range(target.size):
+        if target[i] < 0 or target[i] >= classes:
+            return False
+    return True
+
+
+@njit(**_JIT)
+def softmax_cross_entropy(logits, target, softmax):
+    """Writes the row-wise softmax of ``logits`` (N, C) into ``softmax`` and returns
+    the sum over rows of -log softmax[i, target[i]] = log sum_j exp(z_ij - m_i) -
+    (z_i,target - m_i), with m_i the row's maximum so that nothing overflows. One
+    pass over each row where NumPy takes eight over the whole array; the row sums
+    in float64."""
+    n, classes = logits.shape
+    total = 0.0
+    for i in range(n):
+        if target[i] < 0 or target[i] >= classes:  # (numba checks no bounds)
+            raise ValueError("softmax_cross_entropy: a target lies outside [0, classes)")
+        row = logits[i]
+        m = row[0]
+        for j in range(1, classes):
+            if row[j] > m:  # (a NaN is never greater: it reaches the sum through exp)
+                m = row[j]
+        s = 0.0
+        for j in range(classes):
+            e = np.exp(row[j] - m)
+            softmax[i, j] = e
+            s += e
+        inverse = 1.0 / s
+        for j in range(classes):
+            softmax[i, j] *= inverse
+        total += np.log(s) - (row[target[i]] - m)
+    return total
+
+
+@njit(**_JIT)
+def softmax_cross_entropy_backward(softmax, target, scale, out):
+    """``out = scale * (softmax - one_hot(target))``: the gradient of the summed
+    loss, times ``scale`` (the incoming gradient over the mean's denominator)."""
+    n, classes = softmax.shape
+    for i in range(n):
+        for j in range(classes):
+            out[i, j] = softmax[i, j] * scale
+        out[i, target[i]] -= scale
+    return out
+
+
+@njit(**_JIT)
+def relu_backward(grad, out, result):
+    """``result = grad where out > 0, else 0``, the three arrays of one shape in C
+    order: one pass, where ``grad * (out > 0)`` writes a mask first. A NaN gradient
+    where the unit is off gives 0, as torch's does."""
+    grad, out, flat = grad.reshape(grad.size), out.reshape(out.size), result.reshape(result.size)
+    for i in range(grad.size):
+        flat[i] = grad[i] if out[i] > 0 else 0
+    return result

@@ -1,7 +1,8 @@
 """The shortcuts that keep the engine's overhead small (issue 19) change no result:
 a leaf keeps a gradient array only when nothing else holds it (and a user who keeps
 a gradient never sees it change afterwards), cross-entropy's plain case (no class
-weights, nothing ignored, no smoothing) equals torch's, SGD's one-pass momentum
+weights, nothing ignored, no smoothing; one numba pass per row) equals torch's, so
+does ReLU's one-pass gradient, SGD's one-pass momentum
 update equals NumPy's bit for bit; and the MLP step stays lean in structure: one
 graph node per layer, no float64 array."""
 import numpy as np
@@ -77,6 +78,38 @@ def test_plain_cross_entropy_and_its_gradient_equal_torchs():
         loss.sum().backward()
         their_loss.sum().backward()
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_plain_cross_entropy_in_float32_equals_torchs_and_does_not_overflow():
+    rng = np.random.default_rng(2)
+    logits = (rng.standard_normal((64, 10)) * 5 + np.array([[1e4], [-1e4]]).repeat(32, 0)).astype(np.float32)
+    target = rng.integers(0, 10, 64)
+    mine = md.tensor(logits, requires_grad=True)
+    theirs = torch.tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(mine, target)
+    their_loss = torch.nn.functional.cross_entropy(theirs, torch.from_numpy(target))
+    loss.backward()
+    their_loss.backward()
+    assert loss.dtype == mine.grad.dtype == np.float32 and np.isfinite(loss.item())
+    np.testing.assert_allclose(loss.item(), their_loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_relus_gradient_is_torchs_on_both_paths_even_for_nan_and_inf():
+    """C-ordered arrays take the one-pass kernel, a transposed gradient NumPy's where;
+    both pass the gradient where the unit is on and give 0 where it is off, a NaN or
+    inf gradient included, as torch does."""
+    x = np.array([[-2.0, 0.0, 3.0], [1.5, -0.5, 2.0]], dtype=np.float32)
+    upstream = np.array([[np.nan, np.inf, 1.0], [-np.inf, np.nan, 4.0]], dtype=np.float32)
+    theirs = torch.tensor(x, requires_grad=True)
+    torch.relu(theirs).backward(torch.from_numpy(upstream))
+    for transposed in (False, True):
+        mine = md.tensor(x.T.copy() if transposed else x, requires_grad=True)
+        out = F.relu(mine.T if transposed else mine)  # out (2, 3) either way; transposed: F order
+        out.backward(upstream)
+        grad = mine.grad.T if transposed else mine.grad
+        np.testing.assert_array_equal(grad, theirs.grad.numpy())
+        assert mine.grad.dtype == np.float32
 
 
 def _mlp_step_graph():

@@ -29,7 +29,10 @@ class ReLUFn(Function):
         return self.out
 
     def backward(self, grad):
-        return grad * (self.out > 0)
+        out = self.out
+        if grad.flags.c_contiguous and out.flags.c_contiguous:  # (the kernel walks flat arrays)
+            return kernels.relu_backward(grad, out, np.empty_like(out))
+        return np.where(out > 0, grad, 0)
 
 
 @tensor_method()
@@ -439,6 +442,14 @@ class CrossEntropyFn(Function):
 
     def forward(self, logits, target, weight, reduction, label_smoothing, ignore_index):
         n, classes = logits.shape
+        self.target, self.eps, self.reduction = target, label_smoothing, reduction
+        if weight is None and ignore_index is None and not label_smoothing and reduction != "none":
+            # The common case in one kernel: softmax and the summed -log p in a pass per row.
+            self.softmax = np.empty_like(logits)
+            self.row_weight = None
+            self.denominator = n if reduction == "mean" else 1
+            total = kernels.softmax_cross_entropy(logits, target, self.softmax)
+            return np.asarray(total / self.denominator, dtype=logits.dtype)
         shifted = logits - logits.max(axis=1, keepdims=True)
         softmax = np.exp(shifted)
         sum_exp = softmax.sum(axis=1, keepdims=True)
@@ -475,11 +486,9 @@ class CrossEntropyFn(Function):
     def backward(self, grad):
         p, eps = self.softmax, self.eps
         if self.row_weight is None and not eps and self.reduction != "none":
-            # The plain case in two passes: (softmax - one_hot) * grad / denominator.
+            # The plain case in one pass: (softmax - one_hot) * grad / denominator.
             scale = grad / self.denominator
-            g = p * scale
-            g[self.rows, self.target] -= scale
-            return g, None, None
+            return kernels.softmax_cross_entropy_backward(p, self.target, scale, np.empty_like(p)), None, None
         g = p.copy()
         g[self.rows, self.target] -= 1  # softmax - one_hot
         if self.row_weight is not None:
@@ -515,7 +524,7 @@ def cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing
         raise ValueError(f"cross_entropy: logits of shape {shape} need targets of shape "
                          f"{(shape[0],) + shape[2:]}, got {target.shape}")
     classes = shape[1]
-    classes_only = not target.size or (target.min() >= 0 and target.max() < classes)
+    classes_only = kernels.targets_in_range(target.reshape(-1), classes)
     if not classes_only:  # then look closer
         valid = target[target != ignore_index]
         if valid.size and (valid.min() < 0 or valid.max() >= classes):
