@@ -15,8 +15,11 @@ graph's cost; the last line therefore times forward and backward alone, without
 the update, to show the graph engine's own overhead.
 
 Times are CPU time (time.thread_time on one thread, time.process_time on more),
-after a warm-up, the median of interleaved blocks: other processes on a busy
-machine barely change them, where wall-clock time measures the neighbours.
+after a warm-up: other processes on a busy machine barely change them, where
+wall-clock time measures the neighbours. Each round times one step of every engine,
+in an order that turns from round to round; a ratio is the median over rounds of
+that round's ratio, with a 95 % interval for the median, and the target counts as
+met only when the whole interval lies under it ("within noise" when it straddles).
 """
 from __future__ import annotations
 
@@ -132,21 +135,41 @@ CLOCK = time.thread_time  # main() switches to process_time when BLAS has severa
 TARGETS = {"minidl / numpy": 1.05, "minidl / torch": 1.0}
 
 
-def time_steps(step, steps):
+def time_step(step):
     start = CLOCK()
-    for _ in range(steps):
-        step()
-    return (CLOCK() - start) / steps
+    step()
+    return CLOCK() - start
+
+
+def median_interval(values, z=1.96):
+    """The median of ``values`` and a distribution-free 95 % interval for it: the order
+    statistics n/2 -+ z sqrt(n)/2 (the binomial count of values below the median)."""
+    values = sorted(values)
+    n = len(values)
+    half = z * n ** 0.5 / 2
+    low, high = max(0, int(n / 2 - half)), min(n - 1, int(np.ceil(n / 2 + half)))
+    return statistics.median(values), values[low], values[high]
+
+
+def verdict(interval, target):
+    value, low, high = interval
+    if high <= target:
+        return "met"
+    if low > target:
+        return "NOT met"
+    return "within noise of the target"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="BLAS/OpenMP threads for numpy and torch alike (default 1)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed blocks per engine")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=400,
+                        help="timed rounds, each one step of every engine (default 400)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.rounds < 10:
+        raise SystemExit(f"--rounds {args.rounds}: give at least 10 rounds, so that the median has an interval")
 
     import torch
 
@@ -158,59 +181,67 @@ def main(argv=None):
                        for i in threadpool_info() if i["user_api"] == "blas"})
         x, y = make_data()
         md_step, md_model = minidl_step_fn(x, y)
-        engines = {"torch": torch_step_fn(x, y, md_model),
-                   "numpy": numpy_step_fn(x, y, md_model),
-                   "minidl": md_step}
-        # Same start, same data: the first losses must agree (a check that the two
-        # engines really do the same work).
-        first = {name: step() for name, step in engines.items()}
-        if not np.allclose(first["minidl"], [first["torch"], first["numpy"]], rtol=1e-4):
-            raise SystemExit(f"the engines disagree on the first loss: {first}")
-        for step in engines.values():  # warm up caches, allocators, lazy imports
-            time_steps(step, 10)
-        times = {name: [] for name in engines}
+        numpy_step = numpy_step_fn(x, y, md_model)
         # The same without the update: the graph engine's own share, apart from the
         # optimiser's (minidl's SGD updates in one fused pass, the NumPy step in four).
-        no_update = {name: [] for name in ("numpy", "minidl")}
-        for _ in range(args.repeats):  # interleaved, so that drifting load hits all alike
-            for name, step in engines.items():
-                times[name].append(time_steps(step, args.steps))
-            for name in no_update:
-                no_update[name].append(time_steps(lambda: engines[name](update=False), args.steps))
+        engines = {"torch": torch_step_fn(x, y, md_model), "numpy": numpy_step, "minidl": md_step,
+                   "numpy, no update": lambda: numpy_step(update=False),
+                   "minidl, no update": lambda: md_step(update=False)}
+        # Same start, same data: the first losses must agree (a check that the two
+        # engines really do the same work).
+        first = {name: engines[name]() for name in ("torch", "numpy", "minidl")}
+        if not np.allclose(first["minidl"], [first["torch"], first["numpy"]], rtol=1e-4):
+            raise SystemExit(f"the engines disagree on the first loss: {first}")
+        for _ in range(10):  # warm up caches, allocators, lazy imports
+            for step in engines.values():
+                step()
+        # Rounds of one step each, the order turning from round to round: a drifting load
+        # or a noisy neighbour hits every engine of a round alike, so that the ratio
+        # within a round is far steadier than times taken apart.
+        names = list(engines)
+        times = {name: [] for name in names}
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                times[name].append(time_step(engines[name]))
 
+    def ratio(a, b):
+        return median_interval([ta / tb for ta, tb in zip(times[a], times[b])])
+
+    ratios = {"minidl / numpy": ratio("minidl", "numpy"), "minidl / torch": ratio("minidl", "torch"),
+              "numpy / torch": ratio("numpy", "torch")}
+    engine_only = ratio("minidl, no update", "numpy, no update")
     median = {name: statistics.median(t) for name, t in times.items()}
-    ratio = median["minidl"] / median["torch"]
-    ratios = {"minidl / numpy": median["minidl"] / median["numpy"], "minidl / torch": ratio,
-              "numpy / torch": median["numpy"] / median["torch"]}
     print(f"MLP training step {'-'.join(map(str, SIZES))}, batch {BATCH}, float32, "
           f"SGD(momentum={MOMENTUM}), {args.threads} thread(s), {CLOCK.__name__}, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}; "
           f"numpy BLAS: {', '.join(blas) or 'unknown'}; {os.cpu_count()} CPUs")
-    print(f"median CPU time of {args.repeats} blocks of {args.steps} steps:")
-    for name in ("minidl", "torch", "numpy"):
-        spread = f"(min {min(times[name]) * 1e3:.3f}, max {max(times[name]) * 1e3:.3f})"
-        print(f"  {name:7s} {median[name] * 1e3:8.3f} ms/step  {spread}")
-    for name, value in ratios.items():
+    print(f"median CPU time per step over {args.rounds} rounds:")
+    for name in names:
+        q1, q3 = np.percentile(times[name], [25, 75]) * 1e3
+        print(f"  {name:18s} {median[name] * 1e3:8.3f} ms  (quartiles {q1:.3f}, {q3:.3f})")
+    print("ratios: the median over rounds of one round's ratio, [95 % interval of that median]")
+    for name, interval in ratios.items():
         target = TARGETS.get(name)
-        verdict = "" if target is None else \
-            f"   target <= {target:.2f}: {'met' if value <= target else 'NOT met'}"
-        print(f"{name} = {value:.3f}{verdict}")
-    engine_only = statistics.median(no_update["minidl"]) / statistics.median(no_update["numpy"])
-    print(f"forward and backward only (no update): minidl / numpy = {engine_only:.3f} "
-          f"({statistics.median(no_update['minidl']) * 1e3:.3f} and "
-          f"{statistics.median(no_update['numpy']) * 1e3:.3f} ms/step)")
+        value, low, high = interval
+        line = f"{name} = {value:.3f} [{low:.3f}, {high:.3f}]"
+        if target is not None:
+            line += f"   target <= {target:.2f}: {verdict(interval, target)}"
+        print(line)
+    print(f"forward and backward only (no update): minidl / numpy = {engine_only[0]:.3f} "
+          f"[{engine_only[1]:.3f}, {engine_only[2]:.3f}]")
     if args.threads > 1 and 2 * args.threads > (os.cpu_count() or 1):
         print(f"caution: torch's OpenMP threads and numpy's BLAS threads ({args.threads} each) share this "
               f"process and {os.cpu_count()} CPUs; they spin against each other, which slows torch most, "
               "so this ratio flatters minidl. Compare on one thread, or with more cores than threads.")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "ms_per_step": {k: v * 1e3 for k, v in median.items()},
-                       "minidl_over_torch": ratio,
+            json.dump({"threads": args.threads, "rounds": args.rounds,
+                       "ms_per_step": {k: v * 1e3 for k, v in median.items()},
+                       "minidl_over_torch": ratios["minidl / torch"],
                        "minidl_over_numpy": ratios["minidl / numpy"],
                        "minidl_over_numpy_without_update": engine_only}, f, indent=2)
-    return ratio
+    return ratios["minidl / torch"][0]
 
 
 if __name__ == "__main__":

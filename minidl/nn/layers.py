@@ -320,7 +320,8 @@ class CrossEntropyLoss(_Loss):
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, input, target):  # noqa: A002  (torch's names)
-        return F.cross_entropy(input, target, weight=self.weight, reduction=self.reduction,
+        # The buffer from its dict (as Linear reads its parameters): the loss runs every step.
+        return F.cross_entropy(input, target, weight=self._buffers["weight"], reduction=self.reduction,
                                label_smoothing=self.label_smoothing, ignore_index=self.ignore_index)
 
 
