@@ -20,7 +20,7 @@ from reference_torch.explain.plots import attribution_grid, curve_panel
 
 from . import _explain_common as C
 from . import plots
-from .runner import positive_int
+from .runner import beyond_noise, positive_int
 
 NAME = "explanations"
 COURSE = "KTH advanced DL"
@@ -121,10 +121,10 @@ def plot_mask_scores(scores, mask_fraction, n_images):
     return fig
 
 
-def beyond_noise(difference):
+def describe_difference(difference):
     """'-0.012 ± 0.003, beyond noise': a paired difference and whether it exceeds two standard errors."""
     mean, se = difference
-    return f"{mean:+.3f} ± {se:.3f}" + (", beyond noise" if abs(mean) > 2 * se else ", within noise")
+    return f"{mean:+.3f} ± {se:.3f}" + (", beyond noise" if beyond_noise(mean, se) else ", within noise")
 
 
 # ------------------------------------------------------------------------ run
@@ -223,12 +223,12 @@ def run(ctx):
     C.note_accuracy(ctx, info)
     ctx.note(f"Deletion AUC (mean over {n} images; pixels to a blurred copy), random order "
              f"{deletion[RANDOM]:.3f}; each method minus the random order, ± one standard error: "
-             + "; ".join(f"{C.METHODS[m]} {beyond_noise(differences[m]['deletion'])}" for m in C.METHODS)
+             + "; ".join(f"{C.METHODS[m]} {describe_difference(differences[m]['deletion'])}" for m in C.METHODS)
              + f". {len(beating)} of {len(C.METHODS)} methods delete faster than the random order by more than two "
                "standard errors.")
     between = E.auc_difference(curves[best]["deletion"], curves[runner_up]["deletion"])
     ctx.note(f"Most faithful by deletion: {C.METHODS[best]}; against the next, {C.METHODS[runner_up]}, its deletion "
-             f"AUC differs by {beyond_noise(between)} (picked as the best of five on these images, so a small "
+             f"AUC differs by {describe_difference(between)} (picked as the best of five on these images, so a small "
              "lead is weaker evidence than its standard error suggests).")
     ctx.headline(f"deletion AUC, {C.METHODS[best]}", deletion[best], deletion[RANDOM], "random pixel order",
                  noise=differences[best]["deletion"][1], unit="", higher_is_better=False)

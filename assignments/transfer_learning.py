@@ -114,8 +114,9 @@ def pretrain(ctx, model, source, recipe):
         return {"model": model.state_dict(), "history": history}
 
     folder = os.environ.get("MINIDL_MODEL_CACHE") or ctx.out.parent / ".cache"
-    state, path, reused = cached(folder, f"{NAME}-{ctx.dataset}", {"version": 1, **recipe}, build)  # raise it when
-    # pretrain changes the weights it returns, so that older cached networks are not taken for new ones
+    # Raise the version when pretrain changes the weights it returns, so that older cached
+    # networks are not taken for new ones.
+    state, path, reused = cached(folder, f"{NAME}-{ctx.dataset}", {"version": 1, **recipe}, build, log=ctx.log)
     if reused:
         model.load_state_dict(state["model"])
         ctx.history("pretrain", state["history"])

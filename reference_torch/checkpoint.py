@@ -108,28 +108,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def cached(folder: str | os.PathLike, name: str, recipe: dict[str, Any],
-           build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Path, bool]:
-    """``build()``'s result (a dict of tensors and plain data), computed once per ``recipe``
-    (plain data: everything that decides the result) and kept in
-    ``<folder>/<name>-<16 hex digits of the recipe's hash>.pt``. Built under
+           build: Callable[[], dict[str, Any]], read: Callable[[dict[str, Any]], Any] = lambda result: result,
+           log: Callable[[str], None] | None = None) -> tuple[Any, Path, bool]:
+    """``read(build())``, with ``build()``'s result (a dict of tensors and plain data) computed
+    once per ``recipe`` (plain data: everything that decides the result) and kept in
+    ``<folder>/<name>-<16 hex digits of the recipe's hash>.pt``. ``read`` turns the stored dict
+    into what the caller uses (a model from its weights, say) and raises ``ValueError``,
+    ``KeyError``, ``TypeError`` or ``RuntimeError`` where it does not fit. Built under
     ``minidl.fileio.file_lock``, and the file re-checked inside it, so that a second process
     asking for the same recipe waits and then reads the first one's file; a file that cannot
-    be read, or was written for another recipe, is built again. Under torchrun (WORLD_SIZE > 1)
-    every rank builds and nothing is cached: a rank waiting on the lock would stall the others.
-    Returns (the result, the file, whether it was read from an earlier build)."""
+    be read, was written for another recipe or is refused by ``read`` is built again, with
+    one line to ``log`` saying why. Under torchrun (WORLD_SIZE > 1) every rank builds and
+    nothing is cached: a rank waiting on the lock would stall the others.
+    Returns (what ``read`` made, the file, whether it came from an earlier build)."""
     text = json.dumps(recipe, sort_keys=True)
     recipe, digest = json.loads(text), hashlib.sha256(text.encode()).hexdigest()[:16]  # tuples as the file's lists
     path = Path(folder) / f"{name}-{digest}.pt"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return build(), path, False
+        return read(build()), path, False
     with file_lock(path):
         if path.exists():
             try:
                 state = load_checkpoint(path)
-                if isinstance(state, dict) and state.get("recipe") == recipe and "result" in state:
-                    return state["result"], path, True
-            except InputError:  # damaged: built again below
-                pass
+                if not (isinstance(state, dict) and state.get("recipe") == recipe and "result" in state):
+                    raise ValueError("it was written for other settings")
+                return read(state["result"]), path, True
+            except (InputError, KeyError, TypeError, ValueError, RuntimeError) as error:
+                if log is not None:
+                    log(f"{path} cannot be used ({str(error).splitlines()[0]}): building it again")
         result = build()
         save_checkpoint({"recipe": recipe, "result": result}, path)
-    return result, path, False
+    return read(result), path, False

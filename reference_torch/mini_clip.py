@@ -14,26 +14,21 @@ image-to-text and text-to-image similarities, each image's own caption the targe
 caption that is the same text as another image's in the batch is a target too, not a
 negative (three templates name only the shape: "a photo of a star" comes up in every batch).
 
-The checkpoint (weights, merges, settings; read with weights_only) is written atomically
-to ``cache_dir/mini_clip_<key>.pt``, the key a hash of the settings, so every driver that
-asks for the same settings reads the same file, whichever runs first.
+The checkpoint (weights, merges, training info; read with weights_only) is kept by
+``checkpoint.cached`` in ``cache_dir/mini_clip-<hash of the settings>.pt``, so every
+driver that asks for the same settings reads the same file, whichever runs first.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from minidl.data import images_to_float, make_shapes
-from minidl.errors import InputError
-from minidl.fileio import file_lock
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import cached
 from .clip import CLIP, build_model, class_features, preprocess
 from .clip_tokenizer import CLIPTokenizer, learn_merges
 from .train import Callback, Trainer, seed_everything, warmup_cosine
@@ -138,42 +133,30 @@ class ClampLogitScale(Callback):
 
 
 # Raised whenever the recipe (captions, loss, optimiser) changes, so that a mini-CLIP cached by an
-# earlier recipe under the same settings is not read as this one's: it is in the cache file's name.
+# earlier recipe under the same settings is not read as this one's: it is part of the cache's key.
 RECIPE = 2
-
-
-def _key(settings):
-    return hashlib.sha256(json.dumps({"recipe": RECIPE, **settings}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def mini_clip(cache_dir, settings, device="cpu", log=print):
     """(model, tokenizer, info) of the mini-CLIP of ``settings``: read from its cache file when
-    there, else trained and cached. ``info``: the settings, the file, the training time and
-    the zero-shot accuracy on 1,000 held-out images. Two drivers run side by side take turns
-    under a lock on the file: the second waits and reads what the first one wrote. A cache
-    file that cannot be read (truncated, tampered, other settings) is trained again."""
-    path = Path(cache_dir) / f"mini_clip_{_key(settings)}.pt"
-    with file_lock(path):
-        if path.is_file():
-            try:
-                return _read(path, settings, device)
-            except (InputError, KeyError, TypeError, ValueError, RuntimeError) as error:
-                log(f"{str(error).splitlines()[0]}: training the mini-CLIP again")
+    there, else trained and cached (``checkpoint.cached``). ``info``: the settings, the file,
+    the training time and the zero-shot accuracy on 1,000 held-out images. Two drivers run
+    side by side take turns under a lock on the file: the second waits and reads what the
+    first one wrote. A cache file that cannot be read (truncated, tampered) is trained again."""
+    def build():
         model, tokenizer, info = train_mini_clip(settings, device, log)
-        save_checkpoint({"model": model.state_dict(), "merges": [" ".join(m) for m in tokenizer.merges],
-                         "settings": settings, "info": info}, path)
-    return model, tokenizer, {**info, "file": str(path), "cached": False}
+        return {"model": model.state_dict(), "merges": [" ".join(m) for m in tokenizer.merges], "info": info}
 
+    def read(saved):
+        model = build_model(saved["model"]).to(device)
+        tokenizer = CLIPTokenizer([tuple(m.split(" ")) for m in saved["merges"]])
+        if model.vocab_size != tokenizer.vocab_size:
+            raise ValueError("its merges do not fit its token embedding")
+        return model, tokenizer, saved["info"]
 
-def _read(path, settings, device):
-    saved = load_checkpoint(path)
-    if saved.get("settings") != settings:
-        raise ValueError(f"{path}: its settings differ from its name's")
-    model = build_model(saved["model"]).to(device)
-    tokenizer = CLIPTokenizer([tuple(m.split(" ")) for m in saved["merges"]])
-    if model.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"{path}: its merges do not fit its token embedding")
-    return model, tokenizer, {**saved["info"], "file": str(path), "cached": True}
+    (model, tokenizer, info), path, reused = cached(cache_dir, "mini_clip", {"recipe": RECIPE, **settings},
+                                                    build, read, log)
+    return model, tokenizer, {**info, "file": str(path), "cached": reused}
 
 
 def train_mini_clip(settings, device="cpu", log=print):

@@ -73,6 +73,25 @@ def test_cached_builds_once_per_recipe_and_again_when_damaged(tmp_path):
     assert not reused and log.read_text().count("built") == 3
 
 
+def test_cached_reads_through_read_and_builds_again_what_read_refuses(tmp_path):
+    log, said = tmp_path / "builds.txt", []
+
+    def read(result):  # what a caller makes of the stored dict; refuses what does not fit
+        if result["weights"].shape != (4,):
+            raise ValueError("its weights have another shape")
+        return result["weights"].sum().item()
+
+    total, path, reused = cached(tmp_path, "net", {"seed": 1}, build_counted(log), read, said.append)
+    assert (total, reused, said) == (6.0, False, [])  # 0 + 1 + 2 + 3, read from the fresh build too
+    state = torch.load(path, weights_only=True)
+    state["result"]["weights"] = torch.ones(3)  # a file that loads but does not fit
+    torch.save(state, path)
+    total, _, reused = cached(tmp_path, "net", {"seed": 1}, build_counted(log), read, said.append)
+    assert (total, reused) == (6.0, False) and log.read_text().count("built") == 2
+    assert len(said) == 1 and str(path) in said[0] and "its weights have another shape" in said[0]
+    assert cached(tmp_path, "net", {"seed": 1}, build_counted(log), read, said.append)[2]  # rebuilt file reads
+
+
 def slow_build(log):
     import time
     with open(log, "a") as f:
