@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import sys
 
 import numpy as np
 
@@ -578,7 +579,6 @@ def run_backward(root, gradient, retain_graph=False):
             if len(grads) != len(inputs):
                 raise RuntimeError(f"{type(node).__name__}.backward returned {len(grads)} "
                                    f"gradients for {len(inputs)} inputs")
-        in_use = None  # see _arrays_in_use: found once per node, when a leaf first needs it
         for i, t in enumerate(inputs):
             if t is None:
                 continue
@@ -589,11 +589,14 @@ def run_backward(root, gradient, retain_graph=False):
             parent = t.grad_fn
             if parent is None:  # a leaf
                 if g is not None:
-                    owned = False
-                    if t.grad is None:
-                        if in_use is None:
-                            in_use = _arrays_in_use(node, grad, grads)
-                        owned = in_use.count(id(g)) <= 1 and g.base is None and g.flags.writeable
+                    # The leaf may keep g itself, without a copy, when nothing else can reach
+                    # it: its only references are then the tuple grads, the name g and
+                    # getrefcount's argument. An array the node saved, one handed to two
+                    # inputs, the incoming gradient passed on (Add, Clone) or one that the
+                    # caller or a torch-style backward still holds has more; a view shares
+                    # another array's memory.
+                    owned = (t.grad is None and sys.getrefcount(g) <= 3 and g.base is None
+                             and g.flags.writeable)
                     _accumulate(t, g, owned)
                 continue
             if g is not None:
@@ -620,20 +623,6 @@ def _fitted(node, i, g, data, incoming):
     if _anomaly_mode:
         _check_finite(g, f"the backward pass of {type(node).__name__}")
     return g
-
-
-def _arrays_in_use(node, incoming, grads):
-    """The ids of the arrays that ``node``'s gradients might share with someone else:
-    the incoming gradient (Add and Clone pass it on), everything the node holds (a
-    saved array), and every gradient it returned, so that one handed to two inputs
-    appears twice. A leaf keeps its gradient without a copy only when its id appears
-    at most once here (once: its own entry; never: an array ``_fitted`` just made) and
-    it is no view of another array. A node in torch's form hands back tensors the user
-    may hold, so its gradients are never kept. (ids in a list: list.count compares
-    them in C, and this runs for every parameter.)"""
-    if node.torch_style:
-        return [id(g) for g in grads] * 2  # each appears twice: never kept
-    return [id(incoming), *map(id, vars(node).values()), *map(id, grads)]
 
 
 def _accumulate(leaf, grad, owned=False):

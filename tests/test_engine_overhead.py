@@ -5,6 +5,8 @@ weights, nothing ignored, no smoothing; one numba pass per row) equals torch's, 
 does ReLU's one-pass gradient, SGD's one-pass momentum
 update equals NumPy's bit for bit; and the MLP step stays lean in structure: one
 graph node per layer, no float64 array."""
+import weakref
+
 import numpy as np
 import torch
 
@@ -49,6 +51,42 @@ def test_an_array_the_node_saved_is_copied():
     out.backward(np.ones(2, dtype=np.float32), retain_graph=True)
     x.grad *= 3
     np.testing.assert_array_equal(node.ones, [1.0, 1.0])
+
+
+class FreshGradFn(Function):
+    """Returns a fresh gradient, watched through a weak reference (which holds nothing)."""
+    made = []
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, grad):
+        fresh = grad * 2
+        FreshGradFn.made.append(weakref.ref(fresh))
+        return fresh
+
+
+def test_a_fresh_gradient_nothing_else_holds_is_kept_without_a_copy():
+    x = md.tensor([1.0, 2.0], requires_grad=True)
+    FreshGradFn.apply(x).backward(np.ones(2, dtype=np.float32))
+    assert x.grad is FreshGradFn.made[-1]()  # the very array backward made: no copy
+    kept = []  # a caller's backward (torch's form) that keeps what it returns gets a copy
+
+    class KeepsFn(Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 1
+
+        @staticmethod
+        def backward(ctx, grad):
+            kept.append(grad * 2)
+            return kept[-1]
+
+    y = md.tensor([1.0, 2.0], requires_grad=True)
+    KeepsFn.apply(y).backward(np.ones(2, dtype=np.float32))
+    assert y.grad is not kept[0].data
+    kept[0].data[:] = 0
+    np.testing.assert_array_equal(y.grad, [2.0, 2.0])
 
 
 def test_a_linear_layers_fresh_weight_gradient_is_kept_and_accumulates():
