@@ -236,11 +236,14 @@ def main(argv=None):
               "so this ratio flatters minidl. Compare on one thread, or with more cores than threads.")
     if args.json:
         with open(args.json, "w") as f:
+            def interval(ratio):
+                return dict(zip(("median", "low", "high"), ratio))
+
             json.dump({"threads": args.threads, "rounds": args.rounds,
                        "ms_per_step": {k: v * 1e3 for k, v in median.items()},
-                       "minidl_over_torch": ratios["minidl / torch"],
-                       "minidl_over_numpy": ratios["minidl / numpy"],
-                       "minidl_over_numpy_without_update": engine_only}, f, indent=2)
+                       "minidl_over_torch": interval(ratios["minidl / torch"]),
+                       "minidl_over_numpy": interval(ratios["minidl / numpy"]),
+                       "minidl_over_numpy_without_update": interval(engine_only)}, f, indent=2)
     return ratios["minidl / torch"][0]
 
 
