@@ -217,10 +217,11 @@ class SGD(Optimizer):
 
 def _fusable(p, buf, grad):
     """Whether _momentum_step can update these arrays: all three of one shape (the
-    kernel does not check bounds), in C order (so that it can walk them as flat
-    vectors), of one floating dtype, the parameter writable (else NumPy's error)."""
+    kernel does not check bounds) with at least one dimension (numba takes a 0-d
+    array for a scalar), in C order (so that it can walk them as flat vectors), of
+    one floating dtype, the parameter writable (else NumPy's error)."""
     flags = p.flags
-    return (p.shape == buf.shape == grad.shape and flags.c_contiguous and flags.writeable
+    return (p.ndim and p.shape == buf.shape == grad.shape and flags.c_contiguous and flags.writeable
             and buf.flags.c_contiguous and grad.flags.c_contiguous
             and p.dtype == buf.dtype == grad.dtype and p.dtype.kind == "f")
 

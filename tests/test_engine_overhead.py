@@ -306,3 +306,26 @@ def test_the_one_pass_momentum_update_equals_numpys_bit_for_bit():
             opt.step()
         np.testing.assert_array_equal(p.data, expected)
         np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], expected_buf)
+
+
+def test_the_one_pass_kernels_leave_scalars_and_empty_batches_to_numpy():
+    """numba takes a 0-d array for a scalar, so a 0-d parameter or activation must not
+    reach the flat kernels: a learnable scalar with momentum and a scalar ReLU give
+    torch's numbers, and an empty batch's mean cross-entropy is NaN, as torch's."""
+    mine, theirs = md.tensor(1.5, requires_grad=True), torch.tensor(1.5, requires_grad=True)
+    my_opt = md.optim.SGD([mine], lr=0.1, momentum=0.9)
+    their_opt = torch.optim.SGD([theirs], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        my_opt.zero_grad()
+        (mine * mine).backward()
+        my_opt.step()
+        their_opt.zero_grad()
+        (theirs * theirs).backward()
+        their_opt.step()
+    np.testing.assert_allclose(mine.item(), theirs.item(), rtol=1e-6)
+    x = md.tensor(-2.0, requires_grad=True)
+    F.relu(x).backward()
+    assert x.grad == 0.0 and x.grad.shape == ()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        empty = F.cross_entropy(md.tensor(np.zeros((0, 3), np.float32), requires_grad=True), np.zeros(0, np.int64))
+    assert np.isnan(empty.item())

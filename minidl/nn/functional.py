@@ -30,7 +30,7 @@ class ReLUFn(Function):
 
     def backward(self, grad):
         out = self.out
-        if grad.flags.c_contiguous and out.flags.c_contiguous:  # (the kernel walks flat arrays)
+        if out.ndim and grad.flags.c_contiguous and out.flags.c_contiguous:  # (the kernel walks flat arrays)
             return kernels.relu_backward(grad, out, np.empty_like(out))
         return np.where(out > 0, grad, 0)
 
@@ -448,8 +448,8 @@ class CrossEntropyFn(Function):
             self.softmax = np.empty_like(logits)
             self.row_weight = None
             self.denominator = n if reduction == "mean" else 1
-            total = kernels.softmax_cross_entropy(logits, target, self.softmax)
-            return np.asarray(total / self.denominator, dtype=logits.dtype)
+            total = np.float64(kernels.softmax_cross_entropy(logits, target, self.softmax))
+            return np.asarray(total / self.denominator, dtype=logits.dtype)  # (an empty batch: NaN, as torch)
         shifted = logits - logits.max(axis=1, keepdims=True)
         softmax = np.exp(shifted)
         sum_exp = softmax.sum(axis=1, keepdims=True)
