@@ -272,8 +272,7 @@ def run(ctx):
     metrics.update(test_accuracy=test_acc, test_images=len(y_test), parameters=params, epochs=cfg.epochs,
                    train_seconds=seconds, final_train_accuracy=history["accuracy"][-1],
                    final_val_accuracy=val_accuracy[-1], late_val_gain=late, val_difference_se=val_noise,
-                   confusion_matrix=cm,
-                   per_class_accuracy=dict(zip(classes, per_class.tolist())),
+                   confusion_matrix=cm, per_class_accuracy=dict(zip(classes, per_class.tolist())),
                    hardest_classes=[classes[k] for k in order[:3]], setting=BASE,
                    most_confused={"true": classes[i], "predicted": classes[j], "images": int(off[i, j])})
     if not cfg.sweep:

@@ -236,8 +236,8 @@ def main(argv=None):
               "so this ratio flatters minidl. Compare on one thread, or with more cores than threads.")
     if args.json:
         with open(args.json, "w") as f:
-            def interval(ratio):
-                return dict(zip(("median", "low", "high"), ratio))
+            def interval(median_low_high):
+                return dict(zip(("median", "low", "high"), median_low_high))
 
             json.dump({"threads": args.threads, "rounds": args.rounds,
                        "ms_per_step": {k: v * 1e3 for k, v in median.items()},

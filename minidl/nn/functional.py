@@ -442,12 +442,10 @@ class CrossEntropyFn(Function):
 
     def forward(self, logits, target, weight, reduction, label_smoothing, ignore_index):
         n, classes = logits.shape
-        self.target, self.eps, self.reduction = target, label_smoothing, reduction
         if weight is None and ignore_index is None and not label_smoothing and reduction != "none":
             # The common case in one kernel: softmax and the summed -log p in a pass per row.
-            self.softmax = np.empty_like(logits)
-            self.row_weight = None
-            self.denominator = n if reduction == "mean" else 1
+            self.softmax, self.target, self.row_weight, self.eps = np.empty_like(logits), target, None, 0.0
+            self.reduction, self.denominator = reduction, n if reduction == "mean" else 1
             total = np.float64(kernels.softmax_cross_entropy(logits, target, self.softmax))
             return np.asarray(total / self.denominator, dtype=logits.dtype)  # (an empty batch: NaN, as torch)
         shifted = logits - logits.max(axis=1, keepdims=True)
